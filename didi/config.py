@@ -1,0 +1,186 @@
+"""Typed configuration: dataclasses, named presets, JSON save/load and `key=value` overrides."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .errors import DidiError
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "dit"  # "dit" (bidirectional diffusion backbone) or "ar" (causal baseline)
+    vocab_size: int = 8193  # model vocabulary: tokenizer vocabulary + 1 for the mask token
+    hidden_dim: int = 256
+    cond_dim: int = 128
+    n_blocks: int = 4
+    n_heads: int = 4
+    length: int = 128  # model_length in the official configs
+    dropout: float = 0.0
+    time_conditioning: bool = False  # the official OWT teacher is not time-conditioned
+
+
+@dataclass
+class DiffusionConfig:
+    eps: float = 1e-3  # log-linear schedule: alpha_t = 1 - (1 - eps) t
+    antithetic: bool = True
+
+
+@dataclass
+class DataConfig:
+    source: str = ""  # .txt / .jsonl / directory / hf:NAME[:CONFIG]
+    valid_source: str = ""  # optional separate held-out source
+    tokenizer: str = "bpe:8192"  # "gpt2", "bpe:N" (trained on the source), "amino", or a path
+    valid_fraction: float = 0.02  # held-out share of documents when no valid_source is given
+    cache_dir: str = ""  # default: ~/.cache/didi/tokens
+    domain: str = "text"  # "text" or "protein"
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 32  # global batch, split across DDP ranks
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 100
+    max_steps: int = 2000
+    max_minutes: float = 0.0  # stop after this much wall-clock (0 = no limit); the schedule still uses max_steps
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    grad_clip: float = 1.0
+    ema: float = 0.9999  # 0 disables the EMA copy
+    eval_every: int = 250
+    eval_batches: int = 20
+    save_every: int = 500
+    log_every: int = 10
+    seed: int = 0
+    compile: bool = False
+    bf16: bool = True  # autocast on CUDA only; CPU always runs float32
+    device: str = "auto"
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    preset: str = "tiny"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def save(self, path: str | Path) -> None:
+        from .runs import atomic_write_text
+
+        atomic_write_text(Path(path), json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> RunConfig:
+        return _from_dict(cls, d)
+
+    @classmethod
+    def load(cls, path: str | Path) -> RunConfig:
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+# Presets: model shapes (spec §2) and training settings sized for their hardware.
+PRESETS: dict[str, dict] = {
+    # CPU-sized: 4 blocks / 256 hidden / 4 heads at length 128 (spec §7).
+    "tiny": {
+        "model": dict(hidden_dim=256, cond_dim=128, n_blocks=4, n_heads=4, length=128, dropout=0.0),
+        "train": dict(batch_size=32, lr=1e-3, warmup_steps=100, max_steps=2000, ema=0.999),
+    },
+    # The official OpenWebText shape: ~169 M parameters with the GPT-2 vocabulary.
+    "small": {
+        "model": dict(hidden_dim=768, cond_dim=128, n_blocks=12, n_heads=12, length=1024, dropout=0.1),
+        "data": dict(tokenizer="gpt2"),
+        "train": dict(batch_size=512, lr=3e-4, warmup_steps=2500, max_steps=1_000_000, ema=0.9999),
+    },
+    "medium": {
+        "model": dict(hidden_dim=1024, cond_dim=128, n_blocks=24, n_heads=16, length=1024, dropout=0.1),
+        "data": dict(tokenizer="gpt2"),
+        "train": dict(batch_size=512, lr=3e-4, warmup_steps=2500, max_steps=1_000_000, ema=0.9999),
+    },
+    # Test-sized: seconds on a laptop core.
+    "test": {
+        "model": dict(hidden_dim=32, cond_dim=16, n_blocks=2, n_heads=2, length=32, dropout=0.0),
+        "data": dict(tokenizer="bpe:300"),
+        "train": dict(batch_size=8, lr=3e-3, warmup_steps=5, max_steps=50, ema=0.99, eval_every=25, eval_batches=2,
+                      save_every=25, log_every=5),
+    },
+}
+
+
+def preset(name: str, overrides: list[str] | None = None) -> RunConfig:
+    if name not in PRESETS:
+        raise DidiError(f"unknown preset '{name}' (choose from: {', '.join(PRESETS)})")
+    cfg = RunConfig(preset=name)
+    for section, values in PRESETS[name].items():
+        sub = getattr(cfg, section)
+        for k, v in values.items():
+            setattr(sub, k, v)
+    if overrides:
+        apply_overrides(cfg, overrides)
+    return cfg
+
+
+def apply_overrides(cfg, overrides: list[str]):
+    """Apply `section.key=value` strings (e.g. `train.lr=3e-4`, `model.n_blocks=6`) in place."""
+    for item in overrides:
+        if "=" not in item:
+            raise DidiError(f"override '{item}' must look like section.key=value")
+        dotted, raw = item.split("=", 1)
+        obj, parts = cfg, dotted.strip().split(".")
+        for p in parts[:-1]:
+            if not dataclasses.is_dataclass(obj) or not hasattr(obj, p):
+                raise DidiError(f"unknown config section '{p}' in override '{item}'")
+            obj = getattr(obj, p)
+        key = parts[-1]
+        fields = {f.name: f for f in dataclasses.fields(obj)} if dataclasses.is_dataclass(obj) else {}
+        if key not in fields:
+            raise DidiError(f"unknown config key '{dotted}' (known: {', '.join(fields)})")
+        hint = typing.get_type_hints(type(obj))[key]
+        setattr(obj, key, _coerce(raw.strip(), hint, dotted))
+    return cfg
+
+
+def _coerce(raw: str, hint, name: str):
+    try:
+        if hint is bool:
+            if raw.lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        if hint is int:
+            return int(float(raw)) if "e" in raw.lower() else int(raw)
+        if hint is float:
+            return float(raw)
+        if hint is str:
+            return raw
+        if typing.get_origin(hint) is tuple:
+            args = typing.get_args(hint)
+            vals = [v for v in raw.strip("()[] ").split(",") if v.strip()]
+            return tuple(_coerce(v.strip(), a, name) for v, a in zip(vals, args, strict=True))
+    except ValueError:
+        raise DidiError(f"bad value '{raw}' for {name} (expected {getattr(hint, '__name__', hint)})") from None
+    raise DidiError(f"cannot override {name} of type {hint}")
+
+
+def _from_dict(cls, d: dict):
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in d:
+            continue
+        v, hint = d[f.name], hints[f.name]
+        if dataclasses.is_dataclass(hint):
+            v = _from_dict(hint, v)
+        elif typing.get_origin(hint) is tuple:
+            v = tuple(v)
+        kwargs[f.name] = v
+    return cls(**kwargs)

@@ -1,0 +1,111 @@
+"""The run directory: config, tokenizer, safetensors weights, training state, all written atomically.
+
+Layout of a run directory:
+    config.json            RunConfig (what was trained, how)
+    tokenizer/             the tokenizer used (so sampling decodes correctly)
+    model.safetensors      weights used for sampling (the EMA copy when there is one)
+    checkpoint.pt          full training state for --resume (model, EMA, optimizers, RNG, data position)
+    metrics.jsonl          one JSON object per logged step
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .config import RunConfig
+from .errors import DidiError
+
+CONFIG = "config.json"
+WEIGHTS = "model.safetensors"
+CHECKPOINT = "checkpoint.pt"
+METRICS = "metrics.jsonl"
+TOKENIZER_DIR = "tokenizer"
+
+
+def _atomic(path: Path, write) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    def write(tmp):
+        with open(tmp, "w") as f:
+            f.write(text)
+    _atomic(path, write)
+
+
+def atomic_torch_save(obj, path: Path) -> None:
+    _atomic(path, lambda tmp: torch.save(obj, tmp))
+
+
+def save_weights(state_dict: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
+    tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
+    _atomic(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+
+
+def load_weights(path: Path) -> dict[str, torch.Tensor]:
+    if not Path(path).is_file():
+        raise DidiError(f"no weights file at {path}")
+    return load_file(str(path))
+
+
+def build_model(cfg: RunConfig) -> torch.nn.Module:
+    if cfg.model.arch == "dit":
+        from .nn.dit import DIT
+
+        return DIT(cfg.model)
+    if cfg.model.arch == "ar":
+        from .nn.ar import CausalTransformer
+
+        return CausalTransformer(cfg.model)
+    raise DidiError(f"unknown model.arch '{cfg.model.arch}' (choose dit or ar)")
+
+
+@dataclass
+class Run:
+    """A loaded run: its directory, config, tokenizer and model (in eval mode)."""
+
+    path: Path
+    config: RunConfig
+    tokenizer: object
+    model: torch.nn.Module
+
+
+def check_run_dir(path: str | Path) -> Path:
+    path = Path(path)
+    if not path.exists():
+        raise DidiError(f"run directory {path} does not exist")
+    if not (path / CONFIG).is_file():
+        raise DidiError(f"{path} is not a didi run directory (no {CONFIG})")
+    return path
+
+
+def load_run(path: str | Path, device: str | torch.device = "cpu", weights: str = WEIGHTS) -> Run:
+    from .tokenizers import Tokenizer
+
+    path = check_run_dir(path)
+    cfg = RunConfig.load(path / CONFIG)
+    tok = Tokenizer.load(path / TOKENIZER_DIR)
+    model = build_model(cfg)
+    wpath = path / weights
+    if not wpath.is_file():
+        raise DidiError(f"{path} has no trained weights yet ({weights} missing)")
+    missing, unexpected = model.load_state_dict(load_weights(wpath), strict=False)
+    missing = [k for k in missing if not k.endswith("inv_freq")]
+    if missing or unexpected:
+        raise DidiError(f"weights in {wpath} do not match the config: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    return Run(path=path, config=cfg, tokenizer=tok, model=model.to(device).eval())
