@@ -1,0 +1,176 @@
+"""The Python API, mirrored by the CLI: train a run, load a run, sample from it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from . import runs
+from .config import RunConfig
+from .errors import DidiError
+from .sampling import SampleOutput, ancestral_sample
+
+
+def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, until_step: int | None = None,
+          progress: bool = True) -> dict:
+    """Train a model (MDLM teacher or AR baseline, by `cfg.model.arch`) into the run directory `out`.
+
+    With `resume=True` the run continues from `out/checkpoint.pt` on the exact same trajectory.
+    `until_step` stops early (the schedule still follows `cfg.train.max_steps`). Returns the last metrics.
+    """
+    import torch.distributed as dist
+
+    from .data import prepare_data, read_documents
+    from .methods import make_method
+    from .tokenizers import Tokenizer, get_tokenizer
+    from .trainer import PartSpec, Trainer, init_distributed, resolve_device
+
+    out = Path(out)
+    d = init_distributed(cfg.train.device)
+    device = resolve_device(cfg.train.device, d)
+    barrier = dist.barrier if d.world > 1 else (lambda: None)
+    if resume:
+        runs.check_run_dir(out)
+        if not (out / runs.CHECKPOINT).is_file():
+            raise DidiError(f"cannot resume: {out} has no {runs.CHECKPOINT}")
+        tok = Tokenizer.load(out / runs.TOKENIZER_DIR)
+    else:
+        if (out / runs.CONFIG).exists() or (out / runs.CHECKPOINT).exists():
+            raise DidiError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+        if not cfg.data.source:
+            raise DidiError("no training data: pass --data PATH (a .txt/.jsonl file, a directory or hf:NAME)")
+        if d.main:
+            tok = get_tokenizer(cfg.data.tokenizer, texts=lambda: read_documents(cfg.data.source))
+            tok.save(out / runs.TOKENIZER_DIR)
+        barrier()
+        tok = Tokenizer.load(out / runs.TOKENIZER_DIR)
+        cfg.model.vocab_size = tok.model_vocab_size
+        if d.main:
+            cfg.save(out / runs.CONFIG)
+    if d.main:  # the first process fills the token cache; the others then read it
+        data = prepare_data(cfg.data, tok, cfg.model.length, show_progress=progress)
+    barrier()
+    if not d.main:
+        data = prepare_data(cfg.data, tok, cfg.model.length, show_progress=False)
+    train_blocks, valid_blocks = data
+
+    torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
+    model = runs.build_model(cfg)
+    torch.manual_seed(cfg.train.seed + d.rank)  # dropout differs per rank
+    method = make_method(cfg, tok)
+    t = cfg.train
+    specs = {"model": PartSpec(model, lr=t.lr, max_steps=t.max_steps, warmup_steps=t.warmup_steps,
+                               min_lr_ratio=t.min_lr_ratio, betas=t.betas, weight_decay=t.weight_decay,
+                               grad_clip=t.grad_clip, ema=t.ema)}
+    trainer = Trainer(cfg, out, method, specs, train_blocks, valid_blocks, d, device, progress=progress)
+    if d.main:
+        print(f"didi: {cfg.model.arch} with {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters, "
+              f"{len(train_blocks)} training blocks of {cfg.model.length} tokens, device {device}, "
+              f"{d.world} process(es)")
+    if resume:
+        trainer.load_state_dict(torch.load(out / runs.CHECKPOINT, map_location=device, weights_only=False))
+        if d.main:
+            print(f"didi: resuming {out} at step {trainer.step}")
+    return trainer.train(until_step=until_step)
+
+
+class Pipeline:
+    """A loaded model with its tokenizer: `pipe.sample(num=8, steps=64)`."""
+
+    def __init__(self, run: runs.Run, device: str = "cpu"):
+        self.run, self.device = run, device
+
+    @property
+    def config(self) -> RunConfig:
+        return self.run.config
+
+    @property
+    def tokenizer(self):
+        return self.run.tokenizer
+
+    @property
+    def model(self) -> torch.nn.Module:
+        return self.run.model
+
+    def denoiser(self):
+        model = self.model
+
+        def f(z: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+            return model(z, sigma)
+        return f
+
+    def clamp_from_text(self, num: int, prefix: str | None, suffix: str | None) -> torch.Tensor | None:
+        if not prefix and not suffix:
+            return None
+        L = self.config.model.length
+        clamp = torch.full((num, L), -1, dtype=torch.long)
+        pre = self.tokenizer.encode(prefix) if prefix else []
+        suf = self.tokenizer.encode(suffix) if suffix else []
+        if len(pre) + len(suf) > L:
+            raise DidiError(f"prefix and suffix take {len(pre) + len(suf)} tokens; the model length is {L}")
+        if pre:
+            clamp[:, : len(pre)] = torch.tensor(pre)
+        if suf:
+            clamp[:, L - len(suf):] = torch.tensor(suf)
+        return clamp
+
+    def sample(self, num: int = 8, steps: int = 64, *, seed: int = 0, batch_size: int | None = None,
+               temperature: float = 1.0, top_p: float = 1.0, prefix: str | None = None, suffix: str | None = None,
+               clamp: torch.Tensor | None = None, final_step: str = "argmax", cache: bool | None = None,
+               progress: bool = False) -> SampleOutput:
+        """Generate `num` sequences. Float64 draws; NFE counted per sequence; text decoded."""
+        if num < 1:
+            raise DidiError("num must be >= 1")
+        if steps < 1:
+            raise DidiError("steps must be >= 1")
+        if clamp is None:
+            clamp = self.clamp_from_text(num, prefix, suffix)
+        batch_size = batch_size or num
+        gen = torch.Generator(self.device).manual_seed(seed)
+        mcfg = self.config.model
+        use_cache = (not mcfg.time_conditioning) if cache is None else cache
+        outs = []
+        for start in range(0, num, batch_size):
+            n = min(batch_size, num - start)
+            c = clamp[start:start + n] if clamp is not None else None
+            if mcfg.arch == "ar":
+                outs.append(self._sample_ar(n, c, temperature, top_p, gen))
+            else:
+                outs.append(ancestral_sample(self.denoiser(), n, mcfg.length, steps, self.tokenizer.mask_id,
+                                             clamp=c, temperature=temperature, top_p=top_p, final_step=final_step,
+                                             cache=use_cache, generator=gen, device=self.device, progress=progress))
+        tokens = torch.cat([o.tokens for o in outs])
+        nfe = torch.cat([o.nfe for o in outs])
+        total = torch.cat([o.total_evals if o.total_evals is not None else o.nfe for o in outs])
+        return SampleOutput(tokens=tokens.cpu(), nfe=nfe, seconds=sum(o.seconds for o in outs), total_evals=total,
+                            text=self.tokenizer.decode_batch(tokens.cpu().tolist()))
+
+    def _sample_ar(self, n, clamp, temperature, top_p, gen) -> SampleOutput:
+        import time
+
+        from .nn.ar import generate
+
+        if clamp is not None and (clamp[:, 1:] >= 0).any() and not (clamp >= 0).cumprod(1).eq(clamp >= 0).all():
+            raise DidiError("an autoregressive model can only be conditioned on a prefix")
+        prefix = None
+        if clamp is not None:
+            k = int((clamp[0] >= 0).sum())
+            prefix = clamp[:, :k].to(self.device)
+        tok = self.tokenizer
+        start = time.perf_counter()
+        tokens, calls = generate(self.model, n, self.config.model.length,
+                                 bos_id=tok.bos_id if tok.bos_id is not None else tok.eos_id, mask_id=tok.mask_id,
+                                 prefix=prefix, temperature=temperature, top_p=top_p, generator=gen)
+        nfe = torch.full((n,), calls, dtype=torch.long)
+        return SampleOutput(tokens=tokens, nfe=nfe, seconds=time.perf_counter() - start, total_evals=nfe.clone())
+
+
+def load(source: str | Path, device: str = "cpu") -> Pipeline:
+    """Load a didi run directory, or an official checkpoint (`hf:REPO`, a directory, a .ckpt) converted on the fly."""
+    path = Path(source)
+    if path.is_dir() and (path / runs.CONFIG).is_file() and (path / runs.TOKENIZER_DIR).is_dir():
+        return Pipeline(runs.load_run(path, device), device)
+    from . import interop
+
+    return Pipeline(interop.load(str(source), device=device), device)

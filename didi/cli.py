@@ -1,0 +1,160 @@
+"""Command-line interface: argument parsing only; every command calls the public API."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .errors import DidiError
+
+
+def _common_train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", default="tiny", help="named config preset (tiny, small, medium, test)")
+    p.add_argument("--data", help="training data: .txt/.jsonl file, a directory, or hf:NAME[:CONFIG]")
+    p.add_argument("--valid-data", help="held-out data (default: a share of --data)")
+    p.add_argument("--tokenizer", help="gpt2, bpe:N (trained on --data), amino, or a saved tokenizer directory")
+    p.add_argument("--out", required=True, help="run directory to create (or to continue with --resume)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
+    p.add_argument("--steps", type=int, help="train.max_steps")
+    p.add_argument("--minutes", type=float, help="train.max_minutes: stop after this much training time")
+    p.add_argument("--batch-size", type=int, help="global batch size (train.batch_size)")
+    p.add_argument("--lr", type=float, help="peak learning rate (train.lr)")
+    p.add_argument("--device", help="cpu, cuda, or auto")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config field, e.g. --set model.n_blocks=6 (repeatable)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _config_from_args(args, arch: str | None = None):
+    from .config import RunConfig, apply_overrides, preset
+    from .runs import CONFIG
+
+    if args.resume:
+        cfg = RunConfig.load(Path(args.out) / CONFIG) if (Path(args.out) / CONFIG).is_file() else None
+        if cfg is None:
+            raise DidiError(f"cannot resume: {args.out} is not a didi run directory")
+    else:
+        cfg = preset(args.preset)
+    pairs = {
+        "data.source": args.data, "data.valid_source": args.valid_data, "data.tokenizer": args.tokenizer,
+        "train.max_steps": args.steps, "train.max_minutes": args.minutes, "train.batch_size": args.batch_size,
+        "train.lr": args.lr, "train.device": args.device, "model.arch": arch,
+    }
+    overrides = [f"{k}={v}" for k, v in pairs.items() if v is not None] + list(args.overrides)
+    return apply_overrides(cfg, overrides)
+
+
+def cmd_train(args) -> None:
+    from .api import train
+
+    cfg = _config_from_args(args, arch=args.arch)
+    result = train(cfg, args.out, resume=args.resume, progress=not args.quiet)
+    if result:
+        print("didi: done: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                                         for k, v in result.items()))
+
+
+def _refuse_overwrite(path: Path, overwrite: bool) -> None:
+    if path.exists() and not overwrite:
+        raise DidiError(f"{path} exists; pass --overwrite to replace it")
+
+
+def cmd_sample(args) -> None:
+    from .api import load
+
+    pipe = load(args.run, device=args.device)
+    if args.out:
+        _refuse_overwrite(Path(args.out), args.overwrite)
+    out = pipe.sample(num=args.num, steps=args.steps, seed=args.seed, batch_size=args.batch_size,
+                      temperature=args.temperature, top_p=args.top_p, prefix=args.prefix, suffix=args.suffix,
+                      final_step=args.final_step, progress=not args.quiet)
+    if args.out:
+        from .runs import atomic_write_text
+
+        lines = [json.dumps({"text": t, "tokens": ids, "nfe": int(n), "steps": args.steps, "seed": args.seed})
+                 for t, ids, n in zip(out.text, out.tokens.tolist(), out.nfe.tolist())]
+        atomic_write_text(Path(args.out), "\n".join(lines) + "\n")
+    else:
+        for i, text in enumerate(out.text):
+            print(f"--- sample {i} (NFE {int(out.nfe[i])}) ---\n{text}")
+    print(f"didi: {args.num} samples, {args.steps} steps, NFE mean {out.nfe_mean:.1f} (max {out.nfe_max}), "
+          f"{out.seconds:.2f} s ({out.seconds / args.num:.3f} s/sample)"
+          + (f", written to {args.out}" if args.out else ""), file=sys.stderr if not args.out else sys.stdout)
+
+
+def cmd_tokenizer_train(args) -> None:
+    from .data import read_documents
+    from .tokenizers import train_bpe
+
+    out = Path(args.out)
+    if (out / "tokenizer.json").exists() and not args.overwrite:
+        raise DidiError(f"{out} already holds a tokenizer; pass --overwrite to replace it")
+    tok = train_bpe(read_documents(args.data), args.vocab_size)
+    tok.save(out)
+    print(f"didi: trained a byte-level BPE of {tok.vocab_size} entries (+1 mask id {tok.mask_id}) into {out}")
+
+
+def cmd_demo(args) -> None:
+    from .demo import run_demo
+
+    run_demo(Path(args.out), minutes=args.minutes, device=args.device)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="didi", description="Fast text generation with masked diffusion LMs.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo", help="offline demo: train a tiny teacher on an embedded corpus, then sample")
+    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--minutes", type=float, default=4.0, help="teacher training time")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("train", help="train an MDLM teacher (or --arch ar: an autoregressive baseline)")
+    _common_train_args(p)
+    p.add_argument("--arch", choices=["dit", "ar"], help="dit: masked diffusion (default); ar: causal baseline")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("sample", help="sample from a run")
+    p.add_argument("run", help="run directory (or hf:REPO / official checkpoint path)")
+    p.add_argument("--steps", type=int, default=64)
+    p.add_argument("--num", type=int, default=8)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--prefix", help="text the samples must start with")
+    p.add_argument("--suffix", help="text the samples must end with")
+    p.add_argument("--final-step", choices=["argmax", "sample", "none"], default="argmax")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", help="write samples as JSON lines here instead of printing")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("tokenizer", help="tokenizer tools")
+    tsub = p.add_subparsers(dest="tokenizer_command", required=True)
+    t = tsub.add_parser("train", help="train a byte-level BPE on a corpus")
+    t.add_argument("--data", required=True)
+    t.add_argument("--vocab-size", type=int, default=8192)
+    t.add_argument("--out", required=True)
+    t.add_argument("--overwrite", action="store_true")
+    t.set_defaults(func=cmd_tokenizer_train)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except DidiError as e:
+        print(f"didi: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except (FileNotFoundError, PermissionError, IsADirectoryError) as e:
+        print(f"didi: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("didi: interrupted", file=sys.stderr)
+        sys.exit(130)

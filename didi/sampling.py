@@ -1,0 +1,166 @@
+"""Samplers. Every categorical draw is made in float64 (probabilities and noise), spec §1.
+
+`ancestral_sample` takes a denoiser (the teacher, a student, a guided student) and returns token
+ids, the exact number of network evaluations per sequence, and wall-clock seconds.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from .diffusion import LogLinearSchedule, masked_log_probs
+
+
+def nucleus_probs(logp: torch.Tensor, temperature: float = 1.0, top_p: float = 1.0) -> torch.Tensor:
+    """float64 probabilities from log-probabilities [..., K], with temperature and nucleus (top-p) truncation."""
+    logp = logp.double()
+    if temperature <= 0:
+        raise ValueError("temperature must be > 0")
+    if temperature != 1.0:
+        logp = torch.log_softmax(logp / temperature, dim=-1)
+    probs = logp.exp()
+    if top_p < 1.0:
+        sorted_p, idx = probs.sort(dim=-1, descending=True)
+        keep = sorted_p.cumsum(-1) - sorted_p < top_p  # always keeps the most likely token
+        probs = torch.zeros_like(probs).scatter_(-1, idx, sorted_p * keep)
+        probs = probs / probs.sum(-1, keepdim=True)
+    return probs
+
+
+def sample_categorical(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Draw one index per row of unnormalized probabilities [..., K] by an exponential race, in float64.
+
+    argmax(p / E) with E ~ Exp(1) is an exact categorical draw; in float32 the noise tail is cut off
+    and the draw acts like a lower temperature (Zheng et al. 2024), so both are float64 here.
+    """
+    probs = probs.double()
+    device = generator.device if generator is not None else probs.device
+    u = torch.rand(probs.shape, generator=generator, dtype=torch.float64, device=device).to(probs.device)
+    noise = -torch.log1p(-u)  # Exp(1); 1-u avoids log(0)
+    return (probs / noise).argmax(dim=-1)
+
+
+def step_probs(logp: torch.Tensor, alpha_t: float, alpha_s: float, mask_id: int, temperature: float = 1.0,
+               top_p: float = 1.0) -> torch.Tensor:
+    """Unnormalized float64 q(x_s | z_t) at masked positions (spec §1). logp: [N, V+1] with the mask excluded.
+
+    q(x_s = v) ∝ p(x0 = v | z_t) (alpha_s - alpha_t) for real tokens v, q(x_s = m) ∝ 1 - alpha_s.
+    """
+    q = nucleus_probs(logp, temperature, top_p) * (alpha_s - alpha_t)
+    q[..., mask_id] = 1 - alpha_s
+    return q
+
+
+@dataclass
+class SampleOutput:
+    tokens: torch.Tensor  # [B, L] token ids
+    nfe: torch.Tensor  # [B] denoiser evaluations per sequence (cached reuses not counted)
+    seconds: float
+    total_evals: torch.Tensor | None = None  # [B] every network call incl. discriminator (guided sampling)
+    text: list[str] | None = None
+
+    @property
+    def nfe_mean(self) -> float:
+        return float(self.nfe.double().mean())
+
+    @property
+    def nfe_max(self) -> int:
+        return int(self.nfe.max())
+
+
+Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (z [n, L], sigma [n]) -> logits [n, L, V+1]
+
+
+@torch.no_grad()
+def ancestral_sample(
+    denoiser: Denoiser,
+    batch_size: int,
+    length: int,
+    steps: int,
+    mask_id: int,
+    *,
+    schedule: LogLinearSchedule | None = None,
+    clamp: torch.Tensor | None = None,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    final_step: str = "argmax",
+    cache: bool = True,
+    t_min: float = 1e-5,
+    generator: torch.Generator | None = None,
+    device: torch.device | str = "cpu",
+    progress: bool = False,
+) -> SampleOutput:
+    """Ancestral sampling with `steps` steps on the grid linspace(1, t_min, steps + 1).
+
+    clamp: optional [B, L] ids, -1 where free; clamped tokens start unmasked and, being carried over,
+    never change (prefix, suffix or any positions: infilling).
+    cache: reuse a row's last denoiser output when none of its tokens changed since; valid only for a
+    denoiser that ignores time (the official teacher is not time-conditioned). Rows with nothing left
+    to unmask are not evaluated at all. Both savings are reflected in the returned NFE.
+    final_step: "argmax" | "sample" | "none": how masks still left after the last step are filled.
+    """
+    if steps < 1:
+        raise ValueError("steps must be >= 1")
+    if final_step not in ("argmax", "sample", "none"):
+        raise ValueError(f"final_step must be argmax, sample or none, not {final_step!r}")
+    schedule = schedule or LogLinearSchedule()
+    start = time.perf_counter()
+    z = torch.full((batch_size, length), mask_id, dtype=torch.long, device=device)
+    if clamp is not None:
+        clamp = clamp.to(device)
+        if clamp.shape != z.shape:
+            raise ValueError(f"clamp has shape {tuple(clamp.shape)}, expected {tuple(z.shape)}")
+        z = torch.where(clamp >= 0, clamp, z)
+    nfe = torch.zeros(batch_size, dtype=torch.long)
+    logits: torch.Tensor | None = None
+    stale = torch.ones(batch_size, dtype=torch.bool, device=device)  # row changed since its last evaluation
+    grid = torch.linspace(1.0, t_min, steps + 1, dtype=torch.float64)
+
+    def evaluate(t: float) -> None:
+        nonlocal logits
+        need = (z == mask_id).any(1)
+        if cache:
+            need &= stale
+        if not need.any():
+            return
+        sigma = schedule.sigma(torch.full((int(need.sum()),), t, dtype=torch.float64, device=device)).float()
+        out = denoiser(z[need], sigma).float()
+        if logits is None:
+            logits = torch.zeros(batch_size, *out.shape[1:], dtype=out.dtype, device=device)
+        logits[need] = out
+        nfe[need.cpu()] += 1
+        stale[need] = False
+
+    iterator = range(steps)
+    if progress:
+        from tqdm.auto import tqdm
+
+        iterator = tqdm(iterator, desc=f"sampling {steps} steps", leave=False)
+    for i in iterator:
+        t, s = float(grid[i]), float(grid[i + 1])
+        evaluate(t)
+        masked = z == mask_id
+        if not masked.any():
+            continue
+        q = step_probs(masked_log_probs(logits[masked], mask_id), schedule.alpha(t), schedule.alpha(s), mask_id,
+                       temperature, top_p)
+        new = sample_categorical(q, generator)
+        z[masked] = new
+        changed = torch.zeros_like(masked)
+        changed[masked] = new != mask_id
+        stale |= changed.any(1)
+
+    if final_step != "none" and (z == mask_id).any():
+        t = float(grid[-1])
+        evaluate(t)
+        masked = z == mask_id
+        logp = masked_log_probs(logits[masked], mask_id)
+        if final_step == "argmax":
+            z[masked] = logp.argmax(-1)
+        else:
+            z[masked] = sample_categorical(nucleus_probs(logp, temperature, top_p), generator)
+    return SampleOutput(tokens=z, nfe=nfe, seconds=time.perf_counter() - start, total_evals=nfe.clone())
