@@ -35,6 +35,7 @@ def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, until_step: 
         if not (out / runs.CHECKPOINT).is_file():
             raise DidiError(f"cannot resume: {out} has no {runs.CHECKPOINT}")
         tok = Tokenizer.load(out / runs.TOKENIZER_DIR)
+        cfg.model.vocab_size = tok.model_vocab_size
     else:
         if (out / runs.CONFIG).exists() or (out / runs.CHECKPOINT).exists():
             raise DidiError(f"{out} already holds a run; pass --resume to continue it or choose another --out")

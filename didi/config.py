@@ -92,7 +92,7 @@ PRESETS: dict[str, dict] = {
     # CPU-sized: 4 blocks / 256 hidden / 4 heads at length 128 (spec §7).
     "tiny": {
         "model": dict(hidden_dim=256, cond_dim=128, n_blocks=4, n_heads=4, length=128, dropout=0.0),
-        "train": dict(batch_size=32, lr=1e-3, warmup_steps=100, max_steps=2000, ema=0.999),
+        "train": dict(batch_size=32, lr=1e-3, warmup_steps=100, max_steps=2000, ema=0.99),
     },
     # The official OpenWebText shape: ~169 M parameters with the GPT-2 vocabulary.
     "small": {

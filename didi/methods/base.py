@@ -15,7 +15,7 @@ class SingleModelMethod:
         with ctx.autocast():
             loss, _ = self.loss(part.wrapped, x, generator, ctx.global_batch, ctx.dist.rank, ctx.dist.world)
         grad_norm = ctx.update("model", loss)
-        return {"loss": float(ctx.all_mean(loss)), "grad_norm": grad_norm}
+        return {"loss": float(ctx.all_mean(loss.detach())), "grad_norm": grad_norm}
 
     def exports(self) -> dict:
         """Files written beside every checkpoint: name -> (part, state-dict getter); EMA weights are swapped in."""

@@ -1,0 +1,264 @@
+"""Data: sources -> a cached memory-mapped token file -> fixed-length packed blocks, and their batch order.
+
+Documents are joined with EOS and cut into blocks of `block_size` tokens ("wrap", as in the
+OpenWebText setup). Tokenization happens once per (source, tokenizer); the result is cached.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .config import DataConfig
+from .errors import DidiError
+
+TEXT_SUFFIXES = (".txt", ".jsonl", ".txt.gz", ".jsonl.gz")
+
+
+def _open_text(path: Path):
+    if path.name.endswith(".gz"):
+        return gzip.open(path, "rt", encoding="utf-8")
+    return open(path, encoding="utf-8")
+
+
+def _source_files(source: str) -> list[Path]:
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise DidiError(f"data source {source} does not exist")
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.name.endswith(TEXT_SUFFIXES))
+        if not files:
+            raise DidiError(f"directory {source} holds no .txt or .jsonl files")
+        return files
+    if not path.name.endswith(TEXT_SUFFIXES):
+        raise DidiError(f"unsupported data file {source}: use .txt, .jsonl (field 'text'), a directory, or hf:NAME")
+    return [path]
+
+
+def read_documents(source: str) -> Iterator[str]:
+    """Yield documents: a .txt file is one document, a .jsonl file one per line (field `text`)."""
+    if source.startswith("hf:"):
+        yield from _read_hf(source[3:])
+        return
+    count = 0
+    for path in _source_files(source):
+        try:
+            with _open_text(path) as f:
+                if ".jsonl" in path.name:
+                    for lineno, line in enumerate(f, 1):
+                        if not line.strip():
+                            continue
+                        try:
+                            text = json.loads(line)["text"]
+                        except (json.JSONDecodeError, KeyError, TypeError):
+                            raise DidiError(f"{path}:{lineno}: expected a JSON object with a 'text' field") from None
+                        if text:
+                            count += 1
+                            yield text
+                else:
+                    text = f.read()
+                    if text.strip():
+                        count += 1
+                        yield text
+        except (OSError, UnicodeDecodeError) as e:
+            raise DidiError(f"cannot read {path}: {e}") from None
+    if count == 0:
+        raise DidiError(f"data source {source} is empty (no documents with text)")
+
+
+def _read_hf(spec: str) -> Iterator[str]:
+    try:
+        import datasets
+    except ImportError:
+        raise DidiError("hf: sources need the datasets package: pip install 'didi[hf]'") from None
+    name, _, config = spec.partition(":")
+    try:
+        if Path(name).exists():  # a dataset saved with save_to_disk
+            ds = datasets.load_from_disk(name)
+            if isinstance(ds, datasets.DatasetDict):
+                ds = ds["train"]
+        else:
+            ds = datasets.load_dataset(name, config or None, split="train")
+    except Exception as e:  # the hub, the cache and the disk format all raise their own types
+        raise DidiError(f"cannot load Hugging Face dataset '{spec}' (hub unreachable and not cached?): "
+                        f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+    if "text" not in ds.column_names:
+        raise DidiError(f"dataset '{spec}' has no 'text' column (columns: {', '.join(ds.column_names)})")
+    for text in ds["text"]:
+        if text:
+            yield text
+
+
+def _source_identity(source: str) -> str:
+    if source.startswith("hf:"):
+        return source
+    parts = [f"{p.resolve()}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in _source_files(source)]
+    return "\n".join(parts)
+
+
+@dataclass
+class TokenBlocks:
+    """Packed blocks over a flat token array (a memmap): block i is tokens[i*L : (i+1)*L]."""
+
+    tokens: np.ndarray
+    block_size: int
+
+    def __len__(self) -> int:
+        return len(self.tokens) // self.block_size
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self) * self.block_size
+
+    def get(self, idx: Sequence[int] | np.ndarray) -> torch.Tensor:
+        idx = np.asarray(idx, dtype=np.int64)
+        rows = self.tokens[: self.num_tokens].reshape(-1, self.block_size)[idx]
+        return torch.from_numpy(rows.astype(np.int64))
+
+
+def cache_dir(cfg: DataConfig) -> Path:
+    if cfg.cache_dir:
+        return Path(cfg.cache_dir)
+    return Path(os.environ.get("DIDI_CACHE", Path.home() / ".cache" / "didi")) / "tokens"
+
+
+def _tokenize_to_cache(docs: list[str], tokenizer, path: Path, show_progress: bool, what: str) -> np.ndarray:
+    from tqdm.auto import tqdm
+
+    dtype = np.uint16 if tokenizer.model_vocab_size <= 65536 else np.uint32
+    chunks, n = [], 0
+    bar = tqdm(total=len(docs), desc=f"tokenizing {what}", unit="doc", disable=not show_progress)
+    for i in range(0, len(docs), 256):
+        for ids in tokenizer.encode_batch(docs[i:i + 256]):
+            ids.append(tokenizer.eos_id)
+            chunks.append(np.asarray(ids, dtype=dtype))
+            n += len(ids)
+        bar.update(min(256, len(docs) - i))
+    bar.close()
+    arr = np.concatenate(chunks) if chunks else np.zeros(0, dtype=dtype)
+    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+    arr.tofile(tmp)
+    os.replace(tmp, path)
+    return arr
+
+
+def _load_or_build(key: str, docs_fn, tokenizer, cfg: DataConfig, show_progress: bool, what: str) -> np.ndarray:
+    directory = cache_dir(cfg)
+    directory.mkdir(parents=True, exist_ok=True)
+    path, meta_path = directory / f"{key}.bin", directory / f"{key}.json"
+    dtype = np.uint16 if tokenizer.model_vocab_size <= 65536 else np.uint32
+    if path.is_file() and meta_path.is_file():
+        meta = json.loads(meta_path.read_text())
+        if meta.get("num_tokens") == path.stat().st_size // np.dtype(dtype).itemsize:
+            return np.memmap(path, dtype=dtype, mode="r")
+    _tokenize_to_cache(docs_fn(), tokenizer, path, show_progress, what)
+    from .runs import atomic_write_text
+
+    atomic_write_text(meta_path, json.dumps({"what": what, "num_tokens": path.stat().st_size // np.dtype(dtype).itemsize,
+                                             "tokenizer": tokenizer.fingerprint()}) + "\n")
+    return np.memmap(path, dtype=dtype, mode="r")
+
+
+def _split_documents(docs: list[str], fraction: float) -> tuple[list[str], list[str]]:
+    """Hold out a deterministic, evenly spread share of documents (at least one when there are two)."""
+    if len(docs) < 2:
+        return docs, []
+    n_valid = min(len(docs) - 1, max(1, round(len(docs) * fraction)))
+    step = len(docs) / n_valid
+    held = {int(i * step) for i in range(n_valid)}
+    return [d for i, d in enumerate(docs) if i not in held], [d for i, d in enumerate(docs) if i in held]
+
+
+def prepare_data(cfg: DataConfig, tokenizer, block_size: int,
+                 show_progress: bool = True) -> tuple[TokenBlocks, TokenBlocks]:
+    """Tokenize (or load from cache) the training and held-out data and pack both into blocks."""
+    if not cfg.source:
+        raise DidiError("no data source given")
+    base = hashlib.sha256((_source_identity(cfg.source) + "\0" + tokenizer.fingerprint()).encode()).hexdigest()[:24]
+    if cfg.valid_source:
+        vbase = hashlib.sha256((_source_identity(cfg.valid_source) + "\0" + tokenizer.fingerprint()).encode())
+        train = _load_or_build(f"{base}-all", lambda: list(read_documents(cfg.source)), tokenizer, cfg,
+                               show_progress, "train")
+        valid = _load_or_build(f"{vbase.hexdigest()[:24]}-all", lambda: list(read_documents(cfg.valid_source)),
+                               tokenizer, cfg, show_progress, "valid")
+    else:
+        key = f"{base}-split{cfg.valid_fraction:g}"
+        docs_cache: dict[str, tuple[list[str], list[str]]] = {}
+
+        def split():
+            if "s" not in docs_cache:
+                docs_cache["s"] = _split_documents(list(read_documents(cfg.source)), cfg.valid_fraction)
+            return docs_cache["s"]
+
+        train = _load_or_build(f"{key}-train", lambda: split()[0], tokenizer, cfg, show_progress, "train")
+        valid = _load_or_build(f"{key}-valid", lambda: split()[1], tokenizer, cfg, show_progress, "valid")
+        if len(valid) < block_size and len(train) >= 2 * block_size:
+            # one document (or tiny held-out share): hold out the tail of the token stream instead
+            n_valid = max(block_size, int(len(train) * cfg.valid_fraction) // block_size * block_size)
+            train, valid = train[:-n_valid], train[-n_valid:]
+    train_blocks, valid_blocks = TokenBlocks(train, block_size), TokenBlocks(valid, block_size)
+    if len(train_blocks) == 0:
+        raise DidiError(f"not enough data: {len(train)} training tokens cannot fill one block of {block_size}")
+    return train_blocks, valid_blocks
+
+
+def iterate_blocks(blocks: TokenBlocks, batch_size: int, max_batches: int | None = None) -> Iterator[torch.Tensor]:
+    """Blocks in their stored order (validation): the same batches every time."""
+    n = len(blocks)
+    for b, start in enumerate(range(0, n, batch_size)):
+        if max_batches is not None and b >= max_batches:
+            return
+        yield blocks.get(np.arange(start, min(start + batch_size, n)))
+
+
+class BlockSampler:
+    """Shuffled block order, reshuffled each epoch from (seed, epoch); its position resumes exactly."""
+
+    def __init__(self, num_blocks: int, global_batch: int, seed: int):
+        if num_blocks < 1:
+            raise DidiError("no training blocks")
+        self.num_blocks, self.global_batch, self.seed = num_blocks, global_batch, seed
+        self.epoch, self.position = 0, 0
+        self._order = self._permutation(0)
+
+    def _permutation(self, epoch: int) -> np.ndarray:
+        return np.random.default_rng([self.seed, epoch]).permutation(self.num_blocks)
+
+    def next_indices(self) -> np.ndarray:
+        out = []
+        need = self.global_batch
+        while need:
+            take = self._order[self.position:self.position + need]
+            out.append(take)
+            need -= len(take)
+            self.position += len(take)
+            if self.position >= self.num_blocks:
+                self.epoch += 1
+                self.position = 0
+                self._order = self._permutation(self.epoch)
+        return np.concatenate(out)
+
+    @staticmethod
+    def rank_slice(indices: np.ndarray, rank: int, world: int) -> np.ndarray:
+        if len(indices) % world:
+            raise DidiError(f"batch of {len(indices)} cannot be split evenly across {world} processes")
+        per = len(indices) // world
+        return indices[rank * per:(rank + 1) * per]
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "position": self.position, "seed": self.seed, "num_blocks": self.num_blocks}
+
+    def load_state_dict(self, d: dict) -> None:
+        if d["num_blocks"] != self.num_blocks:
+            raise DidiError(f"the data changed since the checkpoint ({d['num_blocks']} blocks then, "
+                            f"{self.num_blocks} now); resume needs the same data")
+        self.epoch, self.position = d["epoch"], d["position"]
+        self._order = self._permutation(self.epoch)

@@ -1,0 +1,60 @@
+"""Frontier and PPL-vs-NFE plots written atomically as PNGs."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def _save(fig, path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Write next to the target then rename, so a crash never leaves a half-written PNG behind.
+    fd, tmp = tempfile.mkstemp(suffix=".png", dir=path.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def plot_frontier(
+    series: dict[str, list[tuple[float, float]]], path: str | os.PathLike, target_entropy: float | None = None
+) -> None:
+    """Gen-PPL (log) against unigram entropy, one line per series of (entropy, ppl) points."""
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for label, pts in series.items():
+        pts = sorted(pts)
+        ax.plot([e for e, _ in pts], [p for _, p in pts], marker="o", label=label)
+    if target_entropy is not None:
+        ax.axvline(target_entropy, color="gray", linestyle="--", linewidth=1, label=f"entropy {target_entropy:g}")
+    ax.set_yscale("log")
+    ax.set_xlabel("unigram entropy (nats)")
+    ax.set_ylabel("generative perplexity")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    _save(fig, path)
+
+
+def plot_ppl_vs_nfe(series: dict[str, list[tuple[float, float]]], path: str | os.PathLike) -> None:
+    """Gen-PPL (log) against number of function evaluations (log2), one line per series of (nfe, ppl) points."""
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for label, pts in series.items():
+        pts = sorted(pts)
+        ax.plot([n for n, _ in pts], [p for _, p in pts], marker="o", label=label)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("NFE")
+    ax.set_ylabel("generative perplexity")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    _save(fig, path)
