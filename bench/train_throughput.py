@@ -12,8 +12,8 @@ import argparse
 import time
 
 import torch
-
 from common import write_results
+
 from didi.config import RunConfig
 from didi.diffusion import LogLinearSchedule
 from didi.methods.mdlm import MDLM

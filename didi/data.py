@@ -162,8 +162,9 @@ def _load_or_build(key: str, docs_fn, tokenizer, cfg: DataConfig, show_progress:
     _tokenize_to_cache(docs_fn(), tokenizer, path, show_progress, what)
     from .runs import atomic_write_text
 
-    atomic_write_text(meta_path, json.dumps({"what": what, "num_tokens": path.stat().st_size // np.dtype(dtype).itemsize,
-                                             "tokenizer": tokenizer.fingerprint()}) + "\n")
+    num_tokens = path.stat().st_size // np.dtype(dtype).itemsize
+    meta = {"what": what, "num_tokens": num_tokens, "tokenizer": tokenizer.fingerprint()}
+    atomic_write_text(meta_path, json.dumps(meta) + "\n")
     return np.memmap(path, dtype=dtype, mode="r")
 
 

@@ -69,7 +69,8 @@ def subs_log_probs(logits: torch.Tensor, z: torch.Tensor, mask_id: int) -> torch
 def masked_log_probs(logits: torch.Tensor, mask_id: int) -> torch.Tensor:
     """log p(x0 | z) at masked positions only: log-softmax with the mask logit removed. logits: [N, V+1]."""
     logits = logits.float()
-    logits = torch.cat([logits[..., :mask_id], torch.full_like(logits[..., :1], NEG_INF), logits[..., mask_id + 1:]], -1)
+    blocked = torch.full_like(logits[..., :1], NEG_INF)
+    logits = torch.cat([logits[..., :mask_id], blocked, logits[..., mask_id + 1:]], -1)
     return F.log_softmax(logits, dim=-1)
 
 

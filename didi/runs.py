@@ -107,5 +107,6 @@ def load_run(path: str | Path, device: str | torch.device = "cpu", weights: str 
     missing, unexpected = model.load_state_dict(load_weights(wpath), strict=False)
     missing = [k for k in missing if not k.endswith("inv_freq")]
     if missing or unexpected:
-        raise DidiError(f"weights in {wpath} do not match the config: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        raise DidiError(f"weights in {wpath} do not match the config: "
+                        f"missing {missing[:5]}, unexpected {unexpected[:5]}")
     return Run(path=path, config=cfg, tokenizer=tok, model=model.to(device).eval())

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 
 from ..config import RunConfig
-from .base import SingleModelMethod
 from ..diffusion import LogLinearSchedule, nelbo_terms, nelbo_to_ppl, sample_times
+from .base import SingleModelMethod
 
 
 class MDLM(SingleModelMethod):

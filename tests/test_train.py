@@ -1,0 +1,109 @@
+import json
+import socket
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from safetensors.torch import load_file
+
+import didi
+from didi.config import preset
+from didi.demo_corpus import demo_documents
+from didi.errors import DidiError
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    path = tmp_path_factory.mktemp("corpus") / "stories.jsonl"
+    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in demo_documents(300)))
+    return path
+
+
+def cfg_for(corpus, tmp_path, *extra):
+    return preset("test", [f"data.source={corpus}", f"data.cache_dir={tmp_path / 'cache'}", *extra])
+
+
+def metrics(run):
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_training_lowers_the_loss_and_writes_a_run(corpus, tmp_path):
+    out = tmp_path / "run"
+    didi.train(cfg_for(corpus, tmp_path, "train.max_steps=60", "train.eval_every=30"), out, progress=False)
+    vals = [m["val_nelbo"] for m in metrics(out) if "val_nelbo" in m]
+    assert len(vals) >= 2 and vals[-1] < vals[0]
+    for name in ("config.json", "model.safetensors", "checkpoint.pt", "tokenizer/tokenizer.json"):
+        assert (out / name).exists(), name
+    pipe = didi.load(out)
+    s = pipe.sample(num=2, steps=8)
+    assert s.tokens.shape == (2, 32) and len(s.text) == 2 and not (s.tokens == pipe.tokenizer.mask_id).any()
+
+
+def test_resume_is_exact(corpus, tmp_path):
+    straight, resumed = tmp_path / "a", tmp_path / "b"
+    extra = ("train.max_steps=20", "train.save_every=0", "train.eval_every=10")
+    didi.train(cfg_for(corpus, tmp_path, *extra), straight, progress=False)
+    didi.train(cfg_for(corpus, tmp_path, *extra), resumed, until_step=10, progress=False)
+    assert torch.load(resumed / "checkpoint.pt", weights_only=False)["step"] == 10
+    didi.train(cfg_for(corpus, tmp_path, *extra), resumed, resume=True, progress=False)
+    a, b = load_file(straight / "model.safetensors"), load_file(resumed / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    ca = torch.load(straight / "checkpoint.pt", weights_only=False)["parts"]["model"]["module"]
+    cb = torch.load(resumed / "checkpoint.pt", weights_only=False)["parts"]["model"]["module"]
+    assert all(torch.equal(ca[k], cb[k]) for k in ca)
+
+
+def test_existing_run_is_not_overwritten_and_resume_needs_a_checkpoint(corpus, tmp_path):
+    out = tmp_path / "run"
+    didi.train(cfg_for(corpus, tmp_path, "train.max_steps=2"), out, progress=False)
+    with pytest.raises(DidiError, match="already holds a run"):
+        didi.train(cfg_for(corpus, tmp_path, "train.max_steps=2"), out, progress=False)
+    with pytest.raises(DidiError, match="does not exist"):
+        didi.train(cfg_for(corpus, tmp_path), tmp_path / "nothing", resume=True, progress=False)
+
+
+def test_nan_loss_stops_with_the_step(corpus, tmp_path, monkeypatch):
+    import didi.methods.mdlm as mdlm
+
+    real = mdlm.nelbo_terms
+    calls = {"n": 0}
+
+    def poisoned(*args, **kw):
+        calls["n"] += 1
+        terms = real(*args, **kw)
+        return terms * float("nan") if calls["n"] == 4 else terms
+
+    monkeypatch.setattr(mdlm, "nelbo_terms", poisoned)
+    with pytest.raises(DidiError, match="at step 3"):
+        didi.train(cfg_for(corpus, tmp_path, "train.max_steps=10", "train.eval_every=0"), tmp_path / "r",
+                   progress=False)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank, world, port, cfg_dict, out):
+    import os
+
+    from didi.config import RunConfig
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    didi.train(RunConfig.from_dict(cfg_dict), out, progress=False)
+    torch.distributed.destroy_process_group()
+
+
+def test_two_process_gloo_ddp_matches_single_process(corpus, tmp_path):
+    extra = ("train.max_steps=4", "train.eval_every=0", "train.save_every=0", "train.ema=0")
+    single = tmp_path / "single"
+    didi.train(cfg_for(corpus, tmp_path, *extra), single, progress=False)
+    ddp = tmp_path / "ddp"
+    mp.spawn(_ddp_worker, args=(2, _free_port(), cfg_for(corpus, tmp_path, *extra).to_dict(), str(ddp)), nprocs=2)
+    a, b = load_file(single / "model.safetensors"), load_file(ddp / "model.safetensors")
+    assert all(torch.allclose(a[k], b[k], atol=1e-5, rtol=1e-4) for k in a)
+    changed = load_file(single / "model.safetensors")
+    assert any(not torch.equal(changed[k], torch.zeros_like(changed[k])) for k in changed)
