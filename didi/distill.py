@@ -1,0 +1,223 @@
+"""DiDi-Instruct distillation of a trained MDLM teacher run into a few-step student run (spec §3).
+
+The output is an ordinary didi run directory: `config.json` (the teacher's RunConfig, with the
+distillation settings under "distill"), `tokenizer/`, `model.safetensors` (the student's EMA weights:
+`didi.load(out)` samples from it without the teacher), `discriminator.safetensors` (official names, for
+reward-guided sampling, `didi.guidance`), `checkpoint.pt` and `metrics.jsonl`.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from . import runs
+from .config import RunConfig, apply_overrides
+from .errors import DidiError
+
+DISCRIMINATOR = "discriminator.safetensors"
+
+
+@dataclass
+class DistillConfig:
+    """Every knob of DiDi-Instruct; defaults follow the authors' final config (spec §3) unless noted."""
+
+    # run length and batch (B real sequences per step, global; N = B * group rollouts)
+    max_steps: int = 10_000
+    batch_size: int = 32
+    group: int = 4
+    # rollout
+    student_steps: int = 2  # ancestral steps 1 -> tau -> ... -> t_end (k > 2: linspace(tau, t_end, k) after tau)
+    score_decomposition: bool = True  # False = ablation: one step 1 -> t_end
+    t_end: float = 1e-3
+    final_fill: str = "sample"  # masks left after the last step: "sample" (counted in log p) or "argmax"
+    tau_a: float = 1.0  # tau ~ Beta(a, b) (Beta(2, 2) in earlier configs)
+    tau_b: float = 1.0
+    tau_min: float = 0.02
+    tau_max: float = 0.98
+    coupled_time: bool = True  # False: the real side gets its own tau
+    # discriminator
+    real: str = "data"  # "data" (released code) or "teacher" (paper text: teacher ancestral samples)
+    teacher_steps: int = 16  # ancestral steps for real="teacher"
+    label_smoothing: float = 0.1
+    disc_lr: float = 1e-5
+    disc_betas: tuple[float, float] = (0.9, 0.999)
+    disc_weight_decay: float = 0.0
+    disc_clip: float = 1.0
+    disc_only_steps: int = 0  # warm-up iterations in which only the discriminator trains
+    disc_trainable_blocks: int = 4
+    disc_time_conditioning: bool = True
+    # reward and policy gradient
+    reward_clip: float = 8.0
+    group_norm: bool = True  # False: A = r - mean(r)
+    adv_clip: float = 3.0
+    time_weight: bool = True  # w(tau) = -alpha'/(1 - alpha) clamped; False: w = 1
+    w_min: float = 0.1
+    w_max: float = 10.0
+    importance_weight: bool = False  # divide w by the Beta density pi(tau)
+    # regularization (released values conflict: kl_beta 0.05 or 1.0, entropy_beta 0.0005 or 0.02)
+    kl_beta: float = 0.05
+    kl_step_weight: float = 0.01  # weight of each rollout step's KL(teacher || student)
+    entropy_beta: float = 0.0005
+    # student optimizer (lr about 1e-6 to 5e-6 at 169 M; 1e-5 for the tiny CPU scale)
+    student_lr: float = 1e-5
+    student_betas: tuple[float, float] = (0.9, 0.999)
+    student_weight_decay: float = 0.0
+    student_clip: float = 0.5
+    ema: float = 0.999
+    # both schedules: linear warm-up, then linear decay to min_lr_ratio
+    warmup_steps: int = 1000
+    min_lr_ratio: float = 0.0
+
+    @classmethod
+    def from_dict(cls, d: dict) -> DistillConfig:
+        names = {f.name: f for f in dataclasses.fields(cls)}
+        kw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in names}
+        return cls(**kw)
+
+    def validate(self) -> None:
+        if self.group < 1 or self.batch_size < 1 or self.max_steps < 1:
+            raise DidiError("distill: group, batch_size and max_steps must be >= 1")
+        if self.real not in ("data", "teacher"):
+            raise DidiError(f"distill: real must be 'data' or 'teacher', not {self.real!r}")
+        if self.final_fill not in ("sample", "argmax"):
+            raise DidiError(f"distill: final_fill must be 'sample' or 'argmax', not {self.final_fill!r}")
+        if self.score_decomposition and self.student_steps < 2:
+            raise DidiError("distill: score decomposition needs student_steps >= 2")
+        if not 0 < self.tau_min <= self.tau_max < 1:
+            raise DidiError("distill: need 0 < tau_min <= tau_max < 1")
+
+
+def _train_from_dcfg(cfg: RunConfig, dcfg: DistillConfig) -> None:
+    """The run config's train section mirrors the distillation schedule (the student's optimizer)."""
+    t = cfg.train
+    t.max_steps, t.batch_size = dcfg.max_steps, dcfg.batch_size
+    t.lr, t.betas, t.weight_decay = dcfg.student_lr, tuple(dcfg.student_betas), dcfg.student_weight_decay
+    t.warmup_steps, t.min_lr_ratio = dcfg.warmup_steps, dcfg.min_lr_ratio
+    t.grad_clip, t.ema = dcfg.student_clip, dcfg.ema
+
+
+OWNED = ("train.max_steps", "train.batch_size", "train.lr", "train.betas", "train.weight_decay", "train.warmup_steps",
+         "train.min_lr_ratio", "train.grad_clip", "train.ema")
+
+
+def distill(teacher: str | Path | None, out: str | Path, dcfg: DistillConfig | None = None, *, data: str | None = None,
+            overrides: list[str] | None = None, resume: bool = False, until_step: int | None = None,
+            progress: bool = True) -> dict:
+    """Distil the MDLM teacher run `teacher` into a few-step student in the run directory `out`.
+
+    overrides: `section.key=value` for the run config (train.seed, train.device, train.log_every, ...);
+    the schedule keys (train.max_steps, batch_size, lr, ...) belong to `dcfg`. data: a training source
+    replacing the teacher's. With `resume=True` the run continues from `out/checkpoint.pt` exactly; the
+    saved distill config is used (a `dcfg` that differs from it is an error) and `teacher` may be None
+    (the saved teacher path is used). Returns the last metrics.
+    """
+    import torch.distributed as dist
+
+    from .data import prepare_data
+    from .methods.didi_instruct import DiDiInstruct
+    from .nn.discriminator import Discriminator
+    from .tokenizers import Tokenizer
+    from .trainer import PartSpec, Trainer, init_distributed, resolve_device
+
+    out = Path(out)
+    for item in overrides or []:
+        if item.split("=", 1)[0].strip() in OWNED:
+            raise DidiError(f"override {item!r}: set this through the distill config (DistillConfig)")
+    if resume:
+        runs.check_run_dir(out)
+        if not (out / runs.CHECKPOINT).is_file():
+            raise DidiError(f"cannot resume: {out} has no {runs.CHECKPOINT}")
+        saved = json.loads((out / runs.CONFIG).read_text())
+        if "distill" not in saved:
+            raise DidiError(f"{out} is not a distillation run (no 'distill' section in {runs.CONFIG})")
+        saved_dcfg = DistillConfig.from_dict(saved["distill"])
+        if dcfg is not None and dcfg != saved_dcfg:
+            changed = [f.name for f in dataclasses.fields(DistillConfig)
+                       if getattr(dcfg, f.name) != getattr(saved_dcfg, f.name)]
+            raise DidiError(f"cannot resume with a different distill config (changed: {', '.join(changed)})")
+        dcfg = saved_dcfg
+        teacher = teacher if teacher is not None else saved["distill"].get("teacher")
+        cfg = RunConfig.from_dict(saved)
+        if overrides:
+            apply_overrides(cfg, overrides)
+    else:
+        if teacher is None:
+            raise DidiError("distill needs a teacher run directory")
+        dcfg = dcfg or DistillConfig()
+        if (out / runs.CONFIG).exists() or (out / runs.CHECKPOINT).exists():
+            raise DidiError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+        cfg = RunConfig.load(runs.check_run_dir(teacher) / runs.CONFIG)
+        if overrides:
+            apply_overrides(cfg, overrides)
+        if data:
+            cfg.data.source = data
+    dcfg.validate()
+    if cfg.model.arch != "dit":
+        raise DidiError(f"the teacher must be a masked diffusion model (model.arch dit), not {cfg.model.arch}")
+    _train_from_dcfg(cfg, dcfg)
+    teacher = Path(teacher).resolve()
+
+    d = init_distributed(cfg.train.device)
+    device = resolve_device(cfg.train.device, d)
+    barrier = dist.barrier if d.world > 1 else (lambda: None)
+    if not resume and d.main:
+        out.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(teacher / runs.TOKENIZER_DIR, out / runs.TOKENIZER_DIR, dirs_exist_ok=True)
+        runs.atomic_write_text(out / runs.CONFIG, json.dumps(
+            {**cfg.to_dict(), "distill": {**asdict(dcfg), "teacher": str(teacher)}}, indent=2) + "\n")
+        # what `interop.load_discriminator` needs to rebuild the discriminator for guided sampling
+        runs.atomic_write_text(out / "discriminator.json", json.dumps(
+            {"time_conditioning": dcfg.disc_time_conditioning, "trainable_blocks": dcfg.disc_trainable_blocks}) + "\n")
+    barrier()
+    tok = Tokenizer.load(out / runs.TOKENIZER_DIR)
+    if tok.model_vocab_size != cfg.model.vocab_size:
+        raise DidiError(f"tokenizer has {tok.model_vocab_size} ids, the teacher {cfg.model.vocab_size}")
+    if d.main:
+        data_ = prepare_data(cfg.data, tok, cfg.model.length, show_progress=progress)
+    barrier()
+    if not d.main:
+        data_ = prepare_data(cfg.data, tok, cfg.model.length, show_progress=False)
+    train_blocks, valid_blocks = data_
+
+    teacher_model = runs.load_run(teacher, "cpu").model
+    torch.manual_seed(cfg.train.seed)  # identical discriminator head on every rank
+    student = copy.deepcopy(teacher_model).train().requires_grad_(True)
+    disc = Discriminator.from_teacher(teacher_model, dcfg.disc_trainable_blocks, dcfg.disc_time_conditioning)
+    frozen = teacher_model.to(device).eval().requires_grad_(False)
+    torch.manual_seed(cfg.train.seed + d.rank)  # dropout differs per rank
+    method = DiDiInstruct(cfg, dcfg, tok.mask_id, frozen)
+    specs = {
+        "student": PartSpec(student, lr=dcfg.student_lr, max_steps=dcfg.max_steps, warmup_steps=dcfg.warmup_steps,
+                            min_lr_ratio=dcfg.min_lr_ratio, betas=tuple(dcfg.student_betas),
+                            weight_decay=dcfg.student_weight_decay, grad_clip=dcfg.student_clip, ema=dcfg.ema,
+                            decay="linear"),
+        "discriminator": PartSpec(disc, lr=dcfg.disc_lr, max_steps=dcfg.max_steps, warmup_steps=dcfg.warmup_steps,
+                                  min_lr_ratio=dcfg.min_lr_ratio, betas=tuple(dcfg.disc_betas),
+                                  weight_decay=dcfg.disc_weight_decay, grad_clip=dcfg.disc_clip, ema=0.0,
+                                  decay="linear"),
+    }
+    trainer = Trainer(cfg, out, method, specs, train_blocks, valid_blocks, d, device, progress=progress)
+    if d.main:
+        n_disc = sum(p.numel() for p in disc.parameters() if p.requires_grad)
+        print(f"didi: distilling {teacher} ({sum(p.numel() for p in student.parameters()) / 1e6:.2f} M parameters; "
+              f"discriminator trains {n_disc / 1e6:.2f} M) with {dcfg.batch_size}x{dcfg.group} rollouts per step, "
+              f"{dcfg.student_steps if dcfg.score_decomposition else 1}-step rollouts, device {device}, "
+              f"{d.world} process(es)")
+    if resume:
+        trainer.load_state_dict(torch.load(out / runs.CHECKPOINT, map_location=device, weights_only=False))
+        if d.main:
+            print(f"didi: resuming {out} at step {trainer.step}")
+    return trainer.train(until_step=until_step)
+
+
+def load_distill_config(run_dir: str | Path) -> DistillConfig | None:
+    """The distill section of a run's config.json (None for a run that is not a distillation run)."""
+    saved = json.loads((runs.check_run_dir(run_dir) / runs.CONFIG).read_text())
+    return DistillConfig.from_dict(saved["distill"]) if "distill" in saved else None

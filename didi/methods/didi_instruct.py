@@ -1,0 +1,334 @@
+"""DiDi-Instruct distillation (spec §3): a policy-gradient estimator of the integral-KL gradient whose reward
+comes from a discriminator between noised real and noised student sequences.
+
+One iteration on this rank's B real sequences x:
+
+1. repeat each row G times (groups are formed locally, so a group never straddles DDP ranks);
+2. tau ~ Beta(a, b) per row, clamped to [tau_min, tau_max];
+3. a student rollout from the all-masked x_1 (score decomposition: one step 1 -> tau, then the remaining
+   steps on linspace(tau, t_end, k) for k = student_steps; the ablation `score_decomposition=False`
+   takes one step 1 -> t_end), remaining masks filled from the last step's prediction -> x̂0;
+4. x̂0 and the real rows are masked with alpha_tau (coupled time; independent draws of the masks);
+5. one discriminator update (BCE with label smoothing over the masked positions of each side);
+6. reward r = mean over the student side's masked positions of the clipped logit of the updated
+   discriminator (= -R: log q_real / q_student);
+7. A = grouped normalization of r;
+8. w(tau) = -alpha'/(1 - alpha) clamped, optionally divided by the Beta density;
+9. student loss = -mean(w A log p(x̂0)) + kl_beta * (teacher || student KL per rollout step)
+   - entropy_beta * H, one student update.
+
+Choices where the spec is open (see also `DistillConfig`):
+- log p(x̂0) sums, over the rollout steps, log p_nu(v | z_t) of every token v that was unmasked in that
+  step at a position masked before it. The "stays masked" outcome has probability
+  (1 - alpha_s) / (1 - alpha_t), independent of the student, so it contributes no gradient and is left
+  out; likewise the step factor (alpha_s - alpha_t) / (1 - alpha_t) (a constant). The gradient is the
+  same as with the full transition log-probability.
+- Masks left after the last step are filled from that step's prediction p_nu(x0 | z_t) (no extra
+  forward pass): `final_fill="sample"` (default: x̂0 is an exact sample of the policy and the filled
+  tokens count in log p) or `"argmax"` (filled tokens are deterministic and carry no log-prob).
+- The rollout is drawn without gradient; log p, the KL terms and the entropy are then computed in ONE
+  student forward over the distinct rollout states (the all-masked x_1 is the same for every row, so it
+  is one row). One forward per backward keeps DDP simple. With dropout > 0 the two passes use different
+  dropout masks (the official small config trains the student with dropout 0.1; tiny configs use 0).
+- Categorical draws are float64 (`sample_categorical`) from a per-rank generator seeded by the step's
+  global generator; tau, the masking noise and the real-side noise are drawn for the global batch and
+  sliced, as in MDLM.
+- Group normalization is local to each group of G rows (one rank), with the population std; rows with
+  no masked position get A = 0 and are left out of their group's statistics. `group_norm=False` uses
+  A = r - mean(r) over the global batch (all-reduced).
+- The discriminator loss is 0.5 * (mean BCE over real masked positions + mean BCE over student masked
+  positions), pooled over the rows of this rank.
+- The reward is computed with the discriminator in eval mode (no dropout).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..diffusion import LogLinearSchedule, mask_tokens, masked_log_probs, nelbo_terms, nelbo_to_ppl, sample_times
+from ..sampling import ancestral_sample, sample_categorical
+
+# -- the estimator's pieces, as plain functions (tested on toy problems) -------------------------------
+
+
+def group_normalize(r: torch.Tensor, group: int, clip: float = 3.0, eps: float = 1e-8,
+                    valid: torch.Tensor | None = None) -> torch.Tensor:
+    """A = clip((r - mean_g) / (std_g + eps), -clip, clip) over consecutive groups of `group` rows.
+
+    std is the population std (so the normalized values have std 1 in each group). Rows with
+    valid=False get A = 0 and are left out of their group's mean and std.
+    """
+    rg = r.reshape(-1, group).double()
+    v = torch.ones_like(rg, dtype=torch.bool) if valid is None else valid.reshape(-1, group)
+    vf = v.double()
+    n = vf.sum(1, keepdim=True).clamp_min(1)
+    mean = (rg * vf).sum(1, keepdim=True) / n
+    std = (((rg - mean) ** 2 * vf).sum(1, keepdim=True) / n).sqrt()
+    a = ((rg - mean) / (std + eps)).clamp(-clip, clip) * vf
+    return a.reshape(r.shape).to(r.dtype)
+
+
+def time_weight(tau: torch.Tensor, schedule: LogLinearSchedule, lo: float = 0.1, hi: float = 10.0) -> torch.Tensor:
+    """w(tau) = -alpha'(tau) / (1 - alpha(tau)), clamped to [lo, hi] (about 1/tau for log-linear)."""
+    return (-schedule.loss_weight(tau)).clamp(lo, hi)
+
+
+def beta_pdf(x: torch.Tensor, a: float, b: float) -> torch.Tensor:
+    x = x.double()
+    log_b = math.lgamma(a) + math.lgamma(b) - math.lgamma(a + b)
+    return torch.exp((a - 1) * torch.log(x) + (b - 1) * torch.log1p(-x) - log_b).float()
+
+
+def policy_gradient_loss(logp: torch.Tensor, advantage: torch.Tensor, weight: torch.Tensor | float = 1.0
+                         ) -> torch.Tensor:
+    """-mean(w * A * log p): descending it raises E[A] (A is the reward-to-go, here log q_real/q_student)."""
+    return -(weight * advantage.detach() * logp).mean()
+
+
+def discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor, real_mask: torch.Tensor,
+                       fake_mask: torch.Tensor, smoothing: float = 0.1) -> torch.Tensor:
+    """Per-token BCE with label smoothing (real -> 1 - s, student -> s), averaged over each side's masked
+    positions, then over the two sides. Its optimum logit is log((1-s) q_r + s q_f) - log(s q_r + (1-s) q_f)
+    (the log ratio log q_r/q_f when s = 0)."""
+    def side(logits, mask, label):
+        bce = F.binary_cross_entropy_with_logits(logits.float(), torch.full_like(logits, label, dtype=torch.float32),
+                                                 reduction="none")
+        m = mask.float()
+        return (bce * m).sum() / m.sum().clamp_min(1)
+    return 0.5 * (side(real_logits, real_mask, 1 - smoothing) + side(fake_logits, fake_mask, smoothing))
+
+
+def row_step_probs(logp: torch.Tensor, alpha_t: torch.Tensor, alpha_s: torch.Tensor, mask_id: int) -> torch.Tensor:
+    """`sampling.step_probs` with per-row times: logp [n, V+1], alpha_t / alpha_s [n] -> float64 [n, V+1]."""
+    q = logp.double().exp() * (alpha_s - alpha_t).double()[:, None]
+    q[:, mask_id] = (1 - alpha_s).double()
+    return q
+
+
+# -- the method ----------------------------------------------------------------------------------------
+
+
+class DiDiInstruct:
+    name = "didi-instruct"
+    eval_part = "student"
+
+    def __init__(self, cfg, dcfg, mask_id: int, teacher: torch.nn.Module):
+        self.cfg, self.dcfg, self.mask_id = cfg, dcfg, mask_id
+        self.teacher = teacher.eval().requires_grad_(False)
+        self.schedule = LogLinearSchedule(cfg.diffusion.eps)
+        if dcfg.real not in ("data", "teacher"):
+            raise ValueError(f"real must be 'data' or 'teacher', not {dcfg.real!r}")
+        if dcfg.final_fill not in ("sample", "argmax"):
+            raise ValueError(f"final_fill must be 'sample' or 'argmax', not {dcfg.final_fill!r}")
+        if dcfg.score_decomposition and dcfg.student_steps < 2:
+            raise ValueError("score decomposition needs student_steps >= 2 (1 -> tau -> ... -> t_end)")
+
+    # -- randomness: global draws sliced to this rank --------------------------------------------------
+    def draw(self, generator: torch.Generator, global_batch: int, length: int, rank: int, world: int, device):
+        d = self.dcfg
+        n_glob = global_batch * d.group
+        np_seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+        rank_seeds = torch.randint(0, 2**62, (world,), generator=generator)
+        noise_fake = torch.rand(n_glob, length, generator=generator)
+        noise_real = torch.rand(n_glob, length, generator=generator)
+        rng = np.random.default_rng(np_seed)
+        tau = np.clip(rng.beta(d.tau_a, d.tau_b, size=n_glob), d.tau_min, d.tau_max)
+        tau_real = np.clip(rng.beta(d.tau_a, d.tau_b, size=n_glob), d.tau_min, d.tau_max)
+        per = n_glob // world
+        sl = slice(rank * per, (rank + 1) * per)
+        gdev = torch.device(device)
+        rgen = torch.Generator(gdev if gdev.type == "cuda" else "cpu").manual_seed(int(rank_seeds[rank]))
+        return {
+            "tau": torch.from_numpy(tau[sl]).float().to(device),
+            "tau_real": torch.from_numpy(tau_real[sl]).float().to(device),
+            "noise_fake": noise_fake[sl].to(device), "noise_real": noise_real[sl].to(device), "gen": rgen,
+        }
+
+    def times(self, tau: torch.Tensor) -> torch.Tensor:
+        """The rollout grid per row [N, k+1]: 1 -> tau -> linspace(tau, t_end, k)[1:], or 1 -> t_end."""
+        d = self.dcfg
+        n = tau.shape[0]
+        if not d.score_decomposition:
+            return torch.tensor([1.0, d.t_end], device=tau.device).expand(n, 2).clone()
+        frac = torch.linspace(0, 1, d.student_steps, device=tau.device)  # k-1 steps from tau to t_end
+        tail = tau[:, None] + (d.t_end - tau[:, None]) * frac[None]
+        return torch.cat([torch.ones(n, 1, device=tau.device), tail], 1)
+
+    # -- rollout ---------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def rollout(self, student, n: int, length: int, grid: torch.Tensor, gen, device):
+        """Student ancestral rollout without gradient. Returns x̂0, the pre-step states, and per step the
+        positions whose token this step decided (and whose log-prob counts)."""
+        mask = self.mask_id
+        z = torch.full((n, length), mask, dtype=torch.long, device=device)
+        states, decided = [], []
+        k = grid.shape[1] - 1
+        for j in range(k):
+            t, s = grid[:, j], grid[:, j + 1]
+            states.append(z.clone())
+            if j == 0:  # every row is the same all-masked sequence: one row suffices
+                logits = student(z[:1], self.schedule.sigma(t[:1])).float().expand(n, -1, -1)
+            else:
+                logits = student(z, self.schedule.sigma(t)).float()
+            masked = z == mask
+            logp = masked_log_probs(logits[masked], mask)
+            rows = torch.arange(n, device=device)[:, None].expand(n, length)[masked]
+            q = row_step_probs(logp, self.schedule.alpha(t)[rows], self.schedule.alpha(s)[rows], mask)
+            new = sample_categorical(q, gen).to(device)
+            newly = new != mask
+            if j == k - 1:  # fill what is left from this step's prediction (no extra forward pass)
+                left = ~newly
+                if left.any():
+                    if self.dcfg.final_fill == "argmax":
+                        new[left] = logp[left].argmax(-1)
+                    else:
+                        new[left] = sample_categorical(logp[left].double().exp(), gen).to(device)
+                        newly = torch.ones_like(newly)
+            dec = torch.zeros_like(masked)
+            dec[masked] = newly
+            z[masked] = new
+            decided.append(dec)
+        return z, states, decided
+
+    # -- one iteration ---------------------------------------------------------------------------------
+    def step(self, x: torch.Tensor, generator: torch.Generator, ctx) -> dict:
+        d, mask, sched = self.dcfg, self.mask_id, self.schedule
+        device = x.device
+        B, L = x.shape
+        G = d.group
+        N = B * G
+        draws = self.draw(generator, ctx.global_batch, L, ctx.dist.rank, ctx.dist.world, device)
+        tau, gen = draws["tau"], draws["gen"]
+        student_part, disc_part = ctx.parts["student"], ctx.parts["discriminator"]
+        student, disc = student_part.module, disc_part.module
+
+        # 3. rollout (no gradient)
+        grid = self.times(tau)
+        with ctx.autocast():
+            x_hat, states, decided = self.rollout(student, N, L, grid, gen, device)
+
+        # real side
+        if d.real == "teacher":
+            real = ancestral_sample(lambda z, sg: self.teacher(z, sg), B, L, d.teacher_steps, mask,
+                                    schedule=sched, cache=not self.cfg.model.time_conditioning,
+                                    generator=gen, device=device).tokens.to(device)
+        else:
+            real = x
+        real = real.repeat_interleave(G, 0)
+        tau_r = tau if d.coupled_time else draws["tau_real"]
+
+        # 4. noise both sides with alpha_tau
+        z_fake = mask_tokens(x_hat, sched.alpha(tau), mask, draws["noise_fake"])
+        z_real = mask_tokens(real, sched.alpha(tau_r), mask, draws["noise_real"])
+        m_fake, m_real = z_fake == mask, z_real == mask
+        sig_f, sig_r = sched.sigma(tau), sched.sigma(tau_r)
+
+        # 5. discriminator update
+        with ctx.autocast():
+            logits = disc_part.wrapped(torch.cat([z_real, z_fake]), torch.cat([sig_r, sig_f])).float()
+        l_real, l_fake = logits[:N], logits[N:]
+        disc_loss = discriminator_loss(l_real, l_fake, m_real, m_fake, d.label_smoothing)
+        with torch.no_grad():
+            correct = ((l_real > 0) & m_real).sum() + ((l_fake < 0) & m_fake).sum()
+            disc_acc = correct.float() / (m_real.sum() + m_fake.sum()).clamp_min(1).float()
+        disc_grad = ctx.update("discriminator", disc_loss)
+
+        # 6. reward with the updated discriminator
+        with torch.no_grad():
+            was = disc.training
+            disc.eval()
+            with ctx.autocast():
+                lr_ = disc(z_fake, sig_f).float().clamp(-d.reward_clip, d.reward_clip)
+            disc.train(was)
+            count = m_fake.sum(1)
+            r = (lr_ * m_fake).sum(1) / count.clamp_min(1)
+            valid = count > 0
+
+        metrics = {"disc_loss": disc_loss.detach(), "disc_acc": disc_acc, "reward_mean": r.mean(),
+                   "disc_grad_norm": torch.tensor(disc_grad)}
+        done = disc_part.scheduler.last_epoch  # iterations completed so far (the discriminator trains every one)
+        if done <= d.disc_only_steps:
+            zero = torch.zeros((), device=device)
+            metrics.update(loss=zero, pg=zero, kl=zero, entropy=zero, logp=zero, grad_norm=zero)
+            return {k: float(ctx.all_mean(torch.as_tensor(v, device=device).float())) for k, v in metrics.items()}
+
+        # 7. advantages
+        if d.group_norm:
+            adv = group_normalize(r, G, d.adv_clip, valid=valid)
+        else:
+            adv = (r - ctx.all_mean(r.mean())) * valid
+        # 8. time weight
+        w = time_weight(tau, sched, d.w_min, d.w_max) if d.time_weight else torch.ones_like(tau)
+        if d.importance_weight:
+            w = w / beta_pdf(tau, d.tau_a, d.tau_b).clamp_min(1e-6)
+
+        # 9. student loss: one forward over the distinct rollout states (x_1 once, then N rows per later step)
+        inputs = torch.cat([states[0][:1]] + states[1:])
+        t_in = torch.cat([grid[:1, 0]] + [grid[:, j] for j in range(1, len(states))])
+        with ctx.autocast():
+            s_logits = student_part.wrapped(inputs, sched.sigma(t_in))
+        with torch.no_grad(), ctx.autocast():
+            t_logits = self.teacher(inputs, sched.sigma(t_in))
+        logp_rows = torch.zeros(N, device=device)
+        kl_total = torch.zeros((), device=device)
+        ent_sum, ent_count = torch.zeros((), device=device), 0.0
+        offset = 1
+        for j, (z_j, dec_j) in enumerate(zip(states, decided)):
+            if j == 0:
+                lp = masked_log_probs(s_logits[0], mask)  # [L, V+1]
+                lt = masked_log_probs(t_logits[0], mask)
+                picked = lp[torch.arange(L, device=device)[None].expand(N, L), x_hat]  # [N, L]
+                kl_j = (lt.exp() * (lt - lp)).sum(-1).mean()  # every position of x_1 is masked
+                ent_sum = ent_sum + N * (-(lp.exp() * lp).sum(-1)).sum()
+                ent_count += N * L
+            else:
+                lp = masked_log_probs(s_logits[offset:offset + N], mask)  # [N, L, V+1]
+                lt = masked_log_probs(t_logits[offset:offset + N], mask)
+                offset += N
+                picked = lp.gather(-1, x_hat[..., None]).squeeze(-1)
+                m = (z_j == mask).float()
+                kl_pos = (lt.exp() * (lt - lp)).sum(-1)
+                ent_pos = -(lp.exp() * lp).sum(-1)
+                kl_j = (kl_pos * m).sum() / m.sum().clamp_min(1)
+                ent_sum = ent_sum + (ent_pos * m).sum()
+                ent_count += float(m.sum())
+            logp_rows = logp_rows + (picked * dec_j.float()).sum(1)
+            kl_total = kl_total + d.kl_step_weight * kl_j
+        entropy = ent_sum / max(ent_count, 1.0)
+        pg = policy_gradient_loss(logp_rows, adv, w)
+        loss = pg + d.kl_beta * kl_total - d.entropy_beta * entropy
+        grad_norm = ctx.update("student", loss)
+        metrics.update(loss=loss.detach(), pg=pg.detach(), kl=kl_total.detach(), entropy=entropy.detach(),
+                       logp=logp_rows.detach().mean(), grad_norm=torch.tensor(grad_norm))
+        return {k: float(ctx.all_mean(torch.as_tensor(v, device=device).float())) for k, v in metrics.items()}
+
+    # -- validation and exports ------------------------------------------------------------------------
+    @torch.no_grad()
+    def validate(self, model, batches, seed: int) -> dict:
+        """The student's NELBO per token on held-out data (cheap; it drifts up as the student distils)."""
+        gen = torch.Generator().manual_seed(seed)
+        total, count = 0.0, 0
+        for x in batches:
+            t = sample_times(x.shape[0], self.cfg.diffusion.eps, True, gen).to(x.device)
+            noise = torch.rand(x.shape, generator=gen).to(x.device)
+            terms = nelbo_terms(model, x, t, noise, self.schedule, self.mask_id)
+            total += float(terms.double().sum())
+            count += terms.numel()
+        nelbo = total / max(count, 1)
+        return {"val_nelbo": nelbo, "val_ppl_bound": nelbo_to_ppl(nelbo)}
+
+    def exports(self) -> dict:
+        from .. import runs
+
+        return {runs.WEIGHTS: ("student", lambda m: m.state_dict()),
+                "discriminator.safetensors": ("discriminator", lambda m: m.state_dict())}
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass

@@ -1,0 +1,293 @@
+import json
+import math
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import didi
+from didi.config import preset
+from didi.demo_corpus import demo_documents
+from didi.diffusion import LogLinearSchedule
+from didi.distill import DistillConfig, distill
+from didi.errors import DidiError
+from didi.guidance import h_schedule, rgas_sample, tilt_logits
+from didi.methods.didi_instruct import discriminator_loss, group_normalize, policy_gradient_loss, time_weight
+from didi.nn.discriminator import Discriminator
+from didi.nn.dit import DIT
+
+# -- the estimator on a toy problem where the KL is exact -------------------------------------------------
+
+
+def exact_kl(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """KL(p_logits || target) of factorized categoricals [L, V], summed over positions."""
+    lp, lt = logits.log_softmax(-1), target.log_softmax(-1)
+    return (lp.exp() * (lp - lt)).sum()
+
+
+def draw(logits: torch.Tensor, n: int, gen: torch.Generator) -> torch.Tensor:
+    return torch.multinomial(logits.softmax(-1), n, replacement=True, generator=gen).T  # [n, L]
+
+
+def seq_logp(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return logits.log_softmax(-1).gather(-1, x.T).T.sum(-1)  # [n]
+
+
+def test_policy_gradient_has_the_sign_and_scale_of_the_exact_kl_gradient():
+    gen = torch.Generator().manual_seed(0)
+    L, V, n = 3, 5, 200_000
+    theta = torch.randn(L, V, generator=gen)
+    target = torch.randn(L, V, generator=gen)
+    x = draw(theta, n, gen)
+    theta_ = theta.clone().requires_grad_(True)
+    with torch.no_grad():
+        reward = seq_logp(target, x) - seq_logp(theta, x)  # log q_real / q_student, the discriminator's optimum
+    loss = policy_gradient_loss(seq_logp(theta_, x), reward - reward.mean())
+    (g_est,) = torch.autograd.grad(loss, theta_)
+    theta_ = theta.clone().requires_grad_(True)
+    (g_true,) = torch.autograd.grad(exact_kl(theta_, target), theta_)
+    cos = torch.nn.functional.cosine_similarity(g_est.flatten(), g_true.flatten(), dim=0)
+    assert cos > 0.99
+    assert torch.allclose(g_est, g_true, atol=0.03 * g_true.abs().max())
+
+
+def test_grouped_policy_gradient_lowers_the_exact_kl():
+    gen = torch.Generator().manual_seed(1)
+    L, V, B, G = 4, 6, 64, 4
+    theta = torch.zeros(L, V, requires_grad=True)
+    target = 2 * torch.randn(L, V, generator=gen)
+    opt = torch.optim.Adam([theta], lr=0.05)
+    start = float(exact_kl(theta.detach(), target))
+    for _ in range(150):
+        x = draw(theta.detach(), B, gen).repeat_interleave(G, 0)
+        x = torch.cat([x[:, :1], draw(theta.detach(), B * G, gen)[:, 1:]], 1)  # groups share the first token
+        with torch.no_grad():
+            r = seq_logp(target, x) - seq_logp(theta, x)
+        loss = policy_gradient_loss(seq_logp(theta, x), group_normalize(r, G), 1.0)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    end = float(exact_kl(theta.detach(), target))
+    assert end < 0.3 * start, (start, end)
+
+
+def test_group_normalization_statistics():
+    r = torch.tensor([1.0, 2.0, 3.0, 4.0, 10.0, 10.0, 10.0, 10.0, 0.0, 0.0, 0.0, 100.0])
+    a = group_normalize(r, 4, clip=3.0)
+    g = a.reshape(3, 4)
+    assert torch.allclose(g[0].mean(), torch.tensor(0.0), atol=1e-6)
+    assert torch.allclose(g[0].std(unbiased=False), torch.tensor(1.0), atol=1e-5)
+    assert torch.all(g[1] == 0)  # no spread: no signal
+    assert g[2, 3] == pytest.approx(math.sqrt(3))  # (100 - 25) / 43.3
+    assert torch.all(group_normalize(torch.tensor([0.0, 0, 0, 0, 0, 0, 0, 1e6]), 8, clip=2.0).abs() <= 2.0)
+    valid = torch.tensor([True, True, False, True])
+    a = group_normalize(torch.tensor([1.0, 3.0, 99.0, 2.0]), 4, valid=valid)
+    assert a[2] == 0 and torch.allclose(a[valid].mean(), torch.tensor(0.0), atol=1e-6)
+
+
+def test_time_weight_is_clamped_inverse_time():
+    s = LogLinearSchedule(1e-3)
+    w = time_weight(torch.tensor([0.001, 0.5, 0.999]), s)
+    # log-linear: 1 - alpha = (1 - eps) t and -alpha' = 1 - eps, so w = 1 / t before the clamp
+    assert w[0] == 10.0 and w[1] == pytest.approx(2.0, rel=1e-5) and w[2] == pytest.approx(1 / 0.999, rel=1e-5)
+
+
+# -- the discriminator ---------------------------------------------------------------------------------
+
+
+def tiny_dit(vocab=9, length=8, seed=0, time_conditioning=False):
+    torch.manual_seed(seed)
+    cfg = preset("test").model
+    cfg.vocab_size, cfg.length, cfg.time_conditioning = vocab, length, time_conditioning
+    return DIT(cfg)
+
+
+def test_discriminator_logit_approaches_the_true_log_ratio():
+    """Sequences repeat one token v drawn from p_real or p_fake; with half the positions masked, the optimal
+    per-token logit at a masked position is log p_real(v) / p_fake(v) (v is visible elsewhere)."""
+    V, L, mask = 4, 8, 4
+    p_real = torch.tensor([0.4, 0.3, 0.2, 0.1])
+    p_fake = torch.tensor([0.1, 0.2, 0.3, 0.4])
+    disc = Discriminator.from_teacher(tiny_dit(V + 1, L), trainable_blocks=2)
+    opt = torch.optim.Adam([p for p in disc.parameters() if p.requires_grad], lr=3e-3)
+    gen = torch.Generator().manual_seed(0)
+    positions = torch.arange(L)
+
+    def batch(p, n=64):
+        v = torch.multinomial(p, n, replacement=True, generator=gen)
+        z = v[:, None].repeat(1, L)
+        hide = positions[None] % 2 == torch.randint(0, 2, (n, 1), generator=gen)
+        return z.masked_fill(hide, mask), hide
+
+    sigma = torch.zeros(128)
+    for _ in range(300):
+        (zr, mr), (zf, mf) = batch(p_real), batch(p_fake)
+        logits = disc(torch.cat([zr, zf]), sigma)
+        loss = discriminator_loss(logits[:64], logits[64:], mr, mf, smoothing=0.0)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    disc.eval()
+    with torch.no_grad():
+        z = torch.arange(V)[:, None].repeat(1, L)
+        z[:, 0::2] = mask
+        got = disc(z, torch.zeros(V))[:, 0]
+    truth = (p_real / p_fake).log()
+    assert (got - truth).abs().max() < 0.35, (got, truth)
+
+
+def test_label_smoothing_moves_the_optimum_toward_zero():
+    logits = torch.zeros(2, 1, requires_grad=True)
+    opt = torch.optim.SGD([logits], lr=1.0)
+    ones = torch.ones(1, 1, dtype=torch.bool)
+    for _ in range(500):
+        loss = discriminator_loss(logits[:1], logits[1:], ones, ones, smoothing=0.1)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert logits[0].item() == pytest.approx(math.log(9), abs=1e-2)  # log(0.9 / 0.1)
+    assert logits[1].item() == pytest.approx(-math.log(9), abs=1e-2)
+
+
+# -- reward-guided sampling ----------------------------------------------------------------------------
+
+
+class LinearScore(torch.nn.Module):
+    """A stand-in discriminator: per-token logit = <input distribution, w>; counts rows it evaluates."""
+
+    def __init__(self, w: torch.Tensor):
+        super().__init__()
+        self.w, self.rows, self.calls = w, 0, 0
+
+    def forward(self, z, sigma):
+        self.rows += z.shape[0]
+        self.calls += 1
+        x = z if z.is_floating_point() else torch.nn.functional.one_hot(z, self.w.numel()).float()
+        return x @ self.w
+
+
+class Uniform(torch.nn.Module):
+    def __init__(self, vocab):
+        super().__init__()
+        self.vocab = vocab
+
+    def forward(self, z, sigma):
+        return torch.zeros(*z.shape, self.vocab)
+
+
+def test_tilting_moves_probability_toward_higher_discriminator_score():
+    V, mask = 6, 5
+    w = torch.tensor([0.0, 1.0, 2.0, 3.0, 4.0, 0.0])
+    z = torch.tensor([[mask, 2, mask, mask]])
+    logits = torch.randn(1, 4, V, generator=torch.Generator().manual_seed(0))
+    new = tilt_logits(LinearScore(w), z, logits, torch.zeros(1), h=0.5, mask_id=mask)
+    masked = z[0] == mask
+
+    def expected_score(lg):
+        p = lg[..., :mask].softmax(-1)
+        return (p * w[:mask]).sum(-1)
+
+    assert torch.all(expected_score(new[0][masked]) > expected_score(logits[0][masked]))
+    assert torch.equal(new[0][~masked], logits[0][~masked])
+
+
+def test_reranking_calls_the_discriminator_m_times_per_step_and_prefers_high_scores():
+    V, mask, L, B, T, M = 6, 5, 16, 8, 4, 4
+    w = torch.tensor([0.0, 0.0, 0.0, 0.0, 5.0, 0.0])
+    disc = LinearScore(w)
+    out = rgas_sample(Uniform(V), disc, B, L, T, mask, rho=1.0, candidates=M,
+                      generator=torch.Generator().manual_seed(0))
+    extra = out.total_evals - out.nfe
+    assert disc.calls <= T and disc.rows == int(extra.sum()) and disc.rows % M == 0
+    assert torch.all(extra == M * out.nfe)  # every step of a row with masks left: 1 student + M discriminator
+    plain = rgas_sample(Uniform(V), LinearScore(torch.zeros(V)), B, L, T, mask, rho=1.0, candidates=M,
+                        generator=torch.Generator().manual_seed(0))
+    assert (out.tokens == 4).float().mean() > (plain.tokens == 4).float().mean() + 0.05
+    assert not (out.tokens == mask).any()
+
+
+def test_tilting_steps_cost_a_forward_and_a_backward():
+    V, mask, L, B, T = 6, 5, 16, 4, 6
+    disc = LinearScore(torch.arange(V).float())
+    out = rgas_sample(Uniform(V), disc, B, L, T, mask, rho=0.5, candidates=3, h0=1.0, h1=2.0,
+                      generator=torch.Generator().manual_seed(0))
+    k = int(T * 0.5)
+    assert h_schedule(k, 1.0, 2.0) == [1.0, 1.5, 2.0]
+    # rows that still had masks at every step: k tilting steps (2 each) + (T - k) re-ranking steps (3 each)
+    full = out.nfe == T
+    assert full.any() and torch.all((out.total_evals - out.nfe)[full] == 2 * k + 3 * (T - k))
+
+
+# -- distillation end to end -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+    root = tmp_path_factory.mktemp("teacher")
+    corpus = root / "stories.jsonl"
+    corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in demo_documents(300)))
+    cfg = preset("test", [f"data.source={corpus}", f"data.cache_dir={root / 'cache'}", "train.max_steps=30",
+                          "train.eval_every=0", "model.length=16"])
+    didi.train(cfg, root / "run", progress=False)
+    return root / "run"
+
+
+def small_dcfg(**kw) -> DistillConfig:
+    base = dict(max_steps=4, batch_size=4, group=2, warmup_steps=1, student_lr=1e-3, disc_lr=1e-3,
+                disc_trainable_blocks=1, ema=0.5)
+    return DistillConfig(**{**base, **kw})
+
+
+def test_distill_resume_is_exact_and_student_samples_without_teacher(teacher, tmp_path):
+    extra = ["train.eval_every=2", "train.save_every=0"]
+    a, b = tmp_path / "a", tmp_path / "b"
+    distill(teacher, a, small_dcfg(), overrides=extra, progress=False)
+    distill(teacher, b, small_dcfg(), overrides=extra, until_step=2, progress=False)
+    distill(None, b, resume=True, progress=False)
+    for name in ("model.safetensors", "discriminator.safetensors"):
+        wa, wb = load_file(a / name), load_file(b / name)
+        assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa), name
+    ca = torch.load(a / "checkpoint.pt", weights_only=False)
+    cb = torch.load(b / "checkpoint.pt", weights_only=False)
+    for part in ("student", "discriminator"):
+        assert all(torch.equal(v, cb["parts"][part]["module"][k]) for k, v in ca["parts"][part]["module"].items())
+        assert ca["parts"][part]["optimizer"]["state"].keys() == cb["parts"][part]["optimizer"]["state"].keys()
+    log = [json.loads(x) for x in (a / "metrics.jsonl").read_text().splitlines()]
+    train_rows = [r for r in log if "disc_loss" in r]
+    assert train_rows and all(math.isfinite(r["disc_loss"]) and math.isfinite(r["reward_mean"]) for r in train_rows)
+    # the student was changed by distillation
+    wt = load_file(teacher / "model.safetensors")
+    ws = load_file(a / "model.safetensors")
+    assert any(not torch.equal(wt[k], ws[k]) for k in wt)
+    # ... and samples with the teacher gone
+    moved = tmp_path / "teacher-gone"
+    shutil.copytree(a, moved)
+    shutil.rmtree(a)
+    pipe = didi.load(moved)
+    s = pipe.sample(num=3, steps=4)
+    assert s.tokens.shape == (3, 16) and not (s.tokens == pipe.tokenizer.mask_id).any()
+    g = pipe.sample(num=3, steps=4, guided=True)
+    assert torch.all(g.total_evals > g.nfe)
+
+
+def test_every_part_can_be_switched_off(teacher, tmp_path):
+    off = small_dcfg(max_steps=2, score_decomposition=False, coupled_time=False, time_weight=False,
+                     group_norm=False, kl_beta=0.0, entropy_beta=0.0, real="teacher", teacher_steps=2,
+                     importance_weight=True, final_fill="argmax", student_steps=3)
+    result = distill(teacher, tmp_path / "off", off, overrides=["train.eval_every=0"], progress=False)
+    assert math.isfinite(result["loss"])
+    result = distill(teacher, tmp_path / "three", small_dcfg(max_steps=2, student_steps=3, disc_only_steps=1),
+                     overrides=["train.eval_every=0"], progress=False)
+    assert math.isfinite(result["loss"])
+
+
+def test_distill_bad_input(teacher, tmp_path):
+    with pytest.raises(DidiError, match="does not exist"):
+        distill(tmp_path / "nope", tmp_path / "o", small_dcfg(), progress=False)
+    with pytest.raises(DidiError, match="real must be"):
+        distill(teacher, tmp_path / "o", small_dcfg(real="teachers"), progress=False)
+    with pytest.raises(DidiError, match="already holds a run"):
+        distill(teacher, teacher, small_dcfg(), progress=False)
+    with pytest.raises(DidiError, match="train.lr"):
+        distill(teacher, tmp_path / "o2", small_dcfg(), overrides=["train.lr=1"], progress=False)
