@@ -119,8 +119,13 @@ class Pipeline:
     def sample(self, num: int = 8, steps: int = 64, *, seed: int = 0, batch_size: int | None = None,
                temperature: float = 1.0, top_p: float = 1.0, prefix: str | None = None, suffix: str | None = None,
                clamp: torch.Tensor | None = None, final_step: str = "argmax", cache: bool | None = None,
+               guided: bool = False, rho: float = 0.5, h0: float = 30.0, h1: float = 40.0, candidates: int = 4,
                progress: bool = False) -> SampleOutput:
-        """Generate `num` sequences. Float64 draws; NFE counted per sequence; text decoded."""
+        """Generate `num` sequences. Float64 draws; NFE counted per sequence; text decoded.
+
+        guided: reward-guided ancestral sampling (RGAS, `didi.guidance`) with the discriminator saved
+        beside a distilled student; `total_evals` then counts its forwards and backwards too.
+        """
         if num < 1:
             raise DidiError("num must be >= 1")
         if steps < 1:
@@ -136,7 +141,16 @@ class Pipeline:
             n = min(batch_size, num - start)
             c = clamp[start:start + n] if clamp is not None else None
             if mcfg.arch == "ar":
+                if guided:
+                    raise DidiError("guided sampling needs a distilled diffusion student, not an AR model")
                 outs.append(self._sample_ar(n, c, temperature, top_p, gen))
+            elif guided:
+                from .guidance import rgas_sample
+
+                outs.append(rgas_sample(self.denoiser(), self.discriminator(), n, mcfg.length, steps,
+                                        self.tokenizer.mask_id, rho=rho, h0=h0, h1=h1, candidates=candidates,
+                                        clamp=c, temperature=temperature, top_p=top_p, final_step=final_step,
+                                        cache=use_cache, generator=gen, device=self.device, progress=progress))
             else:
                 outs.append(ancestral_sample(self.denoiser(), n, mcfg.length, steps, self.tokenizer.mask_id,
                                              clamp=c, temperature=temperature, top_p=top_p, final_step=final_step,
@@ -147,16 +161,27 @@ class Pipeline:
         return SampleOutput(tokens=tokens.cpu(), nfe=nfe, seconds=sum(o.seconds for o in outs), total_evals=total,
                             text=self.tokenizer.decode_batch(tokens.cpu().tolist()))
 
+    def discriminator(self) -> torch.nn.Module:
+        """The discriminator saved beside a distilled student (loaded once)."""
+        if getattr(self, "_disc", None) is None:
+            from .interop import load_discriminator
+
+            if self.run.path is None:
+                raise DidiError("guided sampling needs a run directory with discriminator.safetensors")
+            self._disc = load_discriminator(self.run.path, self.device)
+        return self._disc
+
     def _sample_ar(self, n, clamp, temperature, top_p, gen) -> SampleOutput:
         import time
 
         from .nn.ar import generate
 
-        if clamp is not None and (clamp[:, 1:] >= 0).any() and not (clamp >= 0).cumprod(1).eq(clamp >= 0).all():
-            raise DidiError("an autoregressive model can only be conditioned on a prefix")
         prefix = None
         if clamp is not None:
             k = int((clamp[0] >= 0).sum())
+            is_prefix = (clamp[:, :k] >= 0).all() and (clamp[:, k:] < 0).all()
+            if not is_prefix:
+                raise DidiError("an autoregressive model can only be conditioned on a prefix")
             prefix = clamp[:, :k].to(self.device)
         tok = self.tokenizer
         start = time.perf_counter()

@@ -102,6 +102,53 @@ def cmd_demo(args) -> None:
     run_demo(Path(args.out), minutes=args.minutes, device=args.device)
 
 
+def cmd_convert(args) -> None:
+    from .interop import SOURCE_META, convert
+
+    out = convert(args.src, args.out, n_heads=args.n_heads, use_ema=not args.no_ema, overwrite=args.overwrite,
+                  tokenizer=args.tokenizer)
+    info = json.loads((out / SOURCE_META).read_text())
+    extra = " + discriminator" if "discriminator" in info else ""
+    ema = ", EMA weights" if info.get("ema") else ""
+    print(f"didi: converted {args.src} ({info['layout']}, {info.get('dtype', '?')}{ema}){extra} into {out}")
+
+
+def cmd_export(args) -> None:
+    from .interop import export
+
+    out = export(args.run, args.dir, overwrite=args.overwrite)
+    print(f"didi: exported {args.run} into {out} ({', '.join(sorted(p.name for p in out.iterdir()))})")
+
+
+def cmd_push(args) -> None:
+    from .interop import push
+
+    print(f"didi: pushed {args.run} to {push(args.run, args.repo_id, private=args.private)}")
+
+
+def _add_interop_parsers(sub) -> None:
+    p = sub.add_parser("convert", help="convert an official checkpoint (hf:REPO, a directory, a .ckpt) into a run")
+    p.add_argument("src", help="hf:OWNER/NAME[/PATH], a Hugging Face-style directory, a .safetensors or a .ckpt")
+    p.add_argument("out", help="run directory to create")
+    p.add_argument("--n-heads", type=int, help="attention heads, when no config.json says (default hidden/64)")
+    p.add_argument("--no-ema", action="store_true", help="Lightning .ckpt: the raw weights instead of the EMA")
+    p.add_argument("--tokenizer", help="gpt2, amino or a saved tokenizer directory (default: GPT-2 for 50258 ids)")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("export", help="write a run in the official Hugging Face layout")
+    p.add_argument("run", help="run directory")
+    p.add_argument("dir", help="directory to write (config.json, model.safetensors, ...)")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("push", help="export a run and upload it to the Hugging Face hub")
+    p.add_argument("run", help="run directory")
+    p.add_argument("repo_id", help="OWNER/NAME on the hub")
+    p.add_argument("--private", action="store_true")
+    p.set_defaults(func=cmd_push)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="didi", description="Fast text generation with masked diffusion LMs.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -142,6 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", required=True)
     t.add_argument("--overwrite", action="store_true")
     t.set_defaults(func=cmd_tokenizer_train)
+    _add_interop_parsers(sub)
     return parser
 
 

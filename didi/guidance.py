@@ -1,0 +1,174 @@
+"""Reward-guided ancestral sampling (RGAS, spec §4): a student guided by the DiDi-Instruct discriminator.
+
+With T steps and re-ranking ratio rho, K = int(T (1 - rho)):
+
+* steps i < K, gradient tilting: the discriminator reads a soft input (the student's probabilities at
+  masked positions, one-hot elsewhere); g = d(sum of its logits over masked positions)/d(logits); the
+  logits at masked positions become `logits + h_i * clip(g, -1, 1)`, with h_i linear from h0 to h1;
+  then an ordinary ancestral step;
+* steps i >= K, re-ranking: M candidate next states are drawn, each is scored by the discriminator's
+  logit summed over all positions (at the next step's time), and one is picked by sampling from
+  softmax(score).
+
+Draws are float64 like everywhere else. The returned `nfe` counts student evaluations per sequence
+(cached reuses excluded, as in `ancestral_sample`); `total_evals` adds every discriminator forward and
+every discriminator backward (one evaluation each), so a tilting step costs 2 more and a re-ranking
+step M more.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+import torch.nn.functional as F
+
+from .diffusion import LogLinearSchedule, masked_log_probs
+from .sampling import Denoiser, SampleOutput, nucleus_probs, sample_categorical, step_probs
+
+
+def h_schedule(k: int, h0: float, h1: float) -> list[float]:
+    """Linear ramp of the tilting strength over the k tilting steps."""
+    if k <= 0:
+        return []
+    if k == 1:
+        return [h0]
+    return [h0 + (h1 - h0) * i / (k - 1) for i in range(k)]
+
+
+def tilt_logits(discriminator: Denoiser, z: torch.Tensor, logits: torch.Tensor, sigma: torch.Tensor, h: float,
+                mask_id: int) -> torch.Tensor:
+    """Logits moved along the clipped gradient of the summed discriminator logit at masked positions.
+
+    z: [n, L] ids, logits: [n, L, V+1] student logits, sigma: [n]. Returns new logits (no graph attached).
+    """
+    masked = z == mask_id
+    with torch.enable_grad():
+        lg = logits.detach().float().requires_grad_(True)
+        blocked = torch.full_like(lg[..., :1], float("-inf"))
+        probs = torch.cat([lg[..., :mask_id], blocked, lg[..., mask_id + 1:]], -1).softmax(-1)
+        onehot = F.one_hot(z, lg.shape[-1]).to(probs.dtype)
+        soft = torch.where(masked[..., None], probs, onehot)
+        score = (discriminator(soft, sigma).float() * masked).sum()
+        (g,) = torch.autograd.grad(score, lg)
+    return torch.where(masked[..., None], logits.float() + h * g.clamp(-1, 1), logits.float()).detach()
+
+
+@torch.no_grad()
+def rgas_sample(
+    student: Denoiser,
+    discriminator: Denoiser,
+    batch_size: int,
+    length: int,
+    steps: int,
+    mask_id: int,
+    *,
+    rho: float = 0.5,
+    h0: float = 30.0,
+    h1: float = 40.0,
+    candidates: int = 4,
+    schedule: LogLinearSchedule | None = None,
+    clamp: torch.Tensor | None = None,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    final_step: str = "argmax",
+    cache: bool = True,
+    t_min: float = 1e-5,
+    generator: torch.Generator | None = None,
+    device: torch.device | str = "cpu",
+    progress: bool = False,
+) -> SampleOutput:
+    """Guided ancestral sampling on the grid linspace(1, t_min, steps + 1). Arguments as `ancestral_sample`.
+
+    rho: share of the steps (at the end) that re-rank `candidates` draws; the first int(steps (1 - rho))
+    steps tilt with strength h0 -> h1. cache: reuse a row's last student output while its tokens are
+    unchanged (valid for a student that ignores time); the discriminator is always re-evaluated.
+    """
+    if steps < 1:
+        raise ValueError("steps must be >= 1")
+    if not 0.0 <= rho <= 1.0:
+        raise ValueError(f"rho must be in [0, 1], not {rho}")
+    if candidates < 1:
+        raise ValueError("candidates must be >= 1")
+    if final_step not in ("argmax", "sample", "none"):
+        raise ValueError(f"final_step must be argmax, sample or none, not {final_step!r}")
+    schedule = schedule or LogLinearSchedule()
+    start = time.perf_counter()
+    z = torch.full((batch_size, length), mask_id, dtype=torch.long, device=device)
+    if clamp is not None:
+        clamp = clamp.to(device)
+        if clamp.shape != z.shape:
+            raise ValueError(f"clamp has shape {tuple(clamp.shape)}, expected {tuple(z.shape)}")
+        z = torch.where(clamp >= 0, clamp, z)
+    nfe = torch.zeros(batch_size, dtype=torch.long)
+    disc_evals = torch.zeros(batch_size, dtype=torch.long)
+    logits: torch.Tensor | None = None
+    stale = torch.ones(batch_size, dtype=torch.bool, device=device)
+    grid = torch.linspace(1.0, t_min, steps + 1, dtype=torch.float64)
+    k_tilt = int(steps * (1 - rho))
+    hs = h_schedule(k_tilt, h0, h1)
+
+    def sigma_for(n: int, t: float) -> torch.Tensor:
+        return schedule.sigma(torch.full((n,), t, dtype=torch.float64, device=device)).float()
+
+    def evaluate(t: float) -> None:
+        nonlocal logits
+        need = (z == mask_id).any(1)
+        if cache:
+            need &= stale
+        if not need.any():
+            return
+        out = student(z[need], sigma_for(int(need.sum()), t)).float()
+        if logits is None:
+            logits = torch.zeros(batch_size, *out.shape[1:], dtype=out.dtype, device=device)
+        logits[need] = out
+        nfe[need.cpu()] += 1
+        stale[need] = False
+
+    iterator = range(steps)
+    if progress:
+        from tqdm.auto import tqdm
+
+        iterator = tqdm(iterator, desc=f"guided sampling {steps} steps", leave=False)
+    for i in iterator:
+        t, s = float(grid[i]), float(grid[i + 1])
+        evaluate(t)
+        rows = (z == mask_id).any(1)
+        if not rows.any():
+            continue
+        zr, lr = z[rows], logits[rows]
+        n = int(rows.sum())
+        if i < k_tilt:
+            lr = tilt_logits(discriminator, zr, lr, sigma_for(n, t), hs[i], mask_id)
+            disc_evals[rows.cpu()] += 2  # one forward, one backward
+            m = zr == mask_id
+            q = step_probs(masked_log_probs(lr[m], mask_id), schedule.alpha(t), schedule.alpha(s), mask_id,
+                           temperature, top_p)
+            new = zr.clone()
+            new[m] = sample_categorical(q, generator).to(device)
+        else:
+            m = zr == mask_id
+            q = step_probs(masked_log_probs(lr[m], mask_id), schedule.alpha(t), schedule.alpha(s), mask_id,
+                           temperature, top_p)
+            cands = zr.unsqueeze(0).repeat(candidates, 1, 1)  # [M, n, L]
+            for c in range(candidates):
+                cands[c][m] = sample_categorical(q, generator).to(device)
+            flat = cands.reshape(candidates * n, length)
+            score = discriminator(flat, sigma_for(candidates * n, s)).float().sum(-1).reshape(candidates, n)
+            disc_evals[rows.cpu()] += candidates
+            pick = sample_categorical(torch.softmax(score.double().T, -1), generator).to(device)  # [n]
+            new = cands[pick, torch.arange(n, device=device)]
+        changed = (new != zr).any(1)
+        z[rows] = new
+        idx = rows.nonzero().squeeze(1)
+        stale[idx[changed]] = True
+
+    if final_step != "none" and (z == mask_id).any():
+        evaluate(float(grid[-1]))
+        masked = z == mask_id
+        logp = masked_log_probs(logits[masked], mask_id)
+        if final_step == "argmax":
+            z[masked] = logp.argmax(-1)
+        else:
+            z[masked] = sample_categorical(nucleus_probs(logp, temperature, top_p), generator).to(device)
+    return SampleOutput(tokens=z, nfe=nfe, seconds=time.perf_counter() - start, total_evals=nfe + disc_evals)
