@@ -69,19 +69,64 @@ def cmd_sample(args) -> None:
         _refuse_overwrite(Path(args.out), args.overwrite)
     out = pipe.sample(num=args.num, steps=args.steps, seed=args.seed, batch_size=args.batch_size,
                       temperature=args.temperature, top_p=args.top_p, prefix=args.prefix, suffix=args.suffix,
-                      final_step=args.final_step, progress=not args.quiet)
+                      final_step=args.final_step, guided=args.guided, rho=args.rho, h0=args.h0, h1=args.h1,
+                      candidates=args.candidates, progress=not args.quiet)
     if args.out:
         from .runs import atomic_write_text
 
-        lines = [json.dumps({"text": t, "tokens": ids, "nfe": int(n), "steps": args.steps, "seed": args.seed})
-                 for t, ids, n in zip(out.text, out.tokens.tolist(), out.nfe.tolist())]
+        lines = [json.dumps({"text": t, "tokens": ids, "nfe": int(n), "total_evals": int(e), "steps": args.steps,
+                             "seed": args.seed, "guided": args.guided})
+                 for t, ids, n, e in zip(out.text, out.tokens.tolist(), out.nfe.tolist(), out.total_evals.tolist())]
         atomic_write_text(Path(args.out), "\n".join(lines) + "\n")
     else:
         for i, text in enumerate(out.text):
             print(f"--- sample {i} (NFE {int(out.nfe[i])}) ---\n{text}")
-    print(f"didi: {args.num} samples, {args.steps} steps, NFE mean {out.nfe_mean:.1f} (max {out.nfe_max}), "
+    evals = out.total_evals.double().mean().item()
+    print(f"didi: {args.num} samples, {args.steps} steps{' (guided)' if args.guided else ''}, "
+          f"student NFE mean {out.nfe_mean:.1f} (max {out.nfe_max}), total network evaluations mean {evals:.1f}, "
           f"{out.seconds:.2f} s ({out.seconds / args.num:.3f} s/sample)"
           + (f", written to {args.out}" if args.out else ""), file=sys.stderr if not args.out else sys.stdout)
+
+
+def cmd_distill(args) -> None:
+    from .distill import distill, distill_preset, load_distill_config
+    from .runs import CONFIG
+
+    dopts = {"max_steps": args.steps, "batch_size": args.batch_size, "group": args.group,
+             "student_steps": args.student_steps, "real": args.real, "student_lr": args.student_lr,
+             "disc_lr": args.disc_lr}
+    d_over = [f"{k}={v}" for k, v in dopts.items() if v is not None]
+    d_over += [o.split(".", 1)[1] for o in args.overrides if o.startswith("distill.")]
+    run_over = [o for o in args.overrides if not o.startswith("distill.")]
+    run_over += [f"{k}={v}" for k, v in {"train.max_minutes": args.minutes, "train.device": args.device}.items()
+                 if v is not None]
+    if args.resume:
+        if not (Path(args.out) / CONFIG).is_file():
+            raise DidiError(f"cannot resume: {args.out} is not a didi run directory")
+        dcfg = load_distill_config(args.out)
+        if dcfg is None:
+            raise DidiError(f"cannot resume: {args.out} is not a distillation run")
+        if d_over:
+            from .config import apply_overrides
+            from .distill import _Holder
+
+            apply_overrides(_Holder(distill=dcfg), ["distill." + o for o in d_over])
+    else:
+        if not args.teacher:
+            raise DidiError("distill needs --teacher RUN (a teacher run directory or converted checkpoint)")
+        name = args.preset
+        if name is None:
+            from .config import RunConfig
+            from .runs import check_run_dir
+
+            teacher_preset = RunConfig.load(check_run_dir(args.teacher) / CONFIG).preset
+            name = "tiny" if teacher_preset in ("tiny", "test") else "paper"
+        dcfg = distill_preset(name, d_over)
+    result = distill(args.teacher, args.out, dcfg, data=args.data, overrides=run_over, resume=args.resume,
+                     progress=not args.quiet)
+    if result:
+        print("didi: done: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                                         for k, v in result.items()))
 
 
 def cmd_tokenizer_train(args) -> None:
@@ -99,7 +144,7 @@ def cmd_tokenizer_train(args) -> None:
 def cmd_demo(args) -> None:
     from .demo import run_demo
 
-    run_demo(Path(args.out), minutes=args.minutes, device=args.device)
+    run_demo(Path(args.out), minutes=args.minutes, device=args.device, distill_minutes=args.distill_minutes)
 
 
 def cmd_convert(args) -> None:
@@ -153,9 +198,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="didi", description="Fast text generation with masked diffusion LMs.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("demo", help="offline demo: train a tiny teacher on an embedded corpus, then sample")
+    p = sub.add_parser("demo", help="offline demo: tiny teacher, then a distilled student, compared")
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--minutes", type=float, default=4.0, help="teacher training time")
+    p.add_argument("--distill-minutes", type=float, default=4.0, help="student distillation time (0: skip)")
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=cmd_demo)
 
@@ -163,6 +209,27 @@ def build_parser() -> argparse.ArgumentParser:
     _common_train_args(p)
     p.add_argument("--arch", choices=["dit", "ar"], help="dit: masked diffusion (default); ar: causal baseline")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("distill", help="distil a few-step DiDi-Instruct student from a teacher run")
+    p.add_argument("--teacher", help="teacher run directory (not needed with --resume)")
+    p.add_argument("--data", help="real data for the discriminator (default: the teacher's training data)")
+    p.add_argument("--out", required=True, help="student run directory to create (or to continue with --resume)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
+    p.add_argument("--preset", help="distill preset: tiny or paper (default: tiny for tiny teachers, else paper)")
+    p.add_argument("--steps", type=int, help="distill.max_steps")
+    p.add_argument("--minutes", type=float, help="train.max_minutes: stop after this much training time")
+    p.add_argument("--batch-size", type=int, help="real sequences per step (distill.batch_size)")
+    p.add_argument("--group", type=int, help="rollouts per real sequence, the normalization group (distill.group)")
+    p.add_argument("--student-steps", type=int, help="ancestral steps in each student rollout (default 2)")
+    p.add_argument("--real", choices=["data", "teacher"], help="the discriminator's real side (distill.real)")
+    p.add_argument("--student-lr", type=float)
+    p.add_argument("--disc-lr", type=float)
+    p.add_argument("--device", help="cpu, cuda, or auto")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="distill.KEY=VALUE (any DistillConfig field) or train.seed=..., train.log_every=... "
+                        "(repeatable)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_distill)
 
     p = sub.add_parser("sample", help="sample from a run")
     p.add_argument("run", help="run directory (or hf:REPO / official checkpoint path)")
@@ -175,6 +242,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prefix", help="text the samples must start with")
     p.add_argument("--suffix", help="text the samples must end with")
     p.add_argument("--final-step", choices=["argmax", "sample", "none"], default="argmax")
+    p.add_argument("--guided", action="store_true", help="reward-guided ancestral sampling (a distilled student)")
+    p.add_argument("--rho", type=float, default=0.5, help="RGAS: share of steps (the last ones) that re-rank")
+    p.add_argument("--h0", type=float, default=30.0, help="RGAS: tilt strength at the first step")
+    p.add_argument("--h1", type=float, default=40.0, help="RGAS: tilt strength at the last tilted step")
+    p.add_argument("--candidates", type=int, default=4, help="RGAS: candidates M per re-ranked step")
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", help="write samples as JSON lines here instead of printing")
     p.add_argument("--overwrite", action="store_true")

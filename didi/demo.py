@@ -1,4 +1,5 @@
-"""`didi demo`: offline, on the embedded corpus: train a tiny teacher, then sample at several step counts."""
+"""`didi demo`: offline, on the embedded corpus: train a tiny teacher, distil a few-step student from it, then
+compare them side by side (NFE and wall-clock per sample)."""
 
 from __future__ import annotations
 
@@ -11,10 +12,11 @@ from .config import preset
 from .demo_corpus import demo_documents
 from .errors import DidiError
 
-DEMO_STEPS = (4, 8, 16, 64, 256)
+DEMO_STEPS = (8, 16, 64, 256)
+STUDENT_STEPS = (8, 16)
 
 
-def run_demo(out: Path, minutes: float = 4.0, device: str = "cpu", num: int = 4) -> None:
+def run_demo(out: Path, minutes: float = 4.0, device: str = "cpu", num: int = 4, distill_minutes: float = 4.0) -> None:
     out = Path(out)
     if (out / runs.WEIGHTS).is_file():
         print(f"didi demo: found a trained teacher in {out}; sampling from it (delete the directory to retrain)")
@@ -30,10 +32,35 @@ def run_demo(out: Path, minutes: float = 4.0, device: str = "cpu", num: int = 4)
         print(f"didi demo: training a tiny MDLM teacher for up to {minutes:g} minutes on {corpus} "
               f"(an embedded corpus of simple stories)")
         train(cfg, out)
-    pipe = load(out, device=device)
-    print(f"\n{'steps':>6} {'NFE/seq':>8} {'s/sample':>9}  first sample")
-    for steps in DEMO_STEPS:
+    student = out / "student"
+    if distill_minutes > 0:
+        _distill_stage(out, student, distill_minutes, device)
+    _table(out, student if (student / runs.WEIGHTS).is_file() else None, device, num)
+    print("\nA full teacher sample at 256 steps:\n" + load(out, device=device).sample(num=1, steps=256, seed=1).text[0])
+
+
+def _distill_stage(teacher: Path, student: Path, minutes: float, device: str) -> None:
+    from .distill import distill, distill_preset
+
+    if (student / runs.WEIGHTS).is_file():
+        print(f"didi demo: found a distilled student in {student}; skipping distillation")
+        return
+    if student.exists() and any(student.iterdir()):
+        raise DidiError(f"{student} exists without a finished student; delete it to distil again")
+    print(f"\ndidi demo: distilling a few-step DiDi-Instruct student for up to {minutes:g} minutes into {student}")
+    dcfg = distill_preset("tiny", ["max_steps=300", "batch_size=8", "group=4"])
+    distill(teacher, student, dcfg, overrides=[f"train.max_minutes={minutes}", "train.eval_every=0",
+                                                 "train.save_every=50", f"train.device={device}"])
+
+
+def _table(teacher: Path, student: Path | None, device: str, num: int) -> None:
+    rows = [("teacher", teacher, s) for s in DEMO_STEPS]
+    if student is not None:
+        rows += [("student", student, s) for s in STUDENT_STEPS]
+    pipes = {}
+    print(f"\n{'model':<8} {'steps':>6} {'NFE/seq':>8} {'s/sample':>9}  first sample")
+    for label, path, steps in rows:
+        pipe = pipes.setdefault(label, load(path, device=device))
         s = pipe.sample(num=num, steps=steps, seed=0)
         text = s.text[0].replace("\n", " ")
-        print(f"{steps:>6} {s.nfe_mean:>8.1f} {s.seconds / num:>9.4f}  {text[:110]}")
-    print("\nA full sample at 256 steps:\n" + pipe.sample(num=1, steps=256, seed=1).text[0])
+        print(f"{label:<8} {steps:>6} {s.nfe_mean:>8.1f} {s.seconds / num:>9.4f}  {text[:100]}")

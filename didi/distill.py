@@ -94,6 +94,33 @@ class DistillConfig:
             raise DidiError("distill: need 0 < tau_min <= tau_max < 1")
 
 
+# Named starting points. "paper": the authors' settings (spec §3), for the 169 M OpenWebText teacher.
+# "tiny": a CPU-sized run of a few hundred steps (larger learning rates, short warm-up, a faster EMA so the
+# saved EMA student has moved), for teachers of the `tiny` preset.
+DISTILL_PRESETS: dict[str, dict] = {
+    "paper": {},
+    "tiny": dict(batch_size=8, group=4, student_lr=1e-4, disc_lr=1e-4, warmup_steps=20, disc_only_steps=20,
+                 disc_trainable_blocks=2, ema=0.95, max_steps=400),
+}
+
+
+def distill_preset(name: str, overrides: list[str] | None = None) -> DistillConfig:
+    """A DistillConfig from a named preset plus `key=value` overrides (keys of DistillConfig, with or
+    without a `distill.` prefix)."""
+    if name not in DISTILL_PRESETS:
+        raise DidiError(f"unknown distill preset '{name}' (choose from: {', '.join(DISTILL_PRESETS)})")
+    dcfg = DistillConfig(**DISTILL_PRESETS[name])
+    if overrides:
+        holder = _Holder(distill=dcfg)
+        apply_overrides(holder, [o if o.startswith("distill.") else "distill." + o for o in overrides])
+    return dcfg
+
+
+@dataclass
+class _Holder:
+    distill: DistillConfig
+
+
 def _train_from_dcfg(cfg: RunConfig, dcfg: DistillConfig) -> None:
     """The run config's train section mirrors the distillation schedule (the student's optimizer)."""
     t = cfg.train

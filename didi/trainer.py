@@ -311,7 +311,9 @@ class Trainer:
                 tokens_since, time_mark = 0, now
                 self.log(last)
                 if bar is not None:
-                    bar.set_postfix({k: f"{v:.4g}" for k, v in last.items() if k not in ("step", "lr", "elapsed_s")})
+                    keys = getattr(self.method, "progress_keys", None) or [
+                        k for k in last if k not in ("step", "lr", "elapsed_s")]
+                    bar.set_postfix({k: f"{last[k]:.4g}" for k in keys if k in last})
             if t.eval_every and self.step % t.eval_every == 0:
                 v = self.validate()
                 if v:

@@ -115,6 +115,7 @@ def row_step_probs(logp: torch.Tensor, alpha_t: torch.Tensor, alpha_s: torch.Ten
 class DiDiInstruct:
     name = "didi-instruct"
     eval_part = "student"
+    progress_keys = ("disc_loss", "reward_mean", "loss", "kl", "tokens_per_s")
 
     def __init__(self, cfg, dcfg, mask_id: int, teacher: torch.nn.Module):
         self.cfg, self.dcfg, self.mask_id = cfg, dcfg, mask_id

@@ -1,0 +1,127 @@
+"""Teacher vs distilled student: judge perplexity, unigram entropy, NFE and wall-clock per row.
+
+Every row draws `--num` samples (float64 draws, seed `--seed`) and scores them with the judge LM
+(re-tokenized, first EOS counted); the held-out data row (same block length, same tokenizer) is the
+reference. Finished rows are cached in `--work/<name>.rows.jsonl`, so a rerun only does what is missing.
+
+Usage:
+  python bench/distill_eval.py --teacher runs/en-teacher --student runs/en-student \\
+      --teacher-steps 8,16,128,1024 --student-steps 8,16 --guided-steps 8 --num 256 --name distill_en
+  python bench/distill_eval.py ... --extra ablate-no-group-norm=runs/abl1   # more students, 8 steps
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+from common import write_results
+
+import didi
+from didi import runs
+from didi.evaluation import load_judge, mean_unigram_entropy
+
+COLUMNS = ["model", "steps", "sampler", "judge_ppl", "entropy", "nfe", "total_evals", "s_per_sample",
+           "tokens_per_s", "seed"]
+
+
+def ints(s: str) -> list[int]:
+    return [int(x) for x in s.split(",") if x.strip()]
+
+
+def heldout_texts(run_dir: str, num: int) -> tuple[list[str], torch.Tensor]:
+    from didi.data import prepare_data
+
+    run = runs.load_run(run_dir, "cpu")
+    _, valid = prepare_data(run.config.data, run.tokenizer, run.config.model.length, show_progress=False)
+    n = min(num, len(valid))
+    tokens = valid.get(torch.arange(n))
+    return run.tokenizer.decode_batch(tokens.tolist()), tokens
+
+
+def sample_row(pipe, label: str, steps: int, guided: bool, num: int, seed: int, batch_size: int) -> tuple[dict, list]:
+    pipe.sample(num=2, steps=2, seed=seed + 1, guided=guided)  # warm-up: first-call costs stay out of the timing
+    out = pipe.sample(num=num, steps=steps, seed=seed, batch_size=batch_size, guided=guided, progress=True)
+    L = out.tokens.shape[1]
+    row = {"model": label, "steps": steps, "sampler": "RGAS" if guided else "ancestral",
+           "entropy": mean_unigram_entropy(out.tokens), "nfe": out.nfe.double().mean().item(),
+           "total_evals": out.total_evals.double().mean().item(), "s_per_sample": out.seconds / num,
+           "tokens_per_s": num * L / out.seconds, "seed": seed}
+    return row, out.text
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--teacher", required=True)
+    ap.add_argument("--student", required=True)
+    ap.add_argument("--teacher-steps", default="8,16,128,1024")
+    ap.add_argument("--student-steps", default="8,16")
+    ap.add_argument("--guided-steps", default="", help="student step counts to also sample with RGAS")
+    ap.add_argument("--extra", action="append", default=[], metavar="LABEL=RUN",
+                    help="another student (e.g. an ablation), sampled at --extra-steps")
+    ap.add_argument("--extra-steps", default="8")
+    ap.add_argument("--num", type=int, default=256)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--judge", default="smollm2-135m")
+    ap.add_argument("--name", default="distill_en")
+    ap.add_argument("--work", default="runs/bench", help="where finished rows and samples are cached")
+    args = ap.parse_args()
+    torch.set_num_threads(torch.get_num_threads())
+
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    cache = work / f"{args.name}.rows.jsonl"
+    done = {}
+    if cache.is_file():
+        for line in cache.read_text().splitlines():
+            r = json.loads(line)
+            done[(r["model"], r["steps"], r["sampler"])] = r
+
+    plan = [("data (held-out)", args.teacher, 0, False)]
+    plan += [("teacher", args.teacher, s, False) for s in ints(args.teacher_steps)]
+    plan += [("student", args.student, s, False) for s in ints(args.student_steps)]
+    plan += [("student", args.student, s, True) for s in ints(args.guided_steps)]
+    for item in args.extra:
+        label, _, path = item.partition("=")
+        plan += [(label, path, s, False) for s in ints(args.extra_steps)]
+
+    judge = None
+    rows = []
+    for label, path, steps, guided in plan:
+        key = (label, steps, "RGAS" if guided else ("data" if steps == 0 else "ancestral"))
+        if key in done:
+            rows.append(done[key])
+            continue
+        if judge is None:
+            judge = load_judge(args.judge, batch_size=16)
+        print(f"== {label} {steps} steps{' RGAS' if guided else ''}", flush=True)
+        if steps == 0:
+            texts, tokens = heldout_texts(path, args.num)
+            row = {"model": label, "steps": 0, "sampler": "data", "entropy": mean_unigram_entropy(tokens),
+                   "seed": args.seed}
+        else:
+            row, texts = sample_row(didi.load(path), label, steps, guided, args.num, args.seed, args.batch_size)
+        start = time.perf_counter()
+        row["judge_ppl"] = judge.perplexity(texts)
+        row["judge_seconds"] = time.perf_counter() - start
+        row["run"] = str(path)
+        print(json.dumps(row), flush=True)
+        with cache.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        (work / f"{args.name}.{label}.{steps}.{key[2]}.txt").write_text("\n=====\n".join(texts[:16]) + "\n")
+        rows.append(row)
+
+    settings = {k: v for k, v in vars(args).items() if k != "work"}
+    notes = ("Judge: " + args.judge + ". entropy = mean per-sample unigram entropy of the model's token ids. "
+             "nfe = student/teacher network calls per sequence; total_evals adds discriminator forwards and "
+             "backwards (RGAS). Wall-clock on this CPU, batch " + str(args.batch_size) + ".")
+    path = write_results(args.name, rows, settings, COLUMNS, notes)
+    print(path.read_text())
+
+
+if __name__ == "__main__":
+    main()
