@@ -79,7 +79,7 @@ def main() -> None:
     if cache.is_file():
         for line in cache.read_text().splitlines():
             r = json.loads(line)
-            done[(r["model"], r["steps"], r["sampler"])] = r
+            done[(r["model"], r["run"], r["steps"], r["sampler"])] = r
 
     plan = [("data (held-out)", args.teacher, 0, False)]
     plan += [("teacher", args.teacher, s, False) for s in ints(args.teacher_steps)]
@@ -92,7 +92,7 @@ def main() -> None:
     judge = None
     rows = []
     for label, path, steps, guided in plan:
-        key = (label, steps, "RGAS" if guided else ("data" if steps == 0 else "ancestral"))
+        key = (label, str(path), steps, "RGAS" if guided else ("data" if steps == 0 else "ancestral"))
         if key in done:
             rows.append(done[key])
             continue
@@ -112,7 +112,8 @@ def main() -> None:
         print(json.dumps(row), flush=True)
         with cache.open("a") as f:
             f.write(json.dumps(row) + "\n")
-        (work / f"{args.name}.{label}.{steps}.{key[2]}.txt").write_text("\n=====\n".join(texts[:16]) + "\n")
+        sample_file = work / f"{args.name}.{label}.{steps}.{key[3]}.txt".replace(" ", "_")
+        sample_file.write_text("\n=====\n".join(texts[:16]) + "\n")
         rows.append(row)
 
     settings = {k: v for k, v in vars(args).items() if k != "work"}

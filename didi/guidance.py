@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from .diffusion import LogLinearSchedule, masked_log_probs
-from .sampling import Denoiser, SampleOutput, nucleus_probs, sample_categorical, step_probs
+from .sampling import Denoiser, SampleOutput, nucleus_probs, sample_categorical, unmask_step
 
 
 def h_schedule(k: int, h0: float, h1: float) -> list[float]:
@@ -142,17 +142,16 @@ def rgas_sample(
             lr = tilt_logits(discriminator, zr, lr, sigma_for(n, t), hs[i], mask_id)
             disc_evals[rows.cpu()] += 2  # one forward, one backward
             m = zr == mask_id
-            q = step_probs(masked_log_probs(lr[m], mask_id), schedule.alpha(t), schedule.alpha(s), mask_id,
-                           temperature, top_p)
             new = zr.clone()
-            new[m] = sample_categorical(q, generator).to(device)
+            new[m] = unmask_step(lr[m], schedule.alpha(t), schedule.alpha(s), mask_id, temperature, top_p,
+                                 generator).to(device)
         else:
             m = zr == mask_id
-            q = step_probs(masked_log_probs(lr[m], mask_id), schedule.alpha(t), schedule.alpha(s), mask_id,
-                           temperature, top_p)
+            lp = lr[m]
             cands = zr.unsqueeze(0).repeat(candidates, 1, 1)  # [M, n, L]
             for c in range(candidates):
-                cands[c][m] = sample_categorical(q, generator).to(device)
+                cands[c][m] = unmask_step(lp, schedule.alpha(t), schedule.alpha(s), mask_id, temperature, top_p,
+                                          generator).to(device)
             flat = cands.reshape(candidates * n, length)
             score = discriminator(flat, sigma_for(candidates * n, s)).float().sum(-1).reshape(candidates, n)
             disc_evals[rows.cpu()] += candidates

@@ -55,6 +55,31 @@ def step_probs(logp: torch.Tensor, alpha_t: float, alpha_s: float, mask_id: int,
     return q
 
 
+def reveal_probability(alpha_t: float, alpha_s: float) -> float:
+    """The real tokens' share of q(x_s | z_t) at a masked position: (alpha_s - alpha_t) / (1 - alpha_t)."""
+    return (alpha_s - alpha_t) / (1 - alpha_t)
+
+
+def unmask_step(logits: torch.Tensor, alpha_t: float, alpha_s: float, mask_id: int, temperature: float = 1.0,
+                top_p: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One draw from q(x_s | z_t) at masked positions, the same law as `sample_categorical(step_probs(...))`.
+
+    Drawn in two float64 stages: a position is revealed with `reveal_probability` and only revealed
+    positions draw their token from p(x0 | z_t) (SUBS: the mask logit removed). With many steps few
+    positions are revealed per step, so most log-softmaxes and full-vocabulary draws are skipped.
+    logits: [N, V+1] raw denoiser outputs at masked positions; returns [N] ids (mask_id: stays masked).
+    """
+    n = logits.shape[0]
+    device = generator.device if generator is not None else logits.device
+    u = torch.rand(n, generator=generator, dtype=torch.float64, device=device).to(logits.device)
+    reveal = u < reveal_probability(alpha_t, alpha_s)
+    out = torch.full((n,), mask_id, dtype=torch.long, device=logits.device)
+    if reveal.any():
+        logp = masked_log_probs(logits[reveal], mask_id)
+        out[reveal] = sample_categorical(nucleus_probs(logp, temperature, top_p), generator).to(logits.device)
+    return out
+
+
 @dataclass
 class SampleOutput:
     tokens: torch.Tensor  # [B, L] token ids
@@ -146,13 +171,15 @@ def ancestral_sample(
         masked = z == mask_id
         if not masked.any():
             continue
-        q = step_probs(masked_log_probs(logits[masked], mask_id), schedule.alpha(t), schedule.alpha(s), mask_id,
-                       temperature, top_p)
-        new = sample_categorical(q, generator)
-        z[masked] = new
-        changed = torch.zeros_like(masked)
-        changed[masked] = new != mask_id
-        stale |= changed.any(1)
+        # two float64 stages (the law of `unmask_step`), indexing the logits only where a token is revealed
+        gdev = generator.device if generator is not None else device
+        u = torch.rand(int(masked.sum()), generator=generator, dtype=torch.float64, device=gdev).to(device)
+        reveal = torch.zeros_like(masked)
+        reveal[masked] = u < reveal_probability(schedule.alpha(t), schedule.alpha(s))
+        if reveal.any():
+            logp = masked_log_probs(logits[reveal], mask_id)
+            z[reveal] = sample_categorical(nucleus_probs(logp, temperature, top_p), generator).to(device)
+            stale |= reveal.any(1)
 
     if final_step != "none" and (z == mask_id).any():
         t = float(grid[-1])

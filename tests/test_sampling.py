@@ -103,3 +103,19 @@ def test_seeds_reproduce_and_differ():
     b = ancestral_sample(random_denoiser(), 2, L, 8, MASK, generator=torch.Generator().manual_seed(5))
     c = ancestral_sample(random_denoiser(), 2, L, 8, MASK, generator=torch.Generator().manual_seed(6))
     assert torch.equal(a.tokens, b.tokens) and not torch.equal(a.tokens, c.tokens)
+
+
+def test_two_stage_unmask_step_has_the_law_of_the_full_step_distribution():
+    from didi.sampling import step_probs, unmask_step
+
+    g = torch.Generator().manual_seed(0)
+    V, mask_id = 5, 5
+    logp = torch.log_softmax(torch.tensor([[1.0, 0.5, -1.0, 2.0, 0.0, float("-inf")]]), -1).double()
+    a_t, a_s = 0.3, 0.6
+    n = 200_000
+    draws = unmask_step(logp.expand(n, V + 1), a_t, a_s, mask_id, generator=g)
+    freq = torch.bincount(draws, minlength=V + 1).double() / n
+    q = step_probs(logp, a_t, a_s, mask_id)[0]
+    assert torch.allclose(freq, q / q.sum(), atol=4e-3)
+    with_top_p = unmask_step(logp.expand(n, V + 1), a_t, a_s, mask_id, top_p=0.5, generator=g)
+    assert set(with_top_p.unique().tolist()) == {3, mask_id}  # token 3 alone holds half the mass
