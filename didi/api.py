@@ -70,9 +70,7 @@ def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, until_step: 
               f"{len(train_blocks)} training blocks of {cfg.model.length} tokens, device {device}, "
               f"{d.world} process(es)")
     if resume:
-        trainer.load_state_dict(torch.load(out / runs.CHECKPOINT, map_location=device, weights_only=False))
-        if d.main:
-            print(f"didi: resuming {out} at step {trainer.step}")
+        trainer.resume()
     return trainer.train(until_step=until_step)
 
 

@@ -201,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="offline demo: tiny teacher, then a distilled student, compared")
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--minutes", type=float, default=4.0, help="teacher training time")
-    p.add_argument("--distill-minutes", type=float, default=4.0, help="student distillation time (0: skip)")
+    p.add_argument("--distill-minutes", type=float, default=3.0, help="student distillation time (0: skip)")
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=cmd_demo)
 

@@ -16,7 +16,7 @@ DEMO_STEPS = (8, 16, 64, 256)
 STUDENT_STEPS = (8, 16)
 
 
-def run_demo(out: Path, minutes: float = 4.0, device: str = "cpu", num: int = 4, distill_minutes: float = 4.0) -> None:
+def run_demo(out: Path, minutes: float = 4.0, device: str = "cpu", num: int = 4, distill_minutes: float = 3.0) -> None:
     out = Path(out)
     if (out / runs.WEIGHTS).is_file():
         print(f"didi demo: found a trained teacher in {out}; sampling from it (delete the directory to retrain)")

@@ -238,9 +238,7 @@ def distill(teacher: str | Path | None, out: str | Path, dcfg: DistillConfig | N
               f"{dcfg.student_steps if dcfg.score_decomposition else 1}-step rollouts, device {device}, "
               f"{d.world} process(es)")
     if resume:
-        trainer.load_state_dict(torch.load(out / runs.CHECKPOINT, map_location=device, weights_only=False))
-        if d.main:
-            print(f"didi: resuming {out} at step {trainer.step}")
+        trainer.resume()
     return trainer.train(until_step=until_step)
 
 

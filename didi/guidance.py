@@ -23,8 +23,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from .diffusion import LogLinearSchedule, masked_log_probs
-from .sampling import Denoiser, SampleOutput, nucleus_probs, sample_categorical, unmask_step
+from .diffusion import LogLinearSchedule
+from .sampling import Denoiser, RowCache, SampleOutput, fill_remaining, initial_state, sample_categorical, unmask_step
 
 
 def h_schedule(k: int, h0: float, h1: float) -> list[float]:
@@ -94,36 +94,12 @@ def rgas_sample(
         raise ValueError(f"final_step must be argmax, sample or none, not {final_step!r}")
     schedule = schedule or LogLinearSchedule()
     start = time.perf_counter()
-    z = torch.full((batch_size, length), mask_id, dtype=torch.long, device=device)
-    if clamp is not None:
-        clamp = clamp.to(device)
-        if clamp.shape != z.shape:
-            raise ValueError(f"clamp has shape {tuple(clamp.shape)}, expected {tuple(z.shape)}")
-        z = torch.where(clamp >= 0, clamp, z)
-    nfe = torch.zeros(batch_size, dtype=torch.long)
+    z = initial_state(batch_size, length, mask_id, clamp, device)
+    rc = RowCache(student, batch_size, mask_id, schedule, cache, device)
     disc_evals = torch.zeros(batch_size, dtype=torch.long)
-    logits: torch.Tensor | None = None
-    stale = torch.ones(batch_size, dtype=torch.bool, device=device)
     grid = torch.linspace(1.0, t_min, steps + 1, dtype=torch.float64)
     k_tilt = int(steps * (1 - rho))
     hs = h_schedule(k_tilt, h0, h1)
-
-    def sigma_for(n: int, t: float) -> torch.Tensor:
-        return schedule.sigma(torch.full((n,), t, dtype=torch.float64, device=device)).float()
-
-    def evaluate(t: float) -> None:
-        nonlocal logits
-        need = (z == mask_id).any(1)
-        if cache:
-            need &= stale
-        if not need.any():
-            return
-        out = student(z[need], sigma_for(int(need.sum()), t)).float()
-        if logits is None:
-            logits = torch.zeros(batch_size, *out.shape[1:], dtype=out.dtype, device=device)
-        logits[need] = out
-        nfe[need.cpu()] += 1
-        stale[need] = False
 
     iterator = range(steps)
     if progress:
@@ -132,14 +108,14 @@ def rgas_sample(
         iterator = tqdm(iterator, desc=f"guided sampling {steps} steps", leave=False)
     for i in iterator:
         t, s = float(grid[i]), float(grid[i + 1])
-        evaluate(t)
+        logits = rc.logits(z, t)
         rows = (z == mask_id).any(1)
         if not rows.any():
             continue
         zr, lr = z[rows], logits[rows]
         n = int(rows.sum())
         if i < k_tilt:
-            lr = tilt_logits(discriminator, zr, lr, sigma_for(n, t), hs[i], mask_id)
+            lr = tilt_logits(discriminator, zr, lr, rc.sigma(n, t), hs[i], mask_id)
             disc_evals[rows.cpu()] += 2  # one forward, one backward
             m = zr == mask_id
             new = zr.clone()
@@ -153,21 +129,16 @@ def rgas_sample(
                 cands[c][m] = unmask_step(lp, schedule.alpha(t), schedule.alpha(s), mask_id, temperature, top_p,
                                           generator).to(device)
             flat = cands.reshape(candidates * n, length)
-            score = discriminator(flat, sigma_for(candidates * n, s)).float().sum(-1).reshape(candidates, n)
+            score = discriminator(flat, rc.sigma(candidates * n, s)).float().sum(-1).reshape(candidates, n)
             disc_evals[rows.cpu()] += candidates
             pick = sample_categorical(torch.softmax(score.double().T, -1), generator).to(device)  # [n]
             new = cands[pick, torch.arange(n, device=device)]
         changed = (new != zr).any(1)
         z[rows] = new
-        idx = rows.nonzero().squeeze(1)
-        stale[idx[changed]] = True
+        moved = torch.zeros_like(rows)
+        moved[rows] = changed
+        rc.changed(moved)
 
     if final_step != "none" and (z == mask_id).any():
-        evaluate(float(grid[-1]))
-        masked = z == mask_id
-        logp = masked_log_probs(logits[masked], mask_id)
-        if final_step == "argmax":
-            z[masked] = logp.argmax(-1)
-        else:
-            z[masked] = sample_categorical(nucleus_probs(logp, temperature, top_p), generator).to(device)
-    return SampleOutput(tokens=z, nfe=nfe, seconds=time.perf_counter() - start, total_evals=nfe + disc_evals)
+        fill_remaining(z, rc.logits(z, float(grid[-1])), mask_id, final_step, temperature, top_p, generator)
+    return SampleOutput(tokens=z, nfe=rc.nfe, seconds=time.perf_counter() - start, total_evals=rc.nfe + disc_evals)

@@ -100,6 +100,63 @@ class SampleOutput:
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (z [n, L], sigma [n]) -> logits [n, L, V+1]
 
 
+def initial_state(batch_size: int, length: int, mask_id: int, clamp: torch.Tensor | None, device) -> torch.Tensor:
+    """All-masked sequences [B, L], with the clamped ids (>= 0 in `clamp`) already in place."""
+    z = torch.full((batch_size, length), mask_id, dtype=torch.long, device=device)
+    if clamp is None:
+        return z
+    clamp = clamp.to(device)
+    if clamp.shape != z.shape:
+        raise ValueError(f"clamp has shape {tuple(clamp.shape)}, expected {tuple(z.shape)}")
+    return torch.where(clamp >= 0, clamp, z)
+
+
+class RowCache:
+    """Denoiser outputs per row with exact NFE counting, shared by the samplers.
+
+    `logits(z, t)` evaluates only the rows that still hold a mask and, with `cache=True` (a denoiser that
+    ignores time), only those changed since their last evaluation (`changed(rows)` marks them); `nfe`
+    counts the evaluations of each row.
+    """
+
+    def __init__(self, denoiser: Denoiser, batch_size: int, mask_id: int, schedule: LogLinearSchedule,
+                 cache: bool, device):
+        self.denoiser, self.mask_id, self.schedule, self.cache, self.device = denoiser, mask_id, schedule, cache, device
+        self.nfe = torch.zeros(batch_size, dtype=torch.long)
+        self.stale = torch.ones(batch_size, dtype=torch.bool, device=device)
+        self.out: torch.Tensor | None = None
+
+    def sigma(self, n: int, t: float) -> torch.Tensor:
+        return self.schedule.sigma(torch.full((n,), t, dtype=torch.float64, device=self.device)).float()
+
+    def logits(self, z: torch.Tensor, t: float) -> torch.Tensor | None:
+        need = (z == self.mask_id).any(1)
+        if self.cache:
+            need &= self.stale
+        if need.any():
+            out = self.denoiser(z[need], self.sigma(int(need.sum()), t)).float()
+            if self.out is None:
+                self.out = torch.zeros(z.shape[0], *out.shape[1:], dtype=out.dtype, device=self.device)
+            self.out[need] = out
+            self.nfe[need.cpu()] += 1
+            self.stale[need] = False
+        return self.out
+
+    def changed(self, rows: torch.Tensor) -> None:
+        self.stale |= rows
+
+
+def fill_remaining(z: torch.Tensor, logits: torch.Tensor, mask_id: int, final_step: str, temperature: float,
+                   top_p: float, generator: torch.Generator | None) -> None:
+    """The noise-removal step: masks still left are filled by argmax or a float64 draw (in place)."""
+    masked = z == mask_id
+    logp = masked_log_probs(logits[masked], mask_id)
+    if final_step == "argmax":
+        z[masked] = logp.argmax(-1)
+    else:
+        z[masked] = sample_categorical(nucleus_probs(logp, temperature, top_p), generator).to(z.device)
+
+
 @torch.no_grad()
 def ancestral_sample(
     denoiser: Denoiser,
@@ -134,31 +191,9 @@ def ancestral_sample(
         raise ValueError(f"final_step must be argmax, sample or none, not {final_step!r}")
     schedule = schedule or LogLinearSchedule()
     start = time.perf_counter()
-    z = torch.full((batch_size, length), mask_id, dtype=torch.long, device=device)
-    if clamp is not None:
-        clamp = clamp.to(device)
-        if clamp.shape != z.shape:
-            raise ValueError(f"clamp has shape {tuple(clamp.shape)}, expected {tuple(z.shape)}")
-        z = torch.where(clamp >= 0, clamp, z)
-    nfe = torch.zeros(batch_size, dtype=torch.long)
-    logits: torch.Tensor | None = None
-    stale = torch.ones(batch_size, dtype=torch.bool, device=device)  # row changed since its last evaluation
+    z = initial_state(batch_size, length, mask_id, clamp, device)
+    rc = RowCache(denoiser, batch_size, mask_id, schedule, cache, device)
     grid = torch.linspace(1.0, t_min, steps + 1, dtype=torch.float64)
-
-    def evaluate(t: float) -> None:
-        nonlocal logits
-        need = (z == mask_id).any(1)
-        if cache:
-            need &= stale
-        if not need.any():
-            return
-        sigma = schedule.sigma(torch.full((int(need.sum()),), t, dtype=torch.float64, device=device)).float()
-        out = denoiser(z[need], sigma).float()
-        if logits is None:
-            logits = torch.zeros(batch_size, *out.shape[1:], dtype=out.dtype, device=device)
-        logits[need] = out
-        nfe[need.cpu()] += 1
-        stale[need] = False
 
     iterator = range(steps)
     if progress:
@@ -167,7 +202,7 @@ def ancestral_sample(
         iterator = tqdm(iterator, desc=f"sampling {steps} steps", leave=False)
     for i in iterator:
         t, s = float(grid[i]), float(grid[i + 1])
-        evaluate(t)
+        logits = rc.logits(z, t)
         masked = z == mask_id
         if not masked.any():
             continue
@@ -179,15 +214,8 @@ def ancestral_sample(
         if reveal.any():
             logp = masked_log_probs(logits[reveal], mask_id)
             z[reveal] = sample_categorical(nucleus_probs(logp, temperature, top_p), generator).to(device)
-            stale |= reveal.any(1)
+            rc.changed(reveal.any(1))
 
     if final_step != "none" and (z == mask_id).any():
-        t = float(grid[-1])
-        evaluate(t)
-        masked = z == mask_id
-        logp = masked_log_probs(logits[masked], mask_id)
-        if final_step == "argmax":
-            z[masked] = logp.argmax(-1)
-        else:
-            z[masked] = sample_categorical(nucleus_probs(logp, temperature, top_p), generator)
-    return SampleOutput(tokens=z, nfe=nfe, seconds=time.perf_counter() - start, total_evals=nfe.clone())
+        fill_remaining(z, rc.logits(z, float(grid[-1])), mask_id, final_step, temperature, top_p, generator)
+    return SampleOutput(tokens=z, nfe=rc.nfe, seconds=time.perf_counter() - start, total_evals=rc.nfe.clone())

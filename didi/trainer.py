@@ -225,6 +225,14 @@ class Trainer:
             "rng": rng_state(),
         }
 
+    def resume(self) -> None:
+        """Continue from `out/checkpoint.pt` exactly where it stopped."""
+        from .runs import CHECKPOINT
+
+        self.load_state_dict(torch.load(self.out / CHECKPOINT, map_location=self.device, weights_only=False))
+        if self.dist.main:
+            print(f"didi: resuming {self.out} at step {self.step}")
+
     def load_state_dict(self, state: dict) -> None:
         for name, p in self.parts.items():
             s = state["parts"][name]

@@ -121,12 +121,7 @@ class DiDiInstruct:
         self.cfg, self.dcfg, self.mask_id = cfg, dcfg, mask_id
         self.teacher = teacher.eval().requires_grad_(False)
         self.schedule = LogLinearSchedule(cfg.diffusion.eps)
-        if dcfg.real not in ("data", "teacher"):
-            raise ValueError(f"real must be 'data' or 'teacher', not {dcfg.real!r}")
-        if dcfg.final_fill not in ("sample", "argmax"):
-            raise ValueError(f"final_fill must be 'sample' or 'argmax', not {dcfg.final_fill!r}")
-        if dcfg.score_decomposition and dcfg.student_steps < 2:
-            raise ValueError("score decomposition needs student_steps >= 2 (1 -> tau -> ... -> t_end)")
+        dcfg.validate()
 
     # -- randomness: global draws sliced to this rank --------------------------------------------------
     def draw(self, generator: torch.Generator, global_batch: int, length: int, rank: int, world: int, device):
