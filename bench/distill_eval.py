@@ -67,6 +67,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--judge", default="smollm2-135m")
+    ap.add_argument("--skip-data", action="store_true", help="no held-out data row")
     ap.add_argument("--name", default="distill_en")
     ap.add_argument("--work", default="runs/bench", help="where finished rows and samples are cached")
     args = ap.parse_args()
@@ -79,9 +80,9 @@ def main() -> None:
     if cache.is_file():
         for line in cache.read_text().splitlines():
             r = json.loads(line)
-            done[(r["model"], r["run"], r["steps"], r["sampler"])] = r
+            done[(r["model"], r["run"], r["steps"], r["sampler"], r["seed"])] = r
 
-    plan = [("data (held-out)", args.teacher, 0, False)]
+    plan = [] if args.skip_data else [("data (held-out)", args.teacher, 0, False)]
     plan += [("teacher", args.teacher, s, False) for s in ints(args.teacher_steps)]
     plan += [("student", args.student, s, False) for s in ints(args.student_steps)]
     plan += [("student", args.student, s, True) for s in ints(args.guided_steps)]
@@ -92,7 +93,7 @@ def main() -> None:
     judge = None
     rows = []
     for label, path, steps, guided in plan:
-        key = (label, str(path), steps, "RGAS" if guided else ("data" if steps == 0 else "ancestral"))
+        key = (label, str(path), steps, "RGAS" if guided else ("data" if steps == 0 else "ancestral"), args.seed)
         if key in done:
             rows.append(done[key])
             continue
@@ -112,7 +113,7 @@ def main() -> None:
         print(json.dumps(row), flush=True)
         with cache.open("a") as f:
             f.write(json.dumps(row) + "\n")
-        sample_file = work / f"{args.name}.{label}.{steps}.{key[3]}.txt".replace(" ", "_")
+        sample_file = work / f"{args.name}.{label}.{steps}.{key[3]}.seed{args.seed}.txt".replace(" ", "_")
         sample_file.write_text("\n=====\n".join(texts[:16]) + "\n")
         rows.append(row)
 
