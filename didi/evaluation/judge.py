@@ -48,7 +48,7 @@ class Judge:
 
     def _encode(self, text: str) -> list[int]:
         ids = list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-        # The sample's own stop is the judge's EOS: scoring it counts "all non-EOS tokens plus the first EOS".
+        # The sample's own stop is the judge's EOS; `nll` counts all non-EOS tokens plus the first EOS.
         if self.eos_id is not None:
             ids.append(self.eos_id)
         # BOS is context only (never a target), so the first real token gets a prediction.
@@ -81,7 +81,12 @@ class Judge:
             ids, mask = ids.to(self.device), mask.to(self.device)
             logits = self.model(input_ids=ids, attention_mask=mask).logits.float()
             tok_nll = F.cross_entropy(logits[:, :-1].transpose(1, 2), ids[:, 1:], reduction="none")
+            tgt = ids[:, 1:]
             tgt_mask = mask[:, 1:].bool()
+            if self.eos_id is not None:  # all non-EOS tokens plus the first EOS of each text (spec §5)
+                is_eos = (tgt == self.eos_id) & tgt_mask
+                first = is_eos & (is_eos.long().cumsum(1) == 1)
+                tgt_mask = tgt_mask & (~is_eos | first)
             total += tok_nll[tgt_mask].double().sum().item()
             count += int(tgt_mask.sum().item())
         return total, count

@@ -1,0 +1,288 @@
+"""`didi eval`: sample a run at several step counts (and temperatures), score every row the same way.
+
+A row = one (model, steps, sampler, temperature, seed) setting: `num` samples drawn in float64, judged
+(decode -> re-tokenize -> exp(token-weighted NLL), first EOS counted), with unigram entropy, NFE per
+sequence (mean and max), total network evaluations (with RGAS: discriminator forwards and backwards too),
+wall-clock per sample and tokens/s (after a warm-up call, so first-call costs stay out), and tokens revealed
+per step. Finished rows are appended to a cache (`rows.jsonl`) so a rerun only does what is missing.
+Reports: JSON, a Markdown table, and PNG plots of gen-PPL vs entropy (the temperature frontier) and vs NFE.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from ..errors import DidiError
+from .metrics import interpolate_at_entropy, mean_unigram_entropy
+
+COLUMNS = ["model", "steps", "sampler", "temperature", "judge_ppl", "entropy", "nfe", "nfe_max", "total_evals",
+           "tokens_per_step", "s_per_sample", "tokens_per_s", "seed"]
+
+
+SAMPLERS = ("ancestral", "RGAS", "ar+kv", "data")
+
+
+@dataclass(frozen=True)
+class RowSpec:
+    """What one row samples. sampler: "ancestral" (diffusion), "RGAS" (reward-guided, a DiDi-Instruct student),
+    "ar+kv" (an AR run; steps = its length), or "data" (the run's held-out blocks, the reference row)."""
+
+    model: str
+    run: str
+    steps: int
+    sampler: str = "ancestral"
+    temperature: float = 1.0
+
+    def __post_init__(self):
+        if self.sampler not in SAMPLERS:
+            raise DidiError(f"unknown sampler {self.sampler!r} (choose from: {', '.join(SAMPLERS)})")
+
+
+@dataclass
+class RowCache:
+    """Finished rows keyed by their settings, kept as JSON lines so an interrupted evaluation resumes."""
+
+    path: Path
+    rows: dict = field(default_factory=dict)
+
+    @staticmethod
+    def key(spec: RowSpec, num: int, seed: int, judge: str) -> str:
+        return json.dumps([spec.model, str(spec.run), spec.steps, spec.sampler, spec.temperature, num, seed, judge])
+
+    def load(self) -> RowCache:
+        if self.path.is_file():
+            for line in self.path.read_text().splitlines():
+                if line.strip():
+                    r = json.loads(line)
+                    self.rows[r["key"]] = r
+        return self
+
+    def add(self, row: dict) -> None:
+        self.rows[row["key"]] = row
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a") as f:  # one line per finished row: a crash loses at most the row in progress
+            f.write(json.dumps(row) + "\n")
+
+
+def heldout_tokens(pipe, num: int) -> torch.Tensor:
+    """The first `num` held-out blocks of a run's data, with its tokenizer and block length."""
+    from ..data import prepare_data
+
+    cfg = pipe.config
+    _, valid = prepare_data(cfg.data, pipe.tokenizer, cfg.model.length, show_progress=False)
+    if len(valid) == 0:
+        raise DidiError("the run's data has no held-out blocks for the reference row")
+    return valid.get(torch.arange(min(num, len(valid))))
+
+
+def sample_row(pipe, spec: RowSpec, num: int, seed: int, batch_size: int, progress: bool = False
+               ) -> tuple[dict, list[str], torch.Tensor]:
+    """Sample one row (timed after a small warm-up call) -> (row without judge columns, texts, tokens)."""
+    if spec.sampler == "data":
+        tokens = heldout_tokens(pipe, num)
+        row = {"entropy": mean_unigram_entropy(tokens)}
+        return row, pipe.tokenizer.decode_batch(tokens.tolist()), tokens
+    steps = spec.steps
+    kw = dict(temperature=spec.temperature, guided=spec.sampler == "RGAS")
+    pipe.sample(num=2, steps=min(steps, 2), seed=seed + 1, **kw)  # warm-up: allocator, kernels, lazy loads
+    out = pipe.sample(num=num, steps=steps, seed=seed, batch_size=batch_size, progress=progress, **kw)
+    L = out.tokens.shape[1]
+    row = {"entropy": mean_unigram_entropy(out.tokens), "nfe": out.nfe_mean, "nfe_max": out.nfe_max,
+           "total_evals": float(out.total_evals.double().mean()), "tokens_per_step": L / steps,
+           "s_per_sample": out.seconds / num, "tokens_per_s": num * L / out.seconds}
+    return row, out.text, out.tokens
+
+
+def run_rows(specs: list[RowSpec], *, num: int, seed: int, judge_name: str, cache: RowCache, batch_size: int = 64,
+             samples_dir: Path | None = None, progress: bool = True, load=None) -> list[dict]:
+    """Every row of `specs`, from the cache when finished before; new rows are sampled, judged and cached."""
+    from . import load_judge
+
+    if load is None:
+        from ..api import load
+    judge, pipes, rows = None, {}, []
+    for spec in specs:
+        key = RowCache.key(spec, num, seed, judge_name)
+        if key in cache.rows:
+            rows.append(cache.rows[key])
+            continue
+        if judge is None:
+            judge = load_judge(judge_name, batch_size=16)
+        if spec.run not in pipes:
+            pipes[spec.run] = load(spec.run)
+        if progress:
+            print(f"didi eval: {spec.model}, {spec.sampler}, {spec.steps} steps, temperature {spec.temperature:g}",
+                  flush=True)
+        row, texts, tokens = sample_row(pipes[spec.run], spec, num, seed, batch_size, progress)
+        start = time.perf_counter()
+        row["judge_ppl"] = judge.perplexity(texts)
+        row.update(model=spec.model, run=str(spec.run), steps=spec.steps, sampler=spec.sampler,
+                   temperature=spec.temperature, seed=seed, num=len(texts), judge=judge_name,
+                   judge_seconds=time.perf_counter() - start, key=key)
+        if samples_dir is not None:
+            samples_dir.mkdir(parents=True, exist_ok=True)
+            stem = f"{spec.model}.{spec.sampler}.{spec.steps}.T{spec.temperature:g}.seed{seed}".replace(" ", "_")
+            torch.save(tokens.to(torch.int32), samples_dir / f"{stem}.pt")  # all ids: rows can be re-judged later
+            (samples_dir / f"{stem}.txt").write_text("\n=====\n".join(texts[:16]) + "\n")
+        cache.add(row)
+        rows.append(row)
+    return rows
+
+
+def frontier_rows(rows: list[dict], target_entropy: float | None) -> list[dict]:
+    """Per (model, steps, sampler) with two or more temperatures: gen-PPL interpolated at `target_entropy`."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        if r["sampler"] != "data":
+            groups.setdefault((r["model"], r["steps"], r["sampler"]), []).append(r)
+    out = []
+    for (model, steps, sampler), rs in groups.items():
+        temps = sorted({r["temperature"] for r in rs})
+        if len(temps) < 2 or target_entropy is None:
+            continue
+        ppl = interpolate_at_entropy([(r["entropy"], r["judge_ppl"]) for r in rs], target_entropy)
+        out.append({"model": model, "steps": steps, "sampler": sampler, "temperatures": temps,
+                    "target_entropy": target_entropy, "judge_ppl_at_target": ppl})
+    return out
+
+
+def plot_rows(rows: list[dict], out_dir: Path, name: str, target_entropy: float | None) -> list[Path]:
+    """PNG plots: gen-PPL vs NFE (temperature 1 rows) and, when temperatures were swept, the frontier."""
+    from .plots import plot_frontier, plot_ppl_vs_nfe
+
+    paths = []
+    by_nfe: dict[str, list] = {}
+    for r in rows:
+        if r["sampler"] != "data" and r["temperature"] == 1.0 and r.get("total_evals"):
+            label = r["model"] + (" (RGAS)" if r["sampler"] == "RGAS" else "")
+            by_nfe.setdefault(label, []).append((r["total_evals"], r["judge_ppl"]))
+    if by_nfe:
+        p = out_dir / f"{name}_ppl_vs_nfe.png"
+        plot_ppl_vs_nfe(by_nfe, p)
+        paths.append(p)
+    fr: dict[str, list] = {}
+    for r in rows:
+        if r["sampler"] != "data":
+            fr.setdefault(f"{r['model']} {r['steps']} steps" + (" RGAS" if r["sampler"] == "RGAS" else ""),
+                          []).append((r["entropy"], r["judge_ppl"]))
+    fr = {k: v for k, v in fr.items() if len(v) >= 2}
+    if fr:
+        p = out_dir / f"{name}_frontier.png"
+        plot_frontier(fr, p, target_entropy)
+        paths.append(p)
+    return paths
+
+
+def fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:,.1f}" if abs(v) >= 100 else f"{v:.3g}"
+    return "" if v is None else str(v)
+
+
+def markdown(rows: list[dict], meta: dict, frontier: list[dict], columns: list[str] = COLUMNS) -> str:
+    m = meta.get("machine", {})
+    lines = [f"# {meta.get('name', 'eval')}", "",
+             f"commit `{meta.get('commit', '?')}`, {meta.get('date', '')}, {m.get('cpu', '?')} ({m.get('cores', '?')} "
+             f"cores, torch {m.get('torch', '?')}), judge {meta.get('judge', '?')}, {meta.get('num', '?')} samples "
+             f"per row, float64 draws", "",
+             "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(fmt(r.get(c)) for c in columns) + " |" for r in rows]
+    if frontier:
+        lines += ["", f"Gen-PPL interpolated at entropy {frontier[0]['target_entropy']:.3g} (temperature sweep):", "",
+                  "| model | steps | sampler | temperatures | judge_ppl_at_target |", "|---|---|---|---|---|"]
+        lines += [f"| {f['model']} | {f['steps']} | {f['sampler']} | {', '.join(f'{t:g}' for t in f['temperatures'])} "
+                  f"| {fmt(f['judge_ppl_at_target']) or 'outside the swept range'} |" for f in frontier]
+    return "\n".join(lines) + "\n"
+
+
+def machine() -> dict:
+    import os
+    import platform
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__, "python": platform.python_version()}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def write_reports(rows: list[dict], out_dir: Path, name: str, meta: dict, target_entropy: float | None) -> dict:
+    """Write NAME.json, NAME.md and the PNG plots into `out_dir` (each written whole, then renamed)."""
+    from ..runs import atomic_write_text
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    meta = {"name": name, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine(),
+            **meta}
+    front = frontier_rows(rows, target_entropy)
+    clean = [{k: v for k, v in r.items() if k != "key"} for r in rows]
+    atomic_write_text(out_dir / f"{name}.json", json.dumps({**meta, "rows": clean, "frontier": front}, indent=2) + "\n")
+    atomic_write_text(out_dir / f"{name}.md", markdown(clean, meta, front))
+    pngs = plot_rows(clean, out_dir, name, target_entropy)
+    return {"json": out_dir / f"{name}.json", "markdown": out_dir / f"{name}.md", "plots": pngs, "frontier": front}
+
+
+def evaluate(run: str, steps: list[int], *, num: int = 256, judge: str = "smollm2-135m", seed: int = 0,
+             temperatures: tuple[float, ...] = (1.0,), guided: bool = False, reference: bool = False,
+             target_entropy: float | None = None, batch_size: int = 64, out: str | Path | None = None,
+             name: str = "eval", progress: bool = True) -> dict:
+    """Evaluate one run at `steps` x `temperatures` (plus RGAS rows with `guided`, the held-out data row with
+    `reference`). The frontier's target entropy defaults to the data row's entropy when there is one."""
+    if not steps:
+        raise DidiError("eval needs at least one step count (--steps 8,16,...)")
+    if any(s < 1 for s in steps):
+        raise DidiError("step counts must be >= 1")
+    if num < 1:
+        raise DidiError("num must be >= 1")
+    if not temperatures or any(t <= 0 for t in temperatures):
+        raise DidiError("temperatures must be > 0")
+    from ..api import load
+
+    pipe = load(run)
+    out_dir = Path(out) if out is not None else (Path(run) / "eval" if Path(run).is_dir() else Path("eval"))
+    label = Path(run).name or str(run)
+    if pipe.config.model.arch == "ar":  # one row per temperature: an AR model writes one token per call
+        specs = [RowSpec(label, run, pipe.config.model.length, "ar+kv", t) for t in temperatures]
+    else:
+        specs = [RowSpec(label, run, s, "ancestral", t) for s in steps for t in temperatures]
+        if guided:
+            specs += [RowSpec(label, run, s, "RGAS", t) for s in steps for t in temperatures]
+    if reference:
+        specs.insert(0, RowSpec("data", run, 0, "data"))
+    cache = RowCache(out_dir / f"{name}.rows.jsonl").load()
+    rows = run_rows(specs, num=num, seed=seed, judge_name=judge, cache=cache, batch_size=batch_size,
+                    samples_dir=out_dir / "samples", progress=progress, load=lambda _run: pipe)
+    if target_entropy is None and reference:
+        target_entropy = rows[0]["entropy"]
+    meta = {"run": str(run), "judge": judge, "num": num, "seed": seed, "temperatures": list(temperatures),
+            "target_entropy": target_entropy, "commit": git_commit()}
+    report = write_reports(rows, out_dir, name, meta, target_entropy)
+    report["rows"] = rows
+    return report
+
+
+def git_commit() -> str:
+    import subprocess
+
+    root = Path(__file__).resolve().parents[2]
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
+                             check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True).stdout.strip()
+        return sha + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
