@@ -8,7 +8,8 @@ Stages (CPU-sized, `tiny` shape, length 128, a byte-level BPE of 8,192 entries t
   didi     DiDi-Instruct student (preset tiny), --didi-minutes (20)
   sdtt     SDTT student (preset sdtt-tiny: 7 rounds 1024 -> 8 steps), --sdtt-minutes (20)
 Rows (256 samples each, float64 draws, seed --seed for all): held-out data, teacher at 8 ... 1024 steps,
-DiDi at 4/8/16/32 (ancestral, then RGAS), SDTT at 8/16/32, AR with a KV cache. Rows run in order of
+DiDi at 4/8/16/32 (ancestral, then RGAS), SDTT at 8/16/32, AR with a KV cache, then a temperature sweep of
+DiDi 8, SDTT 8 and the 1024-step teacher (the gen-PPL/entropy frontier). Rows run in order of
 importance and the report is rewritten after each one, so a stopped run still leaves a valid table.
 Speed: seconds per sequence for DiDi at 8 steps, the teacher at 1024 and AR, one process, as ratios.
 
@@ -41,6 +42,10 @@ COLUMNS_NOTE = ("nfe: network calls of the generator per sequence (mean; nfe_max
 
 def ints(s: str) -> list[int]:
     return [int(x) for x in s.split(",") if x.strip()]
+
+
+def floats(s: str) -> list[float]:
+    return [float(x) for x in s.split(",") if x.strip()]
 
 
 def stage(work: Path, name: str, given: str | None, build) -> Path:
@@ -92,6 +97,8 @@ def main() -> None:
     ap.add_argument("--didi-steps", default="4,8,16,32")
     ap.add_argument("--rgas-steps", default="4,8,16,32")
     ap.add_argument("--sdtt-steps", default="8,16,32")
+    ap.add_argument("--frontier-temperatures", default="0.9,0.8",
+                    help="extra temperatures for DiDi 8, SDTT 8 and teacher 1024 (the gen-PPL/entropy frontier)")
     ap.add_argument("--num", type=int, default=256)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--judge", default="smollm2-135m")
@@ -139,6 +146,9 @@ def main() -> None:
     specs += [RowSpec("teacher", T, s) for s in ints(args.teacher_steps) if s not in (8, 16, 128, 1024)]
     specs += [RowSpec("didi", D, s) for s in ints(args.didi_steps) if s not in (8, 16)]
     specs += [RowSpec("didi", D, s, "RGAS") for s in ints(args.rgas_steps)]
+    for t in floats(args.frontier_temperatures):  # the entropy frontier: 8-step students vs the 1024-step teacher
+        specs += [RowSpec("didi", D, 8, temperature=t), RowSpec("sdtt", S, 8, temperature=t),
+                  RowSpec("teacher", T, 1024, temperature=t)]
 
     cache = RowCache(work / f"{args.name}.rows.jsonl").load()
     meta = {"judge": args.judge, "num": args.num, "seed": args.seed, "commit": git_commit(), "settings": settings,
@@ -148,7 +158,7 @@ def main() -> None:
     for i in range(len(specs)):  # one row at a time, report rewritten after each
         rows = run_rows(specs[: i + 1], num=args.num, seed=args.seed, judge_name=args.judge, cache=cache,
                         samples_dir=work / "samples")
-        rows = sorted(rows, key=lambda r: (order.get((r["model"], r["sampler"]), 9), r["steps"]))
+        rows = sorted(rows, key=lambda r: (order.get((r["model"], r["sampler"]), 9), r["steps"], -r["temperature"]))
         target = rows[0]["entropy"] if rows and rows[0]["sampler"] == "data" else None
         report = write_reports(rows, RESULTS, args.name, meta, target)
     md = report["markdown"]
