@@ -55,6 +55,10 @@ def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, until_step: 
     if not d.main:
         data = prepare_data(cfg.data, tok, cfg.model.length, show_progress=False)
     train_blocks, valid_blocks = data
+    if cfg.data.domain == "protein" and d.main and not resume:
+        from .protein import save_lengths
+
+        save_lengths(out, train_blocks, tok)  # sampling draws lengths from it
 
     torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
     model = runs.build_model(cfg)
@@ -92,12 +96,34 @@ class Pipeline:
     def model(self) -> torch.nn.Module:
         return self.run.model
 
+    @property
+    def is_protein(self) -> bool:
+        return self.config.data.domain == "protein"
+
     def denoiser(self):
         model = self.model
+        blocked = []
+        if self.is_protein:  # residues seen in training only: the specials are placed by the length clamp
+            from .protein import load_lengths
+
+            tok = self.tokenizer
+            blocked = [i for i in (tok.bos_id, tok.eos_id, tok.pad_id, tok.hf.token_to_id("<unk>")) if i is not None]
+            blocked += load_lengths(self.run.path).get("unseen_residue_ids", [])
 
         def f(z: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-            return model(z, sigma)
+            out = model(z, sigma)
+            if blocked:
+                out = out.clone()
+                out[..., blocked] = -1e6
+            return out
         return f
+
+    def protein_clamp(self, num: int, generator: torch.Generator) -> torch.Tensor:
+        """Lengths drawn from the run's training histogram, as a BOS/EOS/PAD clamp."""
+        from .protein import draw_lengths, length_clamp, load_lengths
+
+        hist = load_lengths(self.run.path)
+        return length_clamp(draw_lengths(hist, num, generator), self.config.model.length, self.tokenizer)
 
     def clamp_from_text(self, num: int, prefix: str | None, suffix: str | None) -> torch.Tensor | None:
         if not prefix and not suffix:
@@ -133,6 +159,10 @@ class Pipeline:
         batch_size = batch_size or num
         gen = torch.Generator(self.device).manual_seed(seed)
         mcfg = self.config.model
+        if self.is_protein and mcfg.arch == "dit":
+            if clamp is not None:
+                raise DidiError("protein sampling sets lengths itself; prefix/suffix/clamp are for text runs")
+            clamp = self.protein_clamp(num, torch.Generator().manual_seed(seed))
         use_cache = (not mcfg.time_conditioning) if cache is None else cache
         outs = []
         for start in range(0, num, batch_size):
@@ -156,8 +186,15 @@ class Pipeline:
         tokens = torch.cat([o.tokens for o in outs])
         nfe = torch.cat([o.nfe for o in outs])
         total = torch.cat([o.total_evals if o.total_evals is not None else o.nfe for o in outs])
+        ids = tokens.cpu().tolist()
+        if self.is_protein:
+            from .protein import residues
+
+            text = [residues(r, self.tokenizer) for r in ids]
+        else:
+            text = self.tokenizer.decode_batch(ids)
         return SampleOutput(tokens=tokens.cpu(), nfe=nfe, seconds=sum(o.seconds for o in outs), total_evals=total,
-                            text=self.tokenizer.decode_batch(tokens.cpu().tolist()))
+                            text=text)
 
     def discriminator(self) -> torch.nn.Module:
         """The discriminator saved beside a distilled student (loaded once)."""

@@ -11,7 +11,10 @@ from .errors import DidiError
 
 
 def _common_train_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--preset", default="tiny", help="named config preset (tiny, small, medium, test)")
+    p.add_argument("--preset", help="named config preset (tiny, small, medium, protein-tiny, protein-small, test; "
+                                    "default tiny, or protein-tiny with --domain protein)")
+    p.add_argument("--domain", choices=["text", "protein"],
+                   help="protein: FASTA data, one sequence per row, the amino-acid tokenizer")
     p.add_argument("--data", help="training data: .txt/.jsonl file, a directory, or hf:NAME[:CONFIG]")
     p.add_argument("--valid-data", help="held-out data (default: a share of --data)")
     p.add_argument("--tokenizer", help="gpt2, bpe:N (trained on --data), amino, or a saved tokenizer directory")
@@ -36,7 +39,12 @@ def _config_from_args(args, arch: str | None = None):
         if cfg is None:
             raise DidiError(f"cannot resume: {args.out} is not a didi run directory")
     else:
-        cfg = preset(args.preset)
+        name = args.preset or ("protein-tiny" if args.domain == "protein" else "tiny")
+        cfg = preset(name)
+    if args.domain == "protein" and not args.resume:
+        cfg.data.domain = "protein"
+        if not args.tokenizer:
+            cfg.data.tokenizer = "amino"
     pairs = {
         "data.source": args.data, "data.valid_source": args.valid_data, "data.tokenizer": args.tokenizer,
         "train.max_steps": args.steps, "train.max_minutes": args.minutes, "train.batch_size": args.batch_size,
@@ -71,7 +79,14 @@ def cmd_sample(args) -> None:
                       temperature=args.temperature, top_p=args.top_p, prefix=args.prefix, suffix=args.suffix,
                       final_step=args.final_step, guided=args.guided, rho=args.rho, h0=args.h0, h1=args.h1,
                       candidates=args.candidates, progress=not args.quiet)
-    if args.out:
+    from .fasta import is_fasta_path
+
+    if args.out and is_fasta_path(args.out):
+        from .fasta import write_fasta
+
+        write_fasta(args.out, ((f"didi_{i} steps={args.steps} nfe={int(n)} seed={args.seed} length={len(t)}", t)
+                               for i, (t, n) in enumerate(zip(out.text, out.nfe.tolist()))))
+    elif args.out:
         from .runs import atomic_write_text
 
         lines = [json.dumps({"text": t, "tokens": ids, "nfe": int(n), "total_evals": int(e), "steps": args.steps,
@@ -149,7 +164,8 @@ def cmd_eval(args) -> None:
     report = evaluate(args.run, _number_list(args.steps, int, "--steps"), num=args.num, judge=args.judge,
                       seed=args.seed, temperatures=tuple(_number_list(args.temperatures, float, "--temperatures")),
                       guided=args.guided, reference=args.reference, target_entropy=args.target_entropy,
-                      batch_size=args.batch_size, out=args.out, name=args.name, progress=not args.quiet)
+                      batch_size=args.batch_size, out=args.out, name=args.name, domain=args.domain,
+                      progress=not args.quiet)
     print(report["markdown"].read_text(), end="")
     print("didi: wrote " + ", ".join(str(p) for p in [report["json"], report["markdown"], *report["plots"]]))
 
@@ -276,7 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--h1", type=float, default=40.0, help="RGAS: tilt strength at the last tilted step")
     p.add_argument("--candidates", type=int, default=4, help="RGAS: candidates M per re-ranked step")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--out", help="write samples as JSON lines here instead of printing")
+    p.add_argument("--out", help="write samples here instead of printing: JSON lines, or FASTA for a .fasta[.gz] "
+                                 "name")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_sample)
@@ -296,6 +313,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--out", help="report directory (default RUN/eval); finished rows there are reused")
     p.add_argument("--name", default="eval", help="report file stem")
+    p.add_argument("--domain", choices=["text", "protein"],
+                   help="check the run's domain (protein rows add composition, length, diversity, novelty and "
+                        "low-complexity metrics; the judge is then a protein AR run)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_eval)
 

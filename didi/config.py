@@ -37,7 +37,9 @@ class DataConfig:
     tokenizer: str = "bpe:8192"  # "gpt2", "bpe:N" (trained on the source), "amino", or a path
     valid_fraction: float = 0.02  # held-out share of documents when no valid_source is given
     cache_dir: str = ""  # default: ~/.cache/didi/tokens
-    domain: str = "text"  # "text" or "protein"
+    domain: str = "text"  # "text" (documents packed into blocks) or "protein" (one padded sequence per row)
+    ambiguous: str = "keep"  # protein FASTA: ambiguous residues X B Z U O: keep, map, skip or error
+    long_sequences: str = "crop"  # protein: longer than a row: "crop" (first residues, no EOS) or "skip"
 
 
 @dataclass
@@ -104,6 +106,17 @@ PRESETS: dict[str, dict] = {
         "model": dict(hidden_dim=1024, cond_dim=128, n_blocks=24, n_heads=16, length=1024, dropout=0.1),
         "data": dict(tokenizer="gpt2"),
         "train": dict(batch_size=512, lr=3e-4, warmup_steps=2500, max_steps=1_000_000, ema=0.9999),
+    },
+    # Proteins: one sequence per row (BOS residues EOS PAD ...), the amino-acid tokenizer.
+    "protein-tiny": {
+        "model": dict(hidden_dim=256, cond_dim=128, n_blocks=4, n_heads=4, length=256, dropout=0.0),
+        "data": dict(tokenizer="amino", domain="protein"),
+        "train": dict(batch_size=32, lr=1e-3, warmup_steps=100, max_steps=2000, ema=0.99),
+    },
+    "protein-small": {
+        "model": dict(hidden_dim=768, cond_dim=128, n_blocks=12, n_heads=12, length=1024, dropout=0.1),
+        "data": dict(tokenizer="amino", domain="protein"),
+        "train": dict(batch_size=256, lr=3e-4, warmup_steps=2500, max_steps=500_000, ema=0.9999),
     },
     # Test-sized: seconds on a laptop core.
     "test": {

@@ -1,7 +1,10 @@
-"""Data: sources -> a cached memory-mapped token file -> fixed-length packed blocks, and their batch order.
+"""Data: sources -> a cached memory-mapped token file -> fixed-length blocks, and their batch order.
 
-Documents are joined with EOS and cut into blocks of `block_size` tokens ("wrap", as in the
-OpenWebText setup). Tokenization happens once per (source, tokenizer); the result is cached.
+Text: documents are joined with EOS and cut into blocks of `block_size` tokens ("wrap", as in the
+OpenWebText setup). Protein (`domain="protein"`, FASTA sources): one sequence per row,
+BOS residues EOS PAD ..., so lengths vary; a sequence longer than a row is cropped to its first
+residues (no EOS) or skipped (`long_sequences`). Tokenization happens once per (source, tokenizer,
+layout); the result is cached.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import torch
 
 from .config import DataConfig
 from .errors import DidiError
+from .fasta import FASTA_SUFFIXES, is_fasta_path, read_fasta
 
 TEXT_SUFFIXES = (".txt", ".jsonl", ".txt.gz", ".jsonl.gz")
 
@@ -34,22 +38,29 @@ def _source_files(source: str) -> list[Path]:
     if not path.exists():
         raise DidiError(f"data source {source} does not exist")
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and p.name.endswith(TEXT_SUFFIXES))
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.name.endswith(TEXT_SUFFIXES + FASTA_SUFFIXES))
         if not files:
-            raise DidiError(f"directory {source} holds no .txt or .jsonl files")
+            raise DidiError(f"directory {source} holds no .txt, .jsonl or FASTA files")
         return files
-    if not path.name.endswith(TEXT_SUFFIXES):
-        raise DidiError(f"unsupported data file {source}: use .txt, .jsonl (field 'text'), a directory, or hf:NAME")
+    if not path.name.endswith(TEXT_SUFFIXES + FASTA_SUFFIXES):
+        raise DidiError(f"unsupported data file {source}: use .txt, .jsonl (field 'text'), .fasta[.gz], a directory, "
+                        "or hf:NAME")
     return [path]
 
 
-def read_documents(source: str) -> Iterator[str]:
-    """Yield documents: a .txt file is one document, a .jsonl file one per line (field `text`)."""
+def read_documents(source: str, ambiguous: str = "keep") -> Iterator[str]:
+    """Yield documents: a .txt file is one document, a .jsonl file one per line (field `text`), a FASTA file
+    one per record (the residues; `ambiguous` as in `didi.fasta.read_fasta`)."""
     if source.startswith("hf:"):
         yield from _read_hf(source[3:])
         return
     count = 0
     for path in _source_files(source):
+        if is_fasta_path(path):
+            for _, seq in read_fasta(path, ambiguous):
+                count += 1
+                yield seq
+            continue
         try:
             with _open_text(path) as f:
                 if ".jsonl" in path.name:
@@ -130,7 +141,18 @@ def cache_dir(cfg: DataConfig) -> Path:
     return Path(os.environ.get("DIDI_CACHE", Path.home() / ".cache" / "didi")) / "tokens"
 
 
-def _tokenize_to_cache(docs: list[str], tokenizer, path: Path, show_progress: bool, what: str) -> np.ndarray:
+def sequence_row(ids: list[int], tokenizer, length: int, long_sequences: str = "crop") -> list[int] | None:
+    """One protein row: BOS ids EOS PAD ... of exactly `length` ids; a longer sequence is cropped to its first
+    residues without EOS ("crop") or dropped ("skip": None)."""
+    if len(ids) <= length - 2:
+        return [tokenizer.bos_id, *ids, tokenizer.eos_id] + [tokenizer.pad_id] * (length - 2 - len(ids))
+    if long_sequences == "skip":
+        return None
+    return [tokenizer.bos_id, *ids[: length - 1]]
+
+
+def _tokenize_to_cache(docs: list[str], tokenizer, path: Path, show_progress: bool, what: str,
+                       rows: tuple[int, str] | None = None) -> np.ndarray:
     from tqdm.auto import tqdm
 
     dtype = np.uint16 if tokenizer.model_vocab_size <= 65536 else np.uint32
@@ -138,7 +160,12 @@ def _tokenize_to_cache(docs: list[str], tokenizer, path: Path, show_progress: bo
     bar = tqdm(total=len(docs), desc=f"tokenizing {what}", unit="doc", disable=not show_progress)
     for i in range(0, len(docs), 256):
         for ids in tokenizer.encode_batch(docs[i:i + 256]):
-            ids.append(tokenizer.eos_id)
+            if rows is not None:
+                ids = sequence_row(ids, tokenizer, *rows)
+                if ids is None:
+                    continue
+            else:
+                ids.append(tokenizer.eos_id)
             chunks.append(np.asarray(ids, dtype=dtype))
             n += len(ids)
         bar.update(min(256, len(docs) - i))
@@ -150,7 +177,8 @@ def _tokenize_to_cache(docs: list[str], tokenizer, path: Path, show_progress: bo
     return arr
 
 
-def _load_or_build(key: str, docs_fn, tokenizer, cfg: DataConfig, show_progress: bool, what: str) -> np.ndarray:
+def _load_or_build(key: str, docs_fn, tokenizer, cfg: DataConfig, show_progress: bool, what: str,
+                   rows: tuple[int, str] | None = None) -> np.ndarray:
     directory = cache_dir(cfg)
     directory.mkdir(parents=True, exist_ok=True)
     path, meta_path = directory / f"{key}.bin", directory / f"{key}.json"
@@ -159,7 +187,7 @@ def _load_or_build(key: str, docs_fn, tokenizer, cfg: DataConfig, show_progress:
         meta = json.loads(meta_path.read_text())
         if meta.get("num_tokens") == path.stat().st_size // np.dtype(dtype).itemsize:
             return np.memmap(path, dtype=dtype, mode="r")
-    _tokenize_to_cache(docs_fn(), tokenizer, path, show_progress, what)
+    _tokenize_to_cache(docs_fn(), tokenizer, path, show_progress, what, rows)
     from .runs import atomic_write_text
 
     num_tokens = path.stat().st_size // np.dtype(dtype).itemsize
@@ -183,25 +211,42 @@ def prepare_data(cfg: DataConfig, tokenizer, block_size: int,
     """Tokenize (or load from cache) the training and held-out data and pack both into blocks."""
     if not cfg.source:
         raise DidiError("no data source given")
-    base = hashlib.sha256((_source_identity(cfg.source) + "\0" + tokenizer.fingerprint()).encode()).hexdigest()[:24]
+    rows = None
+    layout = ""
+    if cfg.domain == "protein":
+        if tokenizer.bos_id is None or tokenizer.pad_id is None:
+            raise DidiError("protein data needs a tokenizer with BOS and PAD ids (use tokenizer 'amino')")
+        if cfg.long_sequences not in ("crop", "skip"):
+            raise DidiError(f"data.long_sequences must be 'crop' or 'skip', not {cfg.long_sequences!r}")
+        rows = (block_size, cfg.long_sequences)
+        layout = f"\0rows{block_size}:{cfg.long_sequences}:{cfg.ambiguous}"
+    elif cfg.domain != "text":
+        raise DidiError(f"data.domain must be 'text' or 'protein', not {cfg.domain!r}")
+
+    def docs(source):
+        return list(read_documents(source, cfg.ambiguous))
+
+    def key_of(source):
+        return hashlib.sha256((_source_identity(source) + "\0" + tokenizer.fingerprint() + layout).encode()
+                              ).hexdigest()[:24]
+
+    base = key_of(cfg.source)
     if cfg.valid_source:
-        vbase = hashlib.sha256((_source_identity(cfg.valid_source) + "\0" + tokenizer.fingerprint()).encode())
-        train = _load_or_build(f"{base}-all", lambda: list(read_documents(cfg.source)), tokenizer, cfg,
-                               show_progress, "train")
-        valid = _load_or_build(f"{vbase.hexdigest()[:24]}-all", lambda: list(read_documents(cfg.valid_source)),
-                               tokenizer, cfg, show_progress, "valid")
+        train = _load_or_build(f"{base}-all", lambda: docs(cfg.source), tokenizer, cfg, show_progress, "train", rows)
+        valid = _load_or_build(f"{key_of(cfg.valid_source)}-all", lambda: docs(cfg.valid_source), tokenizer, cfg,
+                               show_progress, "valid", rows)
     else:
         key = f"{base}-split{cfg.valid_fraction:g}"
         docs_cache: dict[str, tuple[list[str], list[str]]] = {}
 
         def split():
             if "s" not in docs_cache:
-                docs_cache["s"] = _split_documents(list(read_documents(cfg.source)), cfg.valid_fraction)
+                docs_cache["s"] = _split_documents(docs(cfg.source), cfg.valid_fraction)
             return docs_cache["s"]
 
-        train = _load_or_build(f"{key}-train", lambda: split()[0], tokenizer, cfg, show_progress, "train")
-        valid = _load_or_build(f"{key}-valid", lambda: split()[1], tokenizer, cfg, show_progress, "valid")
-        if len(valid) < block_size and len(train) >= 2 * block_size:
+        train = _load_or_build(f"{key}-train", lambda: split()[0], tokenizer, cfg, show_progress, "train", rows)
+        valid = _load_or_build(f"{key}-valid", lambda: split()[1], tokenizer, cfg, show_progress, "valid", rows)
+        if len(valid) < block_size and len(train) >= 2 * block_size and rows is None:
             # one document (or tiny held-out share): hold out the tail of the token stream instead
             n_valid = max(block_size, int(len(train) * cfg.valid_fraction) // block_size * block_size)
             train, valid = train[:-n_valid], train[-n_valid:]

@@ -206,6 +206,9 @@ def distill(teacher: str | Path | None, out: str | Path, dcfg: DistillConfig | N
         if data:
             cfg.data.source = data
     dcfg.validate()
+    if cfg.data.domain != "text":
+        raise DidiError("distilling protein runs is not supported yet: rollouts do not yet follow the teacher's "
+                        "length clamp (BOS/EOS/PAD)")
     if cfg.model.arch != "dit":
         raise DidiError(f"the teacher must be a masked diffusion model (model.arch dit), not {cfg.model.arch}")
     _train_from_dcfg(cfg, dcfg)

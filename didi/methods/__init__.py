@@ -10,7 +10,10 @@ def make_method(cfg: RunConfig, tokenizer):
     if cfg.model.arch == "dit":
         from .mdlm import MDLM
 
-        return MDLM(cfg, tokenizer.mask_id)
+        keep = ()
+        if cfg.data.domain == "protein":
+            keep = tuple(i for i in (tokenizer.bos_id, tokenizer.eos_id, tokenizer.pad_id) if i is not None)
+        return MDLM(cfg, tokenizer.mask_id, keep)
     if cfg.model.arch == "ar":
         from .ar import AR
 

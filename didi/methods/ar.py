@@ -16,12 +16,13 @@ class AR(SingleModelMethod):
     def __init__(self, cfg: RunConfig, tokenizer):
         self.cfg = cfg
         self.bos_id = tokenizer.bos_id if tokenizer.bos_id is not None else tokenizer.eos_id
+        self.ignore_id = tokenizer.pad_id if cfg.data.domain == "protein" else None  # padding after EOS
 
     def loss(self, model, x: torch.Tensor, generator: torch.Generator, global_batch: int, rank: int = 0,
              world: int = 1) -> tuple[torch.Tensor, dict]:
         from ..nn.ar import ar_loss
 
-        loss = ar_loss(model, x, self.bos_id)
+        loss = ar_loss(model, x, self.bos_id, self.ignore_id)
         return loss, {"nll": loss.detach()}
 
     @torch.no_grad()
@@ -30,7 +31,8 @@ class AR(SingleModelMethod):
 
         total, count = 0.0, 0
         for x in batches:
-            total += float(ar_loss(model, x, self.bos_id)) * x.numel()
-            count += x.numel()
+            n = int((x != self.ignore_id).sum()) if self.ignore_id is not None else x.numel()
+            total += float(ar_loss(model, x, self.bos_id, self.ignore_id)) * n
+            count += n
         nll = total / max(count, 1)
         return {"val_nll": nll, "val_ppl": math.exp(min(nll, 50.0)), "val_tokens": count}

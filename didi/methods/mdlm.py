@@ -12,10 +12,27 @@ from .base import SingleModelMethod
 class MDLM(SingleModelMethod):
     name = "mdlm"
 
-    def __init__(self, cfg: RunConfig, mask_id: int):
+    def __init__(self, cfg: RunConfig, mask_id: int, keep_ids: tuple[int, ...] = ()):
+        """keep_ids: tokens never masked and never scored (protein rows: BOS, EOS and PAD, so the model
+        always sees the length it fills in)."""
         self.cfg = cfg
         self.mask_id = mask_id
+        self.keep_ids = tuple(keep_ids)
         self.schedule = LogLinearSchedule(cfg.diffusion.eps)
+
+    def kept(self, x: torch.Tensor) -> torch.Tensor:
+        keep = torch.zeros_like(x, dtype=torch.bool)
+        for i in self.keep_ids:
+            keep |= x == i
+        return keep
+
+    def terms(self, model, x: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """Per-token NELBO terms and the number of scored (not kept) tokens."""
+        if self.keep_ids:
+            keep = self.kept(x)
+            noise = noise.masked_fill(keep, 0.0)  # noise 0 < alpha_t: the token stays
+            return nelbo_terms(model, x, t, noise, self.schedule, self.mask_id), int((~keep).sum())
+        return nelbo_terms(model, x, t, noise, self.schedule, self.mask_id), x.numel()
 
     def draw(self, global_batch: int, length: int, generator: torch.Generator, rank: int, world: int, device):
         """Times and masking noise for the whole global batch, then this rank's slice.
@@ -31,8 +48,8 @@ class MDLM(SingleModelMethod):
     def loss(self, model, x: torch.Tensor, generator: torch.Generator, global_batch: int, rank: int = 0,
              world: int = 1) -> tuple[torch.Tensor, dict]:
         t, noise = self.draw(global_batch, x.shape[1], generator, rank, world, x.device)
-        terms = nelbo_terms(model, x, t, noise, self.schedule, self.mask_id)
-        loss = terms.mean()
+        terms, count = self.terms(model, x, t, noise)
+        loss = terms.sum() / max(count, 1)
         return loss, {"nelbo": loss.detach()}
 
     @torch.no_grad()
@@ -42,8 +59,8 @@ class MDLM(SingleModelMethod):
         total, count = 0.0, 0
         for x in batches:
             t, noise = self.draw(x.shape[0], x.shape[1], gen, 0, 1, x.device)
-            terms = nelbo_terms(model, x, t, noise, self.schedule, self.mask_id)
+            terms, n = self.terms(model, x, t, noise)
             total += float(terms.double().sum())
-            count += terms.numel()
+            count += n
         nelbo = total / max(count, 1)
         return {"val_nelbo": nelbo, "val_ppl_bound": nelbo_to_ppl(nelbo), "val_tokens": count}

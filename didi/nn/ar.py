@@ -183,8 +183,10 @@ def generate(model: CausalTransformer, batch_size: int, length: int, *, bos_id: 
     return seq[:, 1:], calls
 
 
-def ar_loss(model: nn.Module, x: torch.Tensor, bos_id: int) -> torch.Tensor:
-    """Mean next-token NLL in nats/token: input [bos] + x[:, :-1], target x."""
+def ar_loss(model: nn.Module, x: torch.Tensor, bos_id: int, ignore_id: int | None = None) -> torch.Tensor:
+    """Mean next-token NLL in nats/token: input [bos] + x[:, :-1], target x (targets equal to `ignore_id`,
+    e.g. protein padding, are not scored)."""
     inp = torch.cat([torch.full_like(x[:, :1], bos_id), x[:, :-1]], dim=1)
     logits = model(inp)
-    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), x.reshape(-1))
+    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), x.reshape(-1),
+                           ignore_index=-100 if ignore_id is None else ignore_id)
