@@ -206,9 +206,6 @@ def distill(teacher: str | Path | None, out: str | Path, dcfg: DistillConfig | N
         if data:
             cfg.data.source = data
     dcfg.validate()
-    if cfg.data.domain != "text":
-        raise DidiError("distilling protein runs is not supported yet: rollouts do not yet follow the teacher's "
-                        "length clamp (BOS/EOS/PAD)")
     if cfg.model.arch != "dit":
         raise DidiError(f"the teacher must be a masked diffusion model (model.arch dit), not {cfg.model.arch}")
     _train_from_dcfg(cfg, dcfg)
@@ -220,6 +217,10 @@ def distill(teacher: str | Path | None, out: str | Path, dcfg: DistillConfig | N
     if not resume and d.main:
         out.mkdir(parents=True, exist_ok=True)
         shutil.copytree(teacher / runs.TOKENIZER_DIR, out / runs.TOKENIZER_DIR, dirs_exist_ok=True)
+        from .protein import LENGTHS
+
+        if (teacher / LENGTHS).is_file():  # protein runs: the length histogram sampling draws from
+            shutil.copy2(teacher / LENGTHS, out / LENGTHS)
         runs.atomic_write_text(out / runs.CONFIG, json.dumps(
             {**cfg.to_dict(), "distill": {**asdict(dcfg), "teacher": str(teacher)}}, indent=2) + "\n")
         if dcfg.method == "didi-instruct":  # what `interop.load_discriminator` needs for guided sampling
@@ -245,12 +246,15 @@ def distill(teacher: str | Path | None, out: str | Path, dcfg: DistillConfig | N
                             weight_decay=dcfg.student_weight_decay, grad_clip=dcfg.student_clip, ema=dcfg.ema,
                             decay="linear")
     n_student = sum(p.numel() for p in student.parameters()) / 1e6
+    keep = ()
+    if cfg.data.domain == "protein":  # BOS/EOS/PAD are never masked: the length is given
+        keep = tuple(i for i in (tok.bos_id, tok.eos_id, tok.pad_id) if i is not None)
     if dcfg.method == "sdtt":
         from .methods.sdtt import SDTT
 
         frozen = teacher_model.to(device).eval().requires_grad_(False)
         torch.manual_seed(cfg.train.seed + d.rank)
-        method = SDTT(cfg, dcfg, tok.mask_id, frozen)
+        method = SDTT(cfg, dcfg, tok.mask_id, frozen, keep)
         specs = {"student": student_spec}
         banner = (f"didi: SDTT from {teacher} ({n_student:.2f} M parameters), {len(method.rounds)} rounds "
                   f"{dcfg.sdtt_start_steps} -> {dcfg.sdtt_end_steps} steps, batch {dcfg.batch_size}, device {device}, "
@@ -259,7 +263,7 @@ def distill(teacher: str | Path | None, out: str | Path, dcfg: DistillConfig | N
         disc = Discriminator.from_teacher(teacher_model, dcfg.disc_trainable_blocks, dcfg.disc_time_conditioning)
         frozen = teacher_model.to(device).eval().requires_grad_(False)
         torch.manual_seed(cfg.train.seed + d.rank)  # dropout differs per rank
-        method = DiDiInstruct(cfg, dcfg, tok.mask_id, frozen)
+        method = DiDiInstruct(cfg, dcfg, tok.mask_id, frozen, keep)
         specs = {
             "student": student_spec,
             "discriminator": PartSpec(disc, lr=dcfg.disc_lr, max_steps=dcfg.max_steps,

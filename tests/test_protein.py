@@ -197,3 +197,43 @@ def test_protein_eval_with_an_ar_judge_run(tmp_path, capsys):
     assert "composition_js" in (tmp_path / "rep" / "eval.md").read_text()
     judge_rows = json.loads((tmp_path / "judge" / "config.json").read_text())
     assert judge_rows["model"]["arch"] == "ar" and judge_rows["data"]["domain"] == "protein"
+
+
+def test_protein_distillation_keeps_lengths(tmp_path, monkeypatch):
+    import didi
+    from didi.distill import DistillConfig, distill
+    from didi.methods.didi_instruct import DiDiInstruct
+
+    rng = np.random.default_rng(2)
+    aa = "ACDEFGHIKLMNPQRSTVWY"
+    train = tmp_path / "train.fasta"
+    write_fasta(train, [(f"t{i}", "".join(rng.choice(list(aa), n))) for i, n in enumerate(rng.integers(5, 20, 80))])
+    main(["train", "--domain", "protein", "--preset", "test", "--data", str(train), "--out", str(tmp_path / "t"),
+          "--steps", "6", "--set", "model.length=24", "--set", f"data.cache_dir={tmp_path / 'c'}", "--quiet"])
+    # the rollout starts from each real row's layout: BOS, EOS and PAD where the real row has them
+    seen = {}
+    orig = DiDiInstruct.rollout
+
+    def spy(self, *a, **k):
+        out = orig(self, *a, **k)
+        seen["init"], seen["x_hat"] = a[-1] if len(a) > 6 else k.get("init"), out[0]
+        return out
+
+    monkeypatch.setattr(DiDiInstruct, "rollout", spy)
+    dcfg = DistillConfig(max_steps=2, batch_size=4, group=2, warmup_steps=1, disc_trainable_blocks=1)
+    distill(tmp_path / "t", tmp_path / "d", dcfg, overrides=["train.eval_every=0"], progress=False)
+    tok = amino_tokenizer()
+    init, x_hat = seen["init"], seen["x_hat"]
+    special = (init == tok.bos_id) | (init == tok.eos_id) | (init == tok.pad_id)
+    assert special.any() and torch.equal(x_hat[special], init[special])
+    assert not (x_hat[~special] == tok.mask_id).any()
+    assert torch.equal(init[0], init[1])  # a group shares its real row's length
+    distill(tmp_path / "t", tmp_path / "s", DistillConfig(method="sdtt", max_steps=2, batch_size=4, warmup_steps=1,
+                                                          sdtt_start_steps=16), overrides=["train.eval_every=0"],
+            progress=False)
+    hist = json.loads((tmp_path / "t" / "lengths.json").read_text())
+    support = {n for n, c in enumerate(hist["counts"]) if c}
+    for student in ("d", "s"):
+        assert (tmp_path / student / "lengths.json").is_file()
+        out = didi.load(tmp_path / student).sample(num=6, steps=4)
+        assert all(len(t) in support and set(t) <= set(aa) for t in out.text)

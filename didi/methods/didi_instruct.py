@@ -117,8 +117,11 @@ class DiDiInstruct:
     eval_part = "student"
     progress_keys = ("disc_loss", "reward_mean", "loss", "kl", "tokens_per_s")
 
-    def __init__(self, cfg, dcfg, mask_id: int, teacher: torch.nn.Module):
+    def __init__(self, cfg, dcfg, mask_id: int, teacher: torch.nn.Module, keep_ids: tuple[int, ...] = ()):
+        """keep_ids: tokens that are never masked (protein BOS/EOS/PAD): rollouts then start from each real
+        row's own layout, so the G rollouts of a row have its length."""
         self.cfg, self.dcfg, self.mask_id = cfg, dcfg, mask_id
+        self.keep_ids = tuple(keep_ids)
         self.teacher = teacher.eval().requires_grad_(False)
         self.schedule = LogLinearSchedule(cfg.diffusion.eps)
         dcfg.validate()
@@ -155,18 +158,26 @@ class DiDiInstruct:
         return torch.cat([torch.ones(n, 1, device=tau.device), tail], 1)
 
     # -- rollout ---------------------------------------------------------------------------------------
+    def kept(self, x: torch.Tensor) -> torch.Tensor:
+        keep = torch.zeros_like(x, dtype=torch.bool)
+        for i in self.keep_ids:
+            keep |= x == i
+        return keep
+
     @torch.no_grad()
-    def rollout(self, student, n: int, length: int, grid: torch.Tensor, gen, device):
-        """Student ancestral rollout without gradient. Returns x̂0, the pre-step states, and per step the
-        positions whose token this step decided (and whose log-prob counts)."""
+    def rollout(self, student, n: int, length: int, grid: torch.Tensor, gen, device,
+                init: torch.Tensor | None = None):
+        """Student ancestral rollout without gradient, from all masks (or from `init`, masks and kept tokens).
+        Returns x̂0, the pre-step states, and per step the positions whose token this step decided (and whose
+        log-prob counts)."""
         mask = self.mask_id
-        z = torch.full((n, length), mask, dtype=torch.long, device=device)
+        z = torch.full((n, length), mask, dtype=torch.long, device=device) if init is None else init.clone()
         states, decided = [], []
         k = grid.shape[1] - 1
         for j in range(k):
             t, s = grid[:, j], grid[:, j + 1]
             states.append(z.clone())
-            if j == 0:  # every row is the same all-masked sequence: one row suffices
+            if j == 0 and init is None:  # every row is the same all-masked sequence: one row suffices
                 logits = student(z[:1], self.schedule.sigma(t[:1])).float().expand(n, -1, -1)
             else:
                 logits = student(z, self.schedule.sigma(t)).float()
@@ -204,8 +215,12 @@ class DiDiInstruct:
 
         # 3. rollout (no gradient)
         grid = self.times(tau)
+        init = None
+        if self.keep_ids:  # each real row's layout (BOS, EOS, PAD kept), G times
+            init = torch.where(self.kept(x), x, torch.full_like(x, mask)).repeat_interleave(G, 0)
+        shared_first = init is None
         with ctx.autocast():
-            x_hat, states, decided = self.rollout(student, N, L, grid, gen, device)
+            x_hat, states, decided = self.rollout(student, N, L, grid, gen, device, init)
 
         # real side
         if d.real == "teacher":
@@ -218,8 +233,12 @@ class DiDiInstruct:
         tau_r = tau if d.coupled_time else draws["tau_real"]
 
         # 4. noise both sides with alpha_tau
-        z_fake = mask_tokens(x_hat, sched.alpha(tau), mask, draws["noise_fake"])
-        z_real = mask_tokens(real, sched.alpha(tau_r), mask, draws["noise_real"])
+        noise_fake, noise_real = draws["noise_fake"], draws["noise_real"]
+        if self.keep_ids:  # noise 0 < alpha: kept tokens stay on both sides
+            noise_fake = noise_fake.masked_fill(self.kept(x_hat), 0)
+            noise_real = noise_real.masked_fill(self.kept(real), 0)
+        z_fake = mask_tokens(x_hat, sched.alpha(tau), mask, noise_fake)
+        z_real = mask_tokens(real, sched.alpha(tau_r), mask, noise_real)
         m_fake, m_real = z_fake == mask, z_real == mask
         sig_f, sig_r = sched.sigma(tau), sched.sigma(tau_r)
 
@@ -263,8 +282,12 @@ class DiDiInstruct:
             w = w / beta_pdf(tau, d.tau_a, d.tau_b).clamp_min(1e-6)
 
         # 9. student loss: one forward over the distinct rollout states (x_1 once, then N rows per later step)
-        inputs = torch.cat([states[0][:1]] + states[1:])
-        t_in = torch.cat([grid[:1, 0]] + [grid[:, j] for j in range(1, len(states))])
+        if shared_first:
+            inputs = torch.cat([states[0][:1]] + states[1:])
+            t_in = torch.cat([grid[:1, 0]] + [grid[:, j] for j in range(1, len(states))])
+        else:
+            inputs = torch.cat(states)
+            t_in = torch.cat([grid[:, j] for j in range(len(states))])
         with ctx.autocast():
             s_logits = student_part.wrapped(inputs, sched.sigma(t_in))
         with torch.no_grad(), ctx.autocast():
@@ -272,9 +295,9 @@ class DiDiInstruct:
         logp_rows = torch.zeros(N, device=device)
         kl_total = torch.zeros((), device=device)
         ent_sum, ent_count = torch.zeros((), device=device), 0.0
-        offset = 1
+        offset = 1 if shared_first else 0
         for j, (z_j, dec_j) in enumerate(zip(states, decided)):
-            if j == 0:
+            if j == 0 and shared_first:
                 lp = masked_log_probs(s_logits[0], mask)  # [L, V+1]
                 lt = masked_log_probs(t_logits[0], mask)
                 picked = lp[torch.arange(L, device=device)[None].expand(N, L), x_hat]  # [N, L]

@@ -64,8 +64,9 @@ class SDTT:
     eval_part = "student"
     progress_keys = ("loss", "round", "tokens_per_s")
 
-    def __init__(self, cfg, dcfg, mask_id: int, teacher: torch.nn.Module):
+    def __init__(self, cfg, dcfg, mask_id: int, teacher: torch.nn.Module, keep_ids: tuple[int, ...] = ()):
         self.cfg, self.dcfg, self.mask_id = cfg, dcfg, mask_id
+        self.keep_ids = tuple(keep_ids)  # never masked (protein BOS/EOS/PAD)
         self.schedule = LogLinearSchedule(cfg.diffusion.eps)
         self.rounds = round_schedule(dcfg.sdtt_start_steps, dcfg.sdtt_end_steps, dcfg.max_steps)
         divergence(torch.zeros(1, 1), torch.zeros(1, 1), dcfg.sdtt_divergence)  # validate the name early
@@ -101,7 +102,10 @@ class SDTT:
         sl = slice(rank * B, (rank + 1) * B)
         t = (j[sl].double() * dt).float().to(device)
         s = (t - dt / 2).clamp_min(0)
-        z = mask_tokens(x, sched.alpha(t), mask, noise[sl].to(device))
+        noise = noise[sl].to(device)
+        for i in self.keep_ids:
+            noise = noise.masked_fill(x == i, 0.0)  # noise 0 < alpha: the token stays
+        z = mask_tokens(x, sched.alpha(t), mask, noise)
         masked = z == mask
 
         with torch.no_grad(), ctx.autocast():
