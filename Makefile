@@ -27,7 +27,7 @@ lint: setup
 	$(VENV)/bin/ruff check didi tests bench
 
 bench: setup
-	$(VENV)/bin/python bench/train_throughput.py
+	cd bench && ../$(VENV)/bin/python run.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
