@@ -9,7 +9,7 @@ Stages (CPU-sized, `tiny` shape, length 128, a byte-level BPE of 8,192 entries t
   sdtt     SDTT student (preset sdtt-tiny: 7 rounds 1024 -> 8 steps), --sdtt-minutes (20)
 Rows (256 samples each, float64 draws, seed --seed for all): held-out data, teacher at 8 ... 1024 steps,
 DiDi at 4/8/16/32 (ancestral, then RGAS), SDTT at 8/16/32, AR with a KV cache, then a temperature sweep of
-DiDi 8, SDTT 8 and the 1024-step teacher (the gen-PPL/entropy frontier). Rows run in order of
+DiDi 8, SDTT 8, the teacher at 8 and at 1024 steps (the gen-PPL/entropy frontier). Rows run in order of
 importance and the report is rewritten after each one, so a stopped run still leaves a valid table.
 Speed: seconds per sequence for DiDi at 8 steps, the teacher at 1024 and AR, one process, as ratios.
 
@@ -98,7 +98,7 @@ def main() -> None:
     ap.add_argument("--rgas-steps", default="4,8,16,32")
     ap.add_argument("--sdtt-steps", default="8,16,32")
     ap.add_argument("--frontier-temperatures", default="0.9,0.8",
-                    help="extra temperatures for DiDi 8, SDTT 8 and teacher 1024 (the gen-PPL/entropy frontier)")
+                    help="extra temperatures for DiDi 8, SDTT 8, teacher 8 and 1024 (the gen-PPL/entropy frontier)")
     ap.add_argument("--num", type=int, default=256)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--judge", default="smollm2-135m")
@@ -146,9 +146,10 @@ def main() -> None:
     specs += [RowSpec("teacher", T, s) for s in ints(args.teacher_steps) if s not in (8, 16, 128, 1024)]
     specs += [RowSpec("didi", D, s) for s in ints(args.didi_steps) if s not in (8, 16)]
     specs += [RowSpec("didi", D, s, "RGAS") for s in ints(args.rgas_steps)]
-    for t in floats(args.frontier_temperatures):  # the entropy frontier: 8-step students vs the 1024-step teacher
+    for t in floats(args.frontier_temperatures):  # the entropy frontier: 8-step students and teacher
         specs += [RowSpec("didi", D, 8, temperature=t), RowSpec("sdtt", S, 8, temperature=t),
-                  RowSpec("teacher", T, 1024, temperature=t)]
+                  RowSpec("teacher", T, 8, temperature=t)]
+    specs += [RowSpec("teacher", T, 1024, temperature=t) for t in floats(args.frontier_temperatures)]  # the dearest
 
     cache = RowCache(work / f"{args.name}.rows.jsonl").load()
     meta = {"judge": args.judge, "num": args.num, "seed": args.seed, "commit": git_commit(), "settings": settings,
