@@ -27,7 +27,7 @@ lint: setup
 	$(VENV)/bin/ruff check didi tests bench
 
 bench: setup
-	cd bench && ../$(VENV)/bin/python run.py
+	$(VENV)/bin/python bench/run.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

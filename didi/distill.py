@@ -120,7 +120,7 @@ DISTILL_PRESETS: dict[str, dict] = {
                  disc_trainable_blocks=2, ema=0.95, max_steps=400),
     # SDTT at the scale of spec §6 (7 rounds of 10k steps, 1024 -> 8 steps) and a CPU-sized version.
     "sdtt": dict(method="sdtt", max_steps=70_000, batch_size=128, student_lr=6e-5, warmup_steps=500, ema=0.9999),
-    "sdtt-tiny": dict(method="sdtt", max_steps=1400, batch_size=16, student_lr=1e-4, warmup_steps=20, ema=0.95),
+    "sdtt-tiny": dict(method="sdtt", max_steps=700, batch_size=16, student_lr=1e-4, warmup_steps=20, ema=0.95),
 }
 
 
