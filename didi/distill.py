@@ -119,8 +119,12 @@ DISTILL_PRESETS: dict[str, dict] = {
     "tiny": dict(batch_size=8, group=4, student_lr=1e-4, disc_lr=1e-4, warmup_steps=20, disc_only_steps=20,
                  disc_trainable_blocks=2, ema=0.95, max_steps=400),
     # SDTT at the scale of spec §6 (7 rounds of 10k steps, 1024 -> 8 steps) and a CPU-sized version.
-    "sdtt": dict(method="sdtt", max_steps=70_000, batch_size=128, student_lr=6e-5, warmup_steps=500, ema=0.9999),
-    "sdtt-tiny": dict(method="sdtt", max_steps=700, batch_size=16, student_lr=1e-4, warmup_steps=20, ema=0.95),
+    # The learning rate stays constant after warm-up (min_lr_ratio=1): a decay spanning all rounds would starve
+    # the last rounds, the ones that make the few-step student.
+    "sdtt": dict(method="sdtt", max_steps=70_000, batch_size=128, student_lr=6e-5, warmup_steps=500, ema=0.9999,
+                 min_lr_ratio=1.0),
+    "sdtt-tiny": dict(method="sdtt", max_steps=700, batch_size=16, student_lr=1e-4, warmup_steps=20, ema=0.95,
+                      min_lr_ratio=1.0),
 }
 
 
