@@ -66,8 +66,13 @@ def main() -> None:
 
     T, S = str(teacher), str(student)
     specs = [RowSpec("data", T, 0, "data")]
-    specs += [RowSpec("teacher", T, s) for s in ints(args.teacher_steps)]
-    specs += [RowSpec("didi", S, s) for s in ints(args.student_steps)]
+    # rows in order of importance (the report is rewritten after each): the teacher at the student's step
+    # counts and at 8x those, then the students, then the other teacher rows
+    student_steps = ints(args.student_steps)
+    first = [s for s in ints(args.teacher_steps) if s in student_steps or s // 8 in student_steps]
+    specs += [RowSpec("teacher", T, s) for s in first]
+    specs += [RowSpec("didi", S, s) for s in student_steps]
+    specs += [RowSpec("teacher", T, s) for s in ints(args.teacher_steps) if s not in first]
     cache = RowCache(work / f"{args.name}.rows.jsonl").load()
     meta = {"judge": str(judge), "num": args.num, "seed": args.seed, "commit": git_commit(),
             "settings": vars(args) | {"teacher": T, "judge": str(judge), "didi": S}}
