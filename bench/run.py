@@ -56,6 +56,10 @@ def stage(work: Path, name: str, given: str | None, build) -> Path:
     if done.is_file():
         return out
     resume = (out / "checkpoint.pt").is_file()
+    if out.exists() and not resume:  # killed before its first checkpoint: keep it aside, start again
+        aside = out.with_name(f"{name}.partial-{int(time.time())}")
+        out.rename(aside)
+        print(f"bench: stage {name}: {out} had no checkpoint; moved to {aside}", flush=True)
     print(f"bench: stage {name}: {'resuming' if resume else 'starting'} in {out}", flush=True)
     start = time.perf_counter()
     build(out, resume)
