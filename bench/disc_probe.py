@@ -21,10 +21,11 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 from common import write_results
+from teacher_nelbo_probe import nelbo_per_row
 
 from didi import runs
 from didi.data import prepare_data
-from didi.diffusion import LogLinearSchedule, mask_tokens, nelbo_terms, sample_times
+from didi.diffusion import LogLinearSchedule, mask_tokens
 from didi.methods.didi_instruct import discriminator_loss
 from didi.nn.discriminator import Discriminator
 from didi.sampling import ancestral_sample
@@ -72,17 +73,6 @@ def naive_bayes(tr_r, tr_f, te_r, te_f, vocab):
     lr = (counts(tr_r) / counts(tr_r).sum()).log() - (counts(tr_f) / counts(tr_f).sum()).log()
     score = lambda x: lr[x].sum(1)  # noqa: E731
     return float(((score(te_r) > 0).sum() + (score(te_f) < 0).sum()) / (len(te_r) + len(te_f)))
-
-
-def nelbo_score(model, x, sched, mask, eps):
-    g = torch.Generator().manual_seed(0)
-    out = torch.zeros(x.shape[0], dtype=torch.float64)
-    with torch.no_grad():
-        for _ in range(4):
-            t = sample_times(x.shape[0], eps, True, g)
-            noise = torch.rand(x.shape, generator=g)
-            out += nelbo_terms(model, x, t, noise, sched, mask).double().mean(1)
-    return out / 4
 
 
 def train_disc(run, v, tr_r, tr_f, te_r, te_f, steps, seed):
@@ -161,8 +151,8 @@ def main() -> None:
     out = {"teacher": args.teacher, "fake_steps": args.fake_steps, "num": args.num, "steps": args.steps}
     out["naive_bayes_seq_acc"] = naive_bayes(tr_r, tr_f, te_r, te_f, run.tokenizer.vocab_size + 1)
     sched, mask = LogLinearSchedule(run.config.diffusion.eps), run.tokenizer.mask_id
-    nr = nelbo_score(run.model, te_r, sched, mask, run.config.diffusion.eps)
-    nf = nelbo_score(run.model, te_f, sched, mask, run.config.diffusion.eps)
+    nr = nelbo_per_row(run.model, te_r, sched, mask, run.config.diffusion.eps)
+    nf = nelbo_per_row(run.model, te_f, sched, mask, run.config.diffusion.eps)
     thr = float(torch.cat([nr, nf]).median())
     out["nelbo_seq_acc"] = float(((nr < thr).sum() + (nf >= thr).sum()) / (len(nr) + len(nf)))
     out["nelbo_means"] = [float(nr.mean()), float(nf.mean())]
@@ -184,18 +174,19 @@ def report(out: dict, name: str) -> None:
     rows = [{"classifier": "unigram naive Bayes (unmasked)", "seq_acc unmasked": out["naive_bayes_seq_acc"]},
             {"classifier": "teacher NELBO, median threshold (unmasked)", "seq_acc unmasked": out["nelbo_seq_acc"]}]
     for text, r in out["variants"].items():
-        row = {"classifier": f"discriminator {text}", "final_loss": r["curve"][-1][1], "seconds": r["seconds"]}
+        row = {"classifier": f"discriminator {text}", "batch": r["config"]["batch"], "final_loss": r["curve"][-1][1],
+               "seconds": r["seconds"]}
         for tau in ("0.1", "0.5", "0.9"):
             row[f"tok_acc@tau{tau}"] = r[f"tau{tau}"]["token_acc"]
             row[f"seq_acc@tau{tau}"] = r[f"tau{tau}"]["seq_acc"]
             row[f"gap@tau{tau}"] = r[f"tau{tau}"]["reward_gap"]
         rows.append(row)
     cols = ["classifier", "seq_acc unmasked", "seq_acc@tau0.1", "seq_acc@tau0.5", "seq_acc@tau0.9", "tok_acc@tau0.5",
-            "gap@tau0.1", "gap@tau0.5", "gap@tau0.9", "final_loss", "seconds"]
+            "gap@tau0.1", "gap@tau0.5", "gap@tau0.9", "batch", "final_loss", "seconds"]
     settings = {k: out[k] for k in ("teacher", "fake_steps", "num", "steps")}
     write_results(name, rows, settings, cols, notes=(
         f"Real = held-out data, fake = teacher {out['fake_steps']}-step samples, {out['num']} per side (a quarter "
-        f"held out); {out['steps']} discriminator updates per variant, batch 32 (16 + 16). "
+        f"held out); {out['steps']} discriminator updates per variant (batch = real + fake rows). "
         "seq_acc = sign of the mean logit over masked positions (the reward's sign); "
         "gap = mean reward on real minus on fake rows. Chance = 0.5."))
 

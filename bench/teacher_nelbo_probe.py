@@ -16,6 +16,19 @@ from didi.diffusion import LogLinearSchedule, nelbo_terms, sample_times
 from didi.sampling import ancestral_sample
 
 
+@torch.no_grad()
+def nelbo_per_row(model, x: torch.Tensor, sched: LogLinearSchedule, mask: int, eps: float, repeats: int = 4,
+                  seed: int = 0) -> torch.Tensor:
+    """The model's NELBO per token of each row of x [B, L], averaged over `repeats` noise draws -> float64 [B]."""
+    g = torch.Generator().manual_seed(seed)
+    out = torch.zeros(x.shape[0], dtype=torch.float64)
+    for _ in range(repeats):
+        t = sample_times(x.shape[0], eps, True, g)
+        noise = torch.rand(x.shape, generator=g)
+        out += nelbo_terms(model, x, t, noise, sched, mask).double().mean(1)
+    return out / repeats
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--teacher", required=True)
@@ -38,13 +51,8 @@ def main() -> None:
                     lambda z, s, m=model: m(z, s), args.num, L, steps, mask,
                     generator=torch.Generator().manual_seed(0)).tokens
         for name, x in sets.items():
-            g = torch.Generator().manual_seed(0)
-            total = 0.0
-            for _ in range(args.repeats):
-                t = sample_times(x.shape[0], run.config.diffusion.eps, True, g)
-                noise = torch.rand(x.shape, generator=g)
-                total += float(nelbo_terms(teacher, x, t, noise, sched, mask).double().mean())
-            print(f"teacher NELBO per token on {name}: {total / args.repeats:.3f}", flush=True)
+            per_row = nelbo_per_row(teacher, x, sched, mask, run.config.diffusion.eps, args.repeats)
+            print(f"teacher NELBO per token on {name}: {float(per_row.mean()):.3f}", flush=True)
 
 
 if __name__ == "__main__":
