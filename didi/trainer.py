@@ -159,7 +159,8 @@ def build_parts(specs: dict[str, PartSpec], device: str, d: Dist, compile_model:
             wrapped = torch.compile(wrapped)
         if d.world > 1:
             wrapped = nn.parallel.DistributedDataParallel(
-                wrapped, device_ids=[d.local_rank] if device.startswith("cuda") else None, broadcast_buffers=False)
+                wrapped, device_ids=[d.local_rank] if device.startswith("cuda") else None,
+                forward_sync_buffers=False)  # spectral-norm buffers update in place within a step
         opt = torch.optim.AdamW(params, lr=spec.lr, betas=spec.betas, weight_decay=spec.weight_decay)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(spec))
         ema = [p.detach().clone() for p in params] if spec.ema > 0 else None

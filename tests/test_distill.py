@@ -1,9 +1,11 @@
 import json
 import math
 import shutil
+import socket
 
 import pytest
 import torch
+import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
 import didi
@@ -269,6 +271,43 @@ def test_distill_resume_is_exact_and_student_samples_without_teacher(teacher, tm
     assert s.tokens.shape == (3, 16) and not (s.tokens == pipe.tokenizer.mask_id).any()
     g = pipe.sample(num=3, steps=4, guided=True)
     assert torch.all(g.total_evals > g.nfe)
+
+
+def _ddp_distill_worker(rank, world, port, teacher, out, dcfg, dump):
+    import os
+
+    from didi.trainer import Trainer
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    train = Trainer.train
+
+    def train_and_dump(self, until_step=None):  # keep each rank's final weights and buffers
+        result = train(self, until_step)
+        torch.save({n: p.spec.module.state_dict() for n, p in self.parts.items()}, f"{dump}.rank{rank}.pt")
+        return result
+
+    Trainer.train = train_and_dump
+    distill(teacher, out, dcfg, overrides=["train.eval_every=0"], progress=False)
+    torch.distributed.destroy_process_group()
+
+
+def test_two_process_gloo_distillation_keeps_ranks_in_step(teacher, tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out, dump = tmp_path / "ddp", str(tmp_path / "w")
+    mp.spawn(_ddp_distill_worker, args=(2, port, str(teacher), str(out), small_dcfg(max_steps=3), dump), nprocs=2)
+    r0, r1 = (torch.load(f"{dump}.rank{r}.pt") for r in (0, 1))
+    for part in ("student", "discriminator"):  # DDP kept the copies identical (spectral-norm buffers included)
+        assert r0[part].keys() == r1[part].keys()
+        assert all(torch.equal(r0[part][k], r1[part][k]) for k in r0[part]), part
+    wt = load_file(teacher / "model.safetensors")
+    ws = load_file(out / "model.safetensors")
+    assert any(not torch.equal(wt[k], ws[k]) for k in wt)
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert rows and all(math.isfinite(r["loss"]) and math.isfinite(r["reward_mean"]) for r in rows if "loss" in r)
 
 
 def test_every_part_can_be_switched_off(teacher, tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.distributed
 
 from ..config import RunConfig
 from ..diffusion import LogLinearSchedule, nelbo_terms, nelbo_to_ppl, sample_times
@@ -49,7 +50,14 @@ class MDLM(SingleModelMethod):
              world: int = 1) -> tuple[torch.Tensor, dict]:
         t, noise = self.draw(global_batch, x.shape[1], generator, rank, world, x.device)
         terms, count = self.terms(model, x, t, noise)
-        loss = terms.sum() / max(count, 1)
+        if world > 1 and self.keep_ids:
+            # protein rows score different numbers of tokens on each rank: normalize by the global count,
+            # times world because DDP averages the ranks' gradients, so the step matches one process
+            n = torch.tensor(float(count), dtype=torch.float64, device=x.device)
+            torch.distributed.all_reduce(n)
+            loss = terms.sum() * world / n.clamp_min(1).to(terms.dtype)
+        else:
+            loss = terms.sum() / max(count, 1)
         return loss, {"nelbo": loss.detach()}
 
     @torch.no_grad()
