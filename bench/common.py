@@ -32,6 +32,8 @@ def write_results(name: str, rows: list[dict], settings: dict, columns: list[str
 
 
 def _fmt(v) -> str:
+    if v is None:
+        return ""
     if isinstance(v, float):
         return f"{v:,.1f}" if abs(v) >= 100 else f"{v:.3g}"
     return str(v)
