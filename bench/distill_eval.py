@@ -101,6 +101,7 @@ def main() -> None:
     if cache.is_file():
         for line in cache.read_text().splitlines():
             r = json.loads(line)
+            r.setdefault("temperature", 1.0)  # rows cached before temperatures were recorded
             done[(r["model"], r["run"], r["steps"], r["sampler"], r["seed"], r.get("temperature", 1.0))] = r
 
     temps = [float(x) for x in args.frontier_temperatures.split(",") if x.strip()]
@@ -159,6 +160,16 @@ def main() -> None:
              "interpolated along its temperature frontier to the row's entropy (empty outside it); "
              "ratio_same_entropy = judge_ppl / that. Wall-clock on this CPU, batch " + str(args.batch_size) + ".")
     path = write_results(args.name, rows, settings, COLUMNS, notes)
+    if temps:  # the frontier and every other row as a point: below the line is a gain at that entropy
+        from didi.evaluation.plots import plot_frontier
+
+        series = {f"teacher {args.frontier_steps} steps, T {min(temps + [1.0]):g}-{max(temps + [1.0]):g}":
+                  [(r["entropy"], r["judge_ppl"]) for r in frontier]}
+        for r in rows:
+            if r not in frontier and r["sampler"] != "data":
+                series[f"{r['model']} {r['steps']}{' RGAS' if r['sampler'] == 'RGAS' else ''}"] = \
+                    [(r["entropy"], r["judge_ppl"])]
+        plot_frontier(series, path.with_suffix(".png"))
     print(path.read_text())
 
 
