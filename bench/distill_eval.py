@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import time
 from pathlib import Path
 
@@ -140,7 +141,8 @@ def main() -> None:
         with cache.open("a") as f:
             f.write(json.dumps(row) + "\n")
         tag = f".T{temp}" if temp != 1.0 else ""
-        sample_file = work / f"{args.name}.{label}.{steps}.{key[3]}{tag}.seed{args.seed}.txt".replace(" ", "_")
+        stem = f"{args.name}.{label}.{steps}.{key[3]}{tag}.seed{args.seed}"
+        sample_file = work / (re.sub(r"[^\w.()=+-]+", "_", stem) + ".txt")  # labels may hold "/" or spaces
         sample_file.write_text("\n=====\n".join(texts[:16]) + "\n")
         rows.append(row)
 
