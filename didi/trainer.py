@@ -293,7 +293,7 @@ class Trainer:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=stop, initial=self.step, desc=f"train {self.method.name}", dynamic_ncols=True)
-        last = {}
+        last, v, validated_at = {}, {}, None
         tokens_since, time_mark = 0, time.perf_counter()
         while self.step < stop:
             if t.max_minutes and self.elapsed >= t.max_minutes * 60:
@@ -324,7 +324,7 @@ class Trainer:
                         k for k in last if k not in ("step", "lr", "elapsed_s")]
                     bar.set_postfix({k: f"{last[k]:.4g}" for k in keys if k in last})
             if t.eval_every and self.step % t.eval_every == 0:
-                v = self.validate()
+                v, validated_at = self.validate(), self.step
                 if v:
                     self.log({"step": self.step, **v})
                     if bar is not None:
@@ -335,8 +335,9 @@ class Trainer:
                 bar.update(1)
         if bar is not None:
             bar.close()
-        v = self.validate()
-        if v:
-            self.log({"step": self.step, **v})
+        if validated_at != self.step:  # the last step may have been validated already
+            v = self.validate()
+            if v:
+                self.log({"step": self.step, **v})
         self.save()
         return {**last, **v}
