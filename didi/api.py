@@ -126,12 +126,19 @@ class Pipeline:
         return length_clamp(draw_lengths(hist, num, generator), self.config.model.length, self.tokenizer)
 
     def clamp_from_text(self, num: int, prefix: str | None, suffix: str | None) -> torch.Tensor | None:
-        if not prefix and not suffix:
+        """Clamped ids: the prefix at the start and the suffix at the end of each row; text rows (data.layout
+        "rows") also clamp their first position to the EOS every row starts with."""
+        rows = self.config.data.layout == "rows" and not self.is_protein
+        if not prefix and not suffix and not rows:
             return None
         L = self.config.model.length
         clamp = torch.full((num, L), -1, dtype=torch.long)
         pre = self.tokenizer.encode(prefix) if prefix else []
         suf = self.tokenizer.encode(suffix) if suffix else []
+        if rows:
+            if suf:
+                raise DidiError("a text-rows run writes texts of any length: condition on a prefix, not a suffix")
+            pre = [self.tokenizer.eos_id, *pre]
         if len(pre) + len(suf) > L:
             raise DidiError(f"prefix and suffix take {len(pre) + len(suf)} tokens; the model length is {L}")
         if pre:
@@ -186,15 +193,22 @@ class Pipeline:
         tokens = torch.cat([o.tokens for o in outs])
         nfe = torch.cat([o.nfe for o in outs])
         total = torch.cat([o.total_evals if o.total_evals is not None else o.nfe for o in outs])
+        text = self.decode(tokens)
+        return SampleOutput(tokens=tokens.cpu(), nfe=nfe, seconds=sum(o.seconds for o in outs), total_evals=total,
+                            text=text)
+
+    def decode(self, tokens: torch.Tensor) -> list[str]:
+        """Texts of sampled rows: protein residues; for a text run with one document per row (data.layout
+        "rows") the text before the first EOS; for packed blocks everything, EOS included."""
         ids = tokens.cpu().tolist()
         if self.is_protein:
             from .protein import residues
 
-            text = [residues(r, self.tokenizer) for r in ids]
-        else:
-            text = self.tokenizer.decode_batch(ids)
-        return SampleOutput(tokens=tokens.cpu(), nfe=nfe, seconds=sum(o.seconds for o in outs), total_evals=total,
-                            text=text)
+            return [residues(r, self.tokenizer) for r in ids]
+        if self.config.data.layout == "rows":  # EOS, the text, EOS ...
+            eos = self.tokenizer.eos_id
+            ids = [r[1:][:r[1:].index(eos)] if eos in r[1:] else r[1:] for r in ids]
+        return self.tokenizer.decode_batch(ids)
 
     def discriminator(self) -> torch.nn.Module:
         """The discriminator saved beside a distilled student (loaded once)."""

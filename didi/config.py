@@ -37,9 +37,11 @@ class DataConfig:
     tokenizer: str = "bpe:8192"  # "gpt2", "bpe:N" (trained on the source), "amino", or a path
     valid_fraction: float = 0.02  # held-out share of documents when no valid_source is given
     cache_dir: str = ""  # default: ~/.cache/didi/tokens
-    domain: str = "text"  # "text" (documents packed into blocks) or "protein" (one padded sequence per row)
+    domain: str = "text"  # "text" or "protein" (one padded sequence per row, BOS/EOS/PAD never masked)
+    layout: str = "packed"  # text: "packed" (documents joined with EOS, cut into blocks) or "rows" (one
+    # document per row: its ids, then EOS repeated to the row's end; the model writes where it ends)
     ambiguous: str = "keep"  # protein FASTA: ambiguous residues X B Z U O: keep, map, skip or error
-    long_sequences: str = "crop"  # protein: longer than a row: "crop" (first residues, no EOS) or "skip"
+    long_sequences: str = "crop"  # rows: a document longer than a row: "crop" (its first ids, no EOS) or "skip"
 
 
 @dataclass
@@ -57,6 +59,7 @@ class TrainConfig:
     eval_every: int = 250
     eval_batches: int = 20
     save_every: int = 500
+    snapshot_every: int = 0  # also keep the sampling weights of every N-th step in snapshots/ (learning curves)
     log_every: int = 10
     seed: int = 0
     compile: bool = False

@@ -1,10 +1,12 @@
 """Data: sources -> a cached memory-mapped token file -> fixed-length blocks, and their batch order.
 
 Text: documents are joined with EOS and cut into blocks of `block_size` tokens ("wrap", as in the
-OpenWebText setup). Protein (`domain="protein"`, FASTA sources): one sequence per row,
-BOS residues EOS PAD ..., so lengths vary; a sequence longer than a row is cropped to its first
-residues (no EOS) or skipped (`long_sequences`). Tokenization happens once per (source, tokenizer,
-layout); the result is cached.
+OpenWebText setup), or, with `layout="rows"`, one document per row: EOS, its ids, then EOS to the end
+of the row (the first EOS is never masked and anchors the positions after it; the model learns where a
+text ends; a sample is read from position 1 up to its next EOS). Protein
+(`domain="protein"`, FASTA sources): one sequence per row, BOS residues EOS PAD ..., so lengths vary.
+In both row layouts a document longer than a row is cropped to its first ids (no EOS) or skipped
+(`long_sequences`). Tokenization happens once per (source, tokenizer, layout); the result is cached.
 """
 
 from __future__ import annotations
@@ -151,8 +153,18 @@ def sequence_row(ids: list[int], tokenizer, length: int, long_sequences: str = "
     return [tokenizer.bos_id, *ids[: length - 1]]
 
 
+def text_row(ids: list[int], tokenizer, length: int, long_sequences: str = "crop") -> list[int] | None:
+    """One text row of exactly `length` ids: EOS (the start: never masked, it anchors every position after it),
+    the document's ids, then EOS to the end (at least one ends the text); a longer document is cropped to its
+    first ids ("crop") or dropped ("skip": None)."""
+    eos = tokenizer.eos_id
+    if len(ids) < length - 1:
+        return [eos, *ids] + [eos] * (length - 1 - len(ids))
+    return None if long_sequences == "skip" else [eos, *ids[: length - 1]]
+
+
 def _tokenize_to_cache(docs: list[str], tokenizer, path: Path, show_progress: bool, what: str,
-                       rows: tuple[int, str] | None = None) -> np.ndarray:
+                       rows=None) -> np.ndarray:
     from tqdm.auto import tqdm
 
     dtype = np.uint16 if tokenizer.model_vocab_size <= 65536 else np.uint32
@@ -161,7 +173,7 @@ def _tokenize_to_cache(docs: list[str], tokenizer, path: Path, show_progress: bo
     for i in range(0, len(docs), 256):
         for ids in tokenizer.encode_batch(docs[i:i + 256]):
             if rows is not None:
-                ids = sequence_row(ids, tokenizer, *rows)
+                ids = rows(ids)
                 if ids is None:
                     continue
             else:
@@ -178,7 +190,7 @@ def _tokenize_to_cache(docs: list[str], tokenizer, path: Path, show_progress: bo
 
 
 def _load_or_build(key: str, docs_fn, tokenizer, cfg: DataConfig, show_progress: bool, what: str,
-                   rows: tuple[int, str] | None = None) -> np.ndarray:
+                   rows=None) -> np.ndarray:
     directory = cache_dir(cfg)
     directory.mkdir(parents=True, exist_ok=True)
     path, meta_path = directory / f"{key}.bin", directory / f"{key}.json"
@@ -211,17 +223,22 @@ def prepare_data(cfg: DataConfig, tokenizer, block_size: int,
     """Tokenize (or load from cache) the training and held-out data and pack both into blocks."""
     if not cfg.source:
         raise DidiError("no data source given")
-    rows = None
+    rows = None  # ids -> one row (or None: skipped), for the row layouts
     layout = ""
+    if cfg.domain not in ("text", "protein"):
+        raise DidiError(f"data.domain must be 'text' or 'protein', not {cfg.domain!r}")
+    if cfg.layout not in ("packed", "rows"):
+        raise DidiError(f"data.layout must be 'packed' or 'rows', not {cfg.layout!r}")
+    if cfg.long_sequences not in ("crop", "skip"):
+        raise DidiError(f"data.long_sequences must be 'crop' or 'skip', not {cfg.long_sequences!r}")
     if cfg.domain == "protein":
         if tokenizer.bos_id is None or tokenizer.pad_id is None:
             raise DidiError("protein data needs a tokenizer with BOS and PAD ids (use tokenizer 'amino')")
-        if cfg.long_sequences not in ("crop", "skip"):
-            raise DidiError(f"data.long_sequences must be 'crop' or 'skip', not {cfg.long_sequences!r}")
-        rows = (block_size, cfg.long_sequences)
+        rows = lambda ids: sequence_row(ids, tokenizer, block_size, cfg.long_sequences)
         layout = f"\0rows{block_size}:{cfg.long_sequences}:{cfg.ambiguous}"
-    elif cfg.domain != "text":
-        raise DidiError(f"data.domain must be 'text' or 'protein', not {cfg.domain!r}")
+    elif cfg.layout == "rows":
+        rows = lambda ids: text_row(ids, tokenizer, block_size, cfg.long_sequences)
+        layout = f"\0textrows-anchored{block_size}:{cfg.long_sequences}"
 
     def docs(source):
         return list(read_documents(source, cfg.ambiguous))

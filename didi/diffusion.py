@@ -41,6 +41,31 @@ def sample_times(n: int, eps: float, antithetic: bool, generator: torch.Generato
     return ((1 - eps) * r + eps).float().to(device)
 
 
+class Kept:
+    """What the diffusion never masks: tokens with these ids (protein rows: BOS, EOS, PAD, so the length is given)
+    and/or the first position (text rows: the EOS that starts every row anchors the positions after it)."""
+
+    def __init__(self, ids: tuple[int, ...] = (), first: bool = False):
+        self.ids, self.first = tuple(ids), first
+
+    def __bool__(self) -> bool:
+        return bool(self.ids) or self.first
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        keep = torch.zeros_like(x, dtype=torch.bool)
+        for i in self.ids:
+            keep |= x == i
+        if self.first:
+            keep[:, 0] = True
+        return keep
+
+    @classmethod
+    def for_run(cls, data_cfg, tokenizer) -> Kept:
+        if data_cfg.domain == "protein":
+            return cls(tuple(i for i in (tokenizer.bos_id, tokenizer.eos_id, tokenizer.pad_id) if i is not None))
+        return cls(first=data_cfg.layout == "rows")
+
+
 def mask_tokens(x: torch.Tensor, alpha: torch.Tensor, mask_id: int, noise: torch.Tensor) -> torch.Tensor:
     """Keep each token with probability alpha (per row), else replace it by the mask.
 

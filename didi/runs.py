@@ -6,6 +6,7 @@ Layout of a run directory:
     model.safetensors      weights used for sampling (the EMA copy when there is one)
     checkpoint.pt          full training state for --resume (model, EMA, optimizers, RNG, data position)
     metrics.jsonl          one JSON object per logged step
+    snapshots/             with train.snapshot_every: the sampling weights every N steps, for learning curves
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ WEIGHTS = "model.safetensors"
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
 TOKENIZER_DIR = "tokenizer"
+SNAPSHOTS = "snapshots"  # step_NNNNNN.safetensors: sampling weights along the run (train.snapshot_every)
 
 
 def _atomic(path: Path, write) -> None:

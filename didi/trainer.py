@@ -257,6 +257,16 @@ class Trainer:
             with self.ctx.ema_weights(part_name) as module:
                 runs.save_weights(getter(module), self.out / filename, metadata={"step": str(self.step)})
 
+    def snapshot(self) -> None:
+        """The sampling weights (the eval part's EMA) at this step, kept in snapshots/step_NNNNNN.safetensors."""
+        if not self.dist.main:
+            return
+        for part_name, getter in self.method.exports().values():
+            if part_name == self.method.eval_part:
+                with self.ctx.ema_weights(part_name) as module:
+                    runs.save_weights(getter(module), self.out / runs.SNAPSHOTS / f"step_{self.step:06d}.safetensors",
+                                      metadata={"step": str(self.step)})
+
     # -- loop --------------------------------------------------------------------------------
     def log(self, record: dict) -> None:
         if self.dist.main:
@@ -331,6 +341,8 @@ class Trainer:
                         bar.write(f"step {self.step}: " + ", ".join(f"{k} {val:.4g}" for k, val in v.items()))
             if t.save_every and self.step % t.save_every == 0:
                 self.save()
+            if t.snapshot_every and self.step % t.snapshot_every == 0:
+                self.snapshot()
             if bar is not None:
                 bar.update(1)
         if bar is not None:

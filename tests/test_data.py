@@ -93,3 +93,21 @@ def test_block_sampler_epochs_resume_and_rank_slices():
     assert np.array_equal(np.concatenate(parts), idx)
     with pytest.raises(DidiError):
         BlockSampler.rank_slice(np.arange(7), 0, 2)
+
+
+def test_text_rows_layout(tmp_path, tok):
+    eos = tok.eos_id
+    assert data.text_row([5, 6], tok, 6) == [eos, 5, 6, eos, eos, eos]
+    assert data.text_row([5, 6, 7, 8, 9], tok, 6) == [eos, 5, 6, 7, 8, 9]  # cropped: no room for the end
+    assert data.text_row([5, 6, 7, 8, 9], tok, 6, "skip") is None
+    assert data.text_row([5, 6, 7, 8], tok, 6) == [eos, 5, 6, 7, 8, eos]
+    src = write_jsonl(tmp_path / "d.jsonl", DOCS)
+    cfg = DataConfig(source=str(src), layout="rows", cache_dir=str(tmp_path / "cache"), long_sequences="skip")
+    train, valid = prepare_data(cfg, tok, 32, show_progress=False)
+    rows = train.get(np.arange(len(train))).numpy()
+    assert len(train) + len(valid) == len(DOCS)  # one document per row
+    assert (rows[:, 0] == eos).all() and (rows[:, -1] == eos).all()
+    decoded = {tok.decode(r[1:].tolist()[:r[1:].tolist().index(eos)]) for r in rows}
+    assert decoded <= set(DOCS) and len(decoded) == len(train)  # each row is one whole document
+    with pytest.raises(DidiError, match="layout must be"):
+        prepare_data(DataConfig(source=str(src), layout="wrap", cache_dir=str(tmp_path / "c2")), tok, 32)

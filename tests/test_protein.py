@@ -9,6 +9,7 @@ import torch
 from didi.cli import main
 from didi.config import DataConfig
 from didi.data import prepare_data
+from didi.diffusion import Kept
 from didi.errors import DidiError
 from didi.evaluation.protein import (
     composition,
@@ -107,7 +108,7 @@ def test_mdlm_never_masks_or_scores_the_specials():
     tok = amino_tokenizer()
     cfg = preset("test")
     cfg.model.vocab_size = tok.model_vocab_size
-    method = MDLM(cfg, tok.mask_id, (tok.bos_id, tok.eos_id, tok.pad_id))
+    method = MDLM(cfg, tok.mask_id, Kept((tok.bos_id, tok.eos_id, tok.pad_id)))
     x = torch.tensor([[tok.bos_id, *tok.encode("MKVL"), tok.eos_id, tok.pad_id, tok.pad_id]])
     seen = {}
 
@@ -216,7 +217,7 @@ def test_protein_distillation_keeps_lengths(tmp_path, monkeypatch):
 
     def spy(self, *a, **k):
         out = orig(self, *a, **k)
-        seen["init"], seen["x_hat"] = a[-1] if len(a) > 6 else k.get("init"), out[0]
+        seen["init"], seen["x_hat"] = a[6] if len(a) > 6 else k.get("init"), out[0]
         return out
 
     monkeypatch.setattr(DiDiInstruct, "rollout", spy)

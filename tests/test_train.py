@@ -127,3 +127,28 @@ def test_two_process_gloo_ddp_matches_single_process(corpus, tmp_path, domain):
     init = runs.build_model(cfg).state_dict()  # the weights both runs started from
     assert set(init) == set(a)
     assert any((a[k] - init[k]).abs().max() > 1e-4 for k in a)  # four steps moved the weights
+
+
+def test_text_rows_run_never_masks_the_first_position_and_samples_whole_texts(tmp_path):
+    from didi.diffusion import Kept, LogLinearSchedule, nelbo_terms
+
+    docs = [f"tiny story {i} ends here." for i in range(40)]
+    src = tmp_path / "d.jsonl"
+    src.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+    cfg = preset("test", [f"data.source={src}", "data.layout=rows", f"data.cache_dir={tmp_path / 'c'}",
+                          "train.max_steps=6", "train.eval_every=0", "model.length=16"])
+    didi.train(cfg, tmp_path / "run", progress=False)
+    pipe = didi.load(tmp_path / "run")
+    eos = pipe.tokenizer.eos_id
+    out = pipe.sample(num=4, steps=4, seed=0)
+    assert (out.tokens[:, 0] == eos).all()  # clamped, as in training
+    assert all("<|endoftext|>" not in t for t in out.text)  # read from position 1 up to the next EOS
+    kept = Kept.for_run(pipe.config.data, pipe.tokenizer)
+    ordinary = torch.tensor([i for i in range(pipe.tokenizer.vocab_size) if i not in (eos, pipe.tokenizer.mask_id)])
+    x = ordinary[torch.randint(0, len(ordinary), (3, 16))]
+    x[:, 0] = eos
+    assert kept(x)[:, 0].all() and not kept(x)[:, 1:].any()
+    noise = torch.ones(3, 16).masked_fill(kept(x), 0.0)  # kept positions draw 0: never masked
+    t = torch.ones(3)  # everything but the kept position is masked
+    terms = nelbo_terms(pipe.model, x, t, noise, LogLinearSchedule(), pipe.tokenizer.mask_id)
+    assert (terms[:, 0] == 0).all() and (terms[:, 1:] > 0).all()

@@ -8,12 +8,10 @@ from ..errors import DidiError
 
 def make_method(cfg: RunConfig, tokenizer):
     if cfg.model.arch == "dit":
+        from ..diffusion import Kept
         from .mdlm import MDLM
 
-        keep = ()
-        if cfg.data.domain == "protein":
-            keep = tuple(i for i in (tokenizer.bos_id, tokenizer.eos_id, tokenizer.pad_id) if i is not None)
-        return MDLM(cfg, tokenizer.mask_id, keep)
+        return MDLM(cfg, tokenizer.mask_id, Kept.for_run(cfg.data, tokenizer))
     if cfg.model.arch == "ar":
         from .ar import AR
 

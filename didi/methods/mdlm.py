@@ -6,30 +6,24 @@ import torch
 import torch.distributed
 
 from ..config import RunConfig
-from ..diffusion import LogLinearSchedule, nelbo_terms, nelbo_to_ppl, sample_times
+from ..diffusion import Kept, LogLinearSchedule, nelbo_terms, nelbo_to_ppl, sample_times
 from .base import SingleModelMethod
 
 
 class MDLM(SingleModelMethod):
     name = "mdlm"
 
-    def __init__(self, cfg: RunConfig, mask_id: int, keep_ids: tuple[int, ...] = ()):
-        """keep_ids: tokens never masked and never scored (protein rows: BOS, EOS and PAD, so the model
-        always sees the length it fills in)."""
+    def __init__(self, cfg: RunConfig, mask_id: int, kept: Kept | None = None):
+        """kept: what is never masked and never scored (protein rows: BOS, EOS and PAD, so the model always sees
+        the length it fills in; text rows: the first position)."""
         self.cfg = cfg
         self.mask_id = mask_id
-        self.keep_ids = tuple(keep_ids)
+        self.kept = kept or Kept()
         self.schedule = LogLinearSchedule(cfg.diffusion.eps)
-
-    def kept(self, x: torch.Tensor) -> torch.Tensor:
-        keep = torch.zeros_like(x, dtype=torch.bool)
-        for i in self.keep_ids:
-            keep |= x == i
-        return keep
 
     def terms(self, model, x: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, int]:
         """Per-token NELBO terms and the number of scored (not kept) tokens."""
-        if self.keep_ids:
+        if self.kept:
             keep = self.kept(x)
             noise = noise.masked_fill(keep, 0.0)  # noise 0 < alpha_t: the token stays
             return nelbo_terms(model, x, t, noise, self.schedule, self.mask_id), int((~keep).sum())
@@ -50,7 +44,7 @@ class MDLM(SingleModelMethod):
              world: int = 1) -> tuple[torch.Tensor, dict]:
         t, noise = self.draw(global_batch, x.shape[1], generator, rank, world, x.device)
         terms, count = self.terms(model, x, t, noise)
-        if world > 1 and self.keep_ids:
+        if world > 1 and self.kept:
             # protein rows score different numbers of tokens on each rank: normalize by the global count,
             # times world because DDP averages the ranks' gradients, so the step matches one process
             n = torch.tensor(float(count), dtype=torch.float64, device=x.device)

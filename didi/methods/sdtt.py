@@ -26,7 +26,7 @@ import math
 
 import torch
 
-from ..diffusion import LogLinearSchedule, mask_tokens, masked_log_probs, nelbo_terms, nelbo_to_ppl, sample_times
+from ..diffusion import Kept, LogLinearSchedule, mask_tokens, masked_log_probs, nelbo_terms, nelbo_to_ppl, sample_times
 from ..errors import DidiError
 from ..sampling import sample_categorical
 
@@ -64,9 +64,9 @@ class SDTT:
     eval_part = "student"
     progress_keys = ("loss", "round", "tokens_per_s")
 
-    def __init__(self, cfg, dcfg, mask_id: int, teacher: torch.nn.Module, keep_ids: tuple[int, ...] = ()):
+    def __init__(self, cfg, dcfg, mask_id: int, teacher: torch.nn.Module, kept: Kept | None = None):
         self.cfg, self.dcfg, self.mask_id = cfg, dcfg, mask_id
-        self.keep_ids = tuple(keep_ids)  # never masked (protein BOS/EOS/PAD)
+        self.kept = kept or Kept()  # never masked (protein BOS/EOS/PAD, the first position of text rows)
         self.schedule = LogLinearSchedule(cfg.diffusion.eps)
         self.rounds = round_schedule(dcfg.sdtt_start_steps, dcfg.sdtt_end_steps, dcfg.max_steps)
         divergence(torch.zeros(1, 1), torch.zeros(1, 1), dcfg.sdtt_divergence)  # validate the name early
@@ -103,8 +103,8 @@ class SDTT:
         t = (j[sl].double() * dt).float().to(device)
         s = (t - dt / 2).clamp_min(0)
         noise = noise[sl].to(device)
-        for i in self.keep_ids:
-            noise = noise.masked_fill(x == i, 0.0)  # noise 0 < alpha: the token stays
+        if self.kept:
+            noise = noise.masked_fill(self.kept(x), 0.0)  # noise 0 < alpha: the token stays
         z = mask_tokens(x, sched.alpha(t), mask, noise)
         masked = z == mask
 
