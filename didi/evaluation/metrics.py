@@ -35,12 +35,17 @@ def mean_unigram_entropy(batch: Iterable | torch.Tensor) -> float:
     return float(np.mean([unigram_entropy(r) for r in rows]))
 
 
-def interpolate_at_entropy(points: Sequence[tuple[float, float]], target_entropy: float) -> float | None:
-    """Gen-PPL at `target_entropy`, linear in log(PPL) between the bracketing (entropy, ppl) points; None if outside."""
-    pts = sorted((float(e), float(p)) for e, p in points if math.isfinite(e) and math.isfinite(p) and p > 0)
+def interpolate_at_entropy(points: Sequence[tuple[float, float]], target_entropy: float,
+                           log_y: bool = True) -> float | None:
+    """Gen-PPL at `target_entropy`, linear in log(PPL) between the bracketing (entropy, ppl) points; None if outside.
+    log_y=False interpolates linearly (a share such as valid sentences, where 0 is a value)."""
+    pts = sorted((float(e), float(p)) for e, p in points
+                 if math.isfinite(e) and math.isfinite(p) and (p > 0 or not log_y))
     if not pts or not pts[0][0] <= target_entropy <= pts[-1][0]:
         return None
     xs = np.array([e for e, _ in pts])
+    if not log_y:
+        return float(np.interp(target_entropy, xs, [p for _, p in pts]))
     ys = np.log([p for _, p in pts])
     return float(math.exp(np.interp(target_entropy, xs, ys)))
 

@@ -28,33 +28,37 @@ def _save(fig, path) -> None:
 
 
 def plot_frontier(
-    series: dict[str, list[tuple[float, float]]], path: str | os.PathLike, target_entropy: float | None = None
+    series: dict[str, list[tuple[float, float]]], path: str | os.PathLike, target_entropy: float | None = None,
+    xlabel: str = "unigram entropy (nats)", ylabel: str = "generative perplexity", log_y: bool = True,
 ) -> None:
-    """Gen-PPL (log) against unigram entropy, one line per series of (entropy, ppl) points."""
+    """Gen-PPL (log) against unigram entropy (or any quality against any diversity), one line per series."""
     fig, ax = plt.subplots(figsize=(6, 4.5))
     for label, pts in series.items():
         pts = sorted(pts)
         ax.plot([e for e, _ in pts], [p for _, p in pts], marker="o", label=label)
     if target_entropy is not None:
-        ax.axvline(target_entropy, color="gray", linestyle="--", linewidth=1, label=f"entropy {target_entropy:g}")
-    ax.set_yscale("log")
-    ax.set_xlabel("unigram entropy (nats)")
-    ax.set_ylabel("generative perplexity")
+        ax.axvline(target_entropy, color="gray", linestyle="--", linewidth=1, label=f"target {target_entropy:.3g}")
+    if log_y:
+        ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     _save(fig, path)
 
 
-def plot_ppl_vs_nfe(series: dict[str, list[tuple[float, float]]], path: str | os.PathLike) -> None:
-    """Gen-PPL (log) against number of function evaluations (log2), one line per series of (nfe, ppl) points."""
+def plot_ppl_vs_nfe(series: dict[str, list[tuple[float, float]]], path: str | os.PathLike,
+                    ylabel: str = "generative perplexity", log_y: bool = True) -> None:
+    """Gen-PPL (log; or any quality) against number of function evaluations (log2), one line per series."""
     fig, ax = plt.subplots(figsize=(6, 4.5))
     for label, pts in series.items():
         pts = sorted(pts)
         ax.plot([n for n, _ in pts], [p for _, p in pts], marker="o", label=label)
     ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
+    if log_y:
+        ax.set_yscale("log")
     ax.set_xlabel("NFE")
-    ax.set_ylabel("generative perplexity")
+    ax.set_ylabel(ylabel)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     _save(fig, path)
