@@ -12,11 +12,13 @@ from didi.evaluation.evaluate import machine
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def write_results(name: str, rows: list[dict], settings: dict, columns: list[str], notes: str = "") -> Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)
+def write_results(name: str, rows: list[dict], settings: dict, columns: list[str], notes: str = "",
+                  out_dir: Path = RESULTS) -> Path:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     meta = {"benchmark": name, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "commit": commit(), "machine": machine(), "settings": settings}
-    (RESULTS / f"{name}.json").write_text(json.dumps({**meta, "rows": rows}, indent=2) + "\n")
+    (out_dir / f"{name}.json").write_text(json.dumps({**meta, "rows": rows}, indent=2) + "\n")
     lines = [f"# {name}", "", f"commit `{meta['commit']}`, {meta['date']}, {meta['machine']['cpu']} "
              f"({meta['machine']['cores']} cores, torch {meta['machine']['torch']}, "
              f"{meta['machine']['torch_threads']} threads)", ""]
@@ -26,7 +28,7 @@ def write_results(name: str, rows: list[dict], settings: dict, columns: list[str
     lines.append("|" + "---|" * len(columns))
     for r in rows:
         lines.append("| " + " | ".join(_fmt(r.get(c, "")) for c in columns) + " |")
-    path = RESULTS / f"{name}.md"
+    path = out_dir / f"{name}.md"
     path.write_text("\n".join(lines) + "\n")
     return path
 

@@ -37,6 +37,8 @@ class DistillConfig:
     # rollout
     student_steps: int = 2  # ancestral steps 1 -> tau -> ... -> t_end (k > 2: linspace(tau, t_end, k) after tau)
     score_decomposition: bool = True  # False = ablation: one step 1 -> t_end
+    rollout_grid: str = "tau"  # "tau": 1 -> tau -> ... (paper); "uniform": linspace(1, t_end, k + 1), the grid the
+    # k-step sampler uses (tau then only sets the coupled masking level)
     t_end: float = 1e-3
     final_fill: str = "sample"  # masks left after the last step: "sample" (counted in log p) or "argmax"
     tau_a: float = 1.0  # tau ~ Beta(a, b) (Beta(2, 2) in earlier configs)
@@ -56,6 +58,10 @@ class DistillConfig:
     disc_trainable_blocks: int = 4
     disc_time_conditioning: bool = True
     # reward and policy gradient
+    reward_states: str = "final"  # "final": x̂0 masked at tau (coupled time, paper); "path": every rollout state
+    # against real rows masked to its time
+    path_credit: str = "togo"  # path: a step's decisions get the rewards of every later state ("togo") or of the
+    # state right after the step ("step")
     reward_clip: float = 8.0
     group_norm: bool = True  # False: A = r - mean(r)
     adv_clip: float = 3.0
@@ -107,6 +113,12 @@ class DistillConfig:
             raise DidiError(f"distill: final_fill must be 'sample' or 'argmax', not {self.final_fill!r}")
         if self.score_decomposition and self.student_steps < 2:
             raise DidiError("distill: score decomposition needs student_steps >= 2")
+        if self.path_credit not in ("togo", "step"):
+            raise DidiError(f"distill: path_credit must be 'togo' or 'step', not {self.path_credit!r}")
+        if self.reward_states not in ("final", "path"):
+            raise DidiError(f"distill: reward_states must be 'final' or 'path', not {self.reward_states!r}")
+        if self.rollout_grid not in ("tau", "uniform"):
+            raise DidiError(f"distill: rollout_grid must be 'tau' or 'uniform', not {self.rollout_grid!r}")
         if not 0 < self.tau_min <= self.tau_max < 1:
             raise DidiError("distill: need 0 < tau_min <= tau_max < 1")
 
@@ -250,9 +262,9 @@ def distill(teacher: str | Path | None, out: str | Path, dcfg: DistillConfig | N
                             weight_decay=dcfg.student_weight_decay, grad_clip=dcfg.student_clip, ema=dcfg.ema,
                             decay="linear")
     n_student = sum(p.numel() for p in student.parameters()) / 1e6
-    keep = ()
-    if cfg.data.domain == "protein":  # BOS/EOS/PAD are never masked: the length is given
-        keep = tuple(i for i in (tok.bos_id, tok.eos_id, tok.pad_id) if i is not None)
+    from .diffusion import Kept
+
+    keep = Kept.for_run(cfg.data, tok)  # protein BOS/EOS/PAD (the length is given), the first position of text rows
     if dcfg.method == "sdtt":
         from .methods.sdtt import SDTT
 

@@ -49,7 +49,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..diffusion import LogLinearSchedule, mask_tokens, masked_log_probs, nelbo_terms, nelbo_to_ppl, sample_times
+from ..diffusion import Kept, LogLinearSchedule, mask_tokens, masked_log_probs, nelbo_terms, nelbo_to_ppl, sample_times
 from ..sampling import ancestral_sample, sample_categorical
 
 # -- the estimator's pieces, as plain functions (tested on toy problems) -------------------------------
@@ -117,11 +117,11 @@ class DiDiInstruct:
     eval_part = "student"
     progress_keys = ("disc_loss", "reward_mean", "loss", "kl", "tokens_per_s")
 
-    def __init__(self, cfg, dcfg, mask_id: int, teacher: torch.nn.Module, keep_ids: tuple[int, ...] = ()):
-        """keep_ids: tokens that are never masked (protein BOS/EOS/PAD): rollouts then start from each real
-        row's own layout, so the G rollouts of a row have its length."""
+    def __init__(self, cfg, dcfg, mask_id: int, teacher: torch.nn.Module, kept: Kept | None = None):
+        """kept: what is never masked (protein BOS/EOS/PAD, the first position of text rows): rollouts then start
+        from each real row's kept tokens (a protein row's G rollouts have its length)."""
         self.cfg, self.dcfg, self.mask_id = cfg, dcfg, mask_id
-        self.keep_ids = tuple(keep_ids)
+        self.kept = kept or Kept()
         self.teacher = teacher.eval().requires_grad_(False)
         self.schedule = LogLinearSchedule(cfg.diffusion.eps)
         dcfg.validate()
@@ -134,6 +134,7 @@ class DiDiInstruct:
         rank_seeds = torch.randint(0, 2**62, (world,), generator=generator)
         noise_fake = torch.rand(n_glob, length, generator=generator)
         noise_real = torch.rand(n_glob, length, generator=generator)
+        pick = torch.rand(n_glob, generator=generator)  # reward_states="path": which state the discriminator trains on
         rng = np.random.default_rng(np_seed)
         tau = np.clip(rng.beta(d.tau_a, d.tau_b, size=n_glob), d.tau_min, d.tau_max)
         tau_real = np.clip(rng.beta(d.tau_a, d.tau_b, size=n_glob), d.tau_min, d.tau_max)
@@ -145,29 +146,28 @@ class DiDiInstruct:
             "tau": torch.from_numpy(tau[sl]).float().to(device),
             "tau_real": torch.from_numpy(tau_real[sl]).float().to(device),
             "noise_fake": noise_fake[sl].to(device), "noise_real": noise_real[sl].to(device), "gen": rgen,
+            "pick": pick[sl].to(device),
         }
 
     def times(self, tau: torch.Tensor) -> torch.Tensor:
-        """The rollout grid per row [N, k+1]: 1 -> tau -> linspace(tau, t_end, k)[1:], or 1 -> t_end."""
+        """The rollout grid per row [N, k+1]: 1 -> tau -> linspace(tau, t_end, k)[1:], or 1 -> t_end, or (grid
+        "uniform") the k-step sampler's linspace(1, t_end, k + 1)."""
         d = self.dcfg
         n = tau.shape[0]
         if not d.score_decomposition:
             return torch.tensor([1.0, d.t_end], device=tau.device).expand(n, 2).clone()
+        if d.rollout_grid == "uniform":
+            return torch.linspace(1.0, d.t_end, d.student_steps + 1, device=tau.device).expand(n, -1).clone()
         frac = torch.linspace(0, 1, d.student_steps, device=tau.device)  # k-1 steps from tau to t_end
         tail = tau[:, None] + (d.t_end - tau[:, None]) * frac[None]
         return torch.cat([torch.ones(n, 1, device=tau.device), tail], 1)
 
     # -- rollout ---------------------------------------------------------------------------------------
-    def kept(self, x: torch.Tensor) -> torch.Tensor:
-        keep = torch.zeros_like(x, dtype=torch.bool)
-        for i in self.keep_ids:
-            keep |= x == i
-        return keep
-
     @torch.no_grad()
     def rollout(self, student, n: int, length: int, grid: torch.Tensor, gen, device,
-                init: torch.Tensor | None = None):
-        """Student ancestral rollout without gradient, from all masks (or from `init`, masks and kept tokens).
+                init: torch.Tensor | None = None, shared_first: bool = True):
+        """Student ancestral rollout without gradient, from all masks (or from `init`, masks and kept tokens; with
+        `shared_first` every row starts the same, so the first forward runs on one row).
         Returns x̂0, the pre-step states, and per step the positions whose token this step decided (and whose
         log-prob counts)."""
         mask = self.mask_id
@@ -177,7 +177,7 @@ class DiDiInstruct:
         for j in range(k):
             t, s = grid[:, j], grid[:, j + 1]
             states.append(z.clone())
-            if j == 0 and init is None:  # every row is the same all-masked sequence: one row suffices
+            if j == 0 and shared_first:  # every row is the same first state: one row suffices
                 logits = student(z[:1], self.schedule.sigma(t[:1])).float().expand(n, -1, -1)
             else:
                 logits = student(z, self.schedule.sigma(t)).float()
@@ -211,16 +211,16 @@ class DiDiInstruct:
         draws = self.draw(generator, ctx.global_batch, L, ctx.dist.rank, ctx.dist.world, device)
         tau, gen = draws["tau"], draws["gen"]
         student_part, disc_part = ctx.parts["student"], ctx.parts["discriminator"]
-        student, disc = student_part.module, disc_part.module
+        student = student_part.module
 
         # 3. rollout (no gradient)
         grid = self.times(tau)
         init = None
-        if self.keep_ids:  # each real row's layout (BOS, EOS, PAD kept), G times
+        if self.kept:  # each real row's kept tokens (BOS, EOS, PAD; the first position), G times
             init = torch.where(self.kept(x), x, torch.full_like(x, mask)).repeat_interleave(G, 0)
-        shared_first = init is None
+        shared_first = init is None or bool((init == init[:1]).all())  # one all-masked first state for every row
         with ctx.autocast():
-            x_hat, states, decided = self.rollout(student, N, L, grid, gen, device, init)
+            x_hat, states, decided = self.rollout(student, N, L, grid, gen, device, init, shared_first)
 
         # real side
         if d.real == "teacher":
@@ -230,56 +230,22 @@ class DiDiInstruct:
         else:
             real = x
         real = real.repeat_interleave(G, 0)
-        tau_r = tau if d.coupled_time else draws["tau_real"]
-
-        # 4. noise both sides with alpha_tau
         noise_fake, noise_real = draws["noise_fake"], draws["noise_real"]
-        if self.keep_ids:  # noise 0 < alpha: kept tokens stay on both sides
+        if self.kept:  # noise 0 < alpha: kept tokens stay
             noise_fake = noise_fake.masked_fill(self.kept(x_hat), 0)
             noise_real = noise_real.masked_fill(self.kept(real), 0)
-        z_fake = mask_tokens(x_hat, sched.alpha(tau), mask, noise_fake)
-        z_real = mask_tokens(real, sched.alpha(tau_r), mask, noise_real)
-        m_fake, m_real = z_fake == mask, z_real == mask
-        sig_f, sig_r = sched.sigma(tau), sched.sigma(tau_r)
 
-        # 5. discriminator update
-        with ctx.autocast():
-            logits = disc_part.wrapped(torch.cat([z_real, z_fake]), torch.cat([sig_r, sig_f])).float()
-        l_real, l_fake = logits[:N], logits[N:]
-        disc_loss = discriminator_loss(l_real, l_fake, m_real, m_fake, d.label_smoothing)
-        with torch.no_grad():
-            correct = ((l_real > 0) & m_real).sum() + ((l_fake < 0) & m_fake).sum()
-            disc_acc = correct.float() / (m_real.sum() + m_fake.sum()).clamp_min(1).float()
-        disc_grad = ctx.update("discriminator", disc_loss)
-
-        # 6. reward with the updated discriminator
-        with torch.no_grad():
-            was = disc.training
-            disc.eval()
-            with ctx.autocast():
-                lr_ = disc(z_fake, sig_f).float().clamp(-d.reward_clip, d.reward_clip)
-            disc.train(was)
-            count = m_fake.sum(1)
-            r = (lr_ * m_fake).sum(1) / count.clamp_min(1)
-            valid = count > 0
-
-        metrics = {"disc_loss": disc_loss.detach(), "disc_acc": disc_acc, "reward_mean": r.mean(),
-                   "disc_grad_norm": torch.tensor(disc_grad)}
+        # 4-6. discriminator update and rewards -> advantage of every rollout step's decisions [N, k]
+        if d.reward_states == "path":
+            adv_steps, metrics = self._path_rewards(ctx, states, x_hat, grid, real, noise_real, draws["pick"])
+        else:
+            adv_steps, metrics = self._final_rewards(ctx, x_hat, real, tau, draws["tau_real"], noise_fake, noise_real,
+                                                     len(states))
         done = disc_part.scheduler.last_epoch  # iterations completed so far (the discriminator trains every one)
         if done <= d.disc_only_steps:
             zero = torch.zeros((), device=device)
             metrics.update(loss=zero, pg=zero, kl=zero, entropy=zero, logp=zero, grad_norm=zero)
             return {k: float(ctx.all_mean(torch.as_tensor(v, device=device).float())) for k, v in metrics.items()}
-
-        # 7. advantages
-        if d.group_norm:
-            adv = group_normalize(r, G, d.adv_clip, valid=valid)
-        else:
-            adv = (r - ctx.all_mean(r.mean())) * valid
-        # 8. time weight
-        w = time_weight(tau, sched, d.w_min, d.w_max) if d.time_weight else torch.ones_like(tau)
-        if d.importance_weight:
-            w = w / beta_pdf(tau, d.tau_a, d.tau_b).clamp_min(1e-6)
 
         # 9. student loss: one forward over the distinct rollout states (x_1 once, then N rows per later step)
         if shared_first:
@@ -292,7 +258,7 @@ class DiDiInstruct:
             s_logits = student_part.wrapped(inputs, sched.sigma(t_in))
         with torch.no_grad(), ctx.autocast():
             t_logits = self.teacher(inputs, sched.sigma(t_in))
-        logp_rows = torch.zeros(N, device=device)
+        logp_steps = []
         kl_total = torch.zeros((), device=device)
         ent_sum, ent_count = torch.zeros((), device=device), 0.0
         offset = 1 if shared_first else 0
@@ -315,15 +281,91 @@ class DiDiInstruct:
                 kl_j = (kl_pos * m).sum() / m.sum().clamp_min(1)
                 ent_sum = ent_sum + (ent_pos * m).sum()
                 ent_count += float(m.sum())
-            logp_rows = logp_rows + (picked * dec_j.float()).sum(1)
+            logp_steps.append((picked * dec_j.float()).sum(1))
             kl_total = kl_total + d.kl_step_weight * kl_j
         entropy = ent_sum / max(ent_count, 1.0)
-        pg = policy_gradient_loss(logp_rows, adv, w)
+        logp_steps = torch.stack(logp_steps, 1)  # [N, k]
+        logp_rows = logp_steps.sum(1)
+        pg = policy_gradient_loss(logp_steps, adv_steps) * logp_steps.shape[1]  # mean over rows of the step sum
         loss = pg + d.kl_beta * kl_total - d.entropy_beta * entropy
         grad_norm = ctx.update("student", loss)
         metrics.update(loss=loss.detach(), pg=pg.detach(), kl=kl_total.detach(), entropy=entropy.detach(),
                        logp=logp_rows.detach().mean(), grad_norm=torch.tensor(grad_norm))
         return {k: float(ctx.all_mean(torch.as_tensor(v, device=device).float())) for k, v in metrics.items()}
+
+    def _disc_update(self, ctx, z_real, z_fake, sig_r, sig_f, m_real, m_fake) -> dict:
+        """One discriminator step on the two sides (BCE with label smoothing over the counted positions)."""
+        N = z_fake.shape[0]
+        with ctx.autocast():
+            logits = ctx.parts["discriminator"].wrapped(torch.cat([z_real, z_fake]), torch.cat([sig_r, sig_f])).float()
+        l_real, l_fake = logits[:N], logits[N:]
+        disc_loss = discriminator_loss(l_real, l_fake, m_real, m_fake, self.dcfg.label_smoothing)
+        with torch.no_grad():
+            correct = ((l_real > 0) & m_real).sum() + ((l_fake < 0) & m_fake).sum()
+            disc_acc = correct.float() / (m_real.sum() + m_fake.sum()).clamp_min(1).float()
+        disc_grad = ctx.update("discriminator", disc_loss)
+        return {"disc_loss": disc_loss.detach(), "disc_acc": disc_acc, "disc_grad_norm": torch.tensor(disc_grad)}
+
+    @torch.no_grad()
+    def _rewards(self, ctx, z: torch.Tensor, sigma: torch.Tensor, counted: torch.Tensor) -> torch.Tensor:
+        """Per row: the updated discriminator's clipped logit (eval mode) averaged over the counted positions."""
+        disc = ctx.parts["discriminator"].module
+        was = disc.training
+        disc.eval()
+        with ctx.autocast():
+            logits = disc(z, sigma).float().clamp(-self.dcfg.reward_clip, self.dcfg.reward_clip)
+        disc.train(was)
+        return (logits * counted).sum(1) / counted.sum(1).clamp_min(1)
+
+    def _advantage(self, ctx, r: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        d = self.dcfg
+        if d.group_norm:
+            return group_normalize(r, d.group, d.adv_clip, valid=valid)
+        return (r - ctx.all_mean(r.mean())) * valid
+
+    def _final_rewards(self, ctx, x_hat, real, tau, tau_real, noise_fake, noise_real, k: int):
+        """The paper's reward: x̂0 and the real rows masked with alpha_tau (coupled time), the discriminator judges
+        the masked positions; one advantage per rollout (times w(tau)) for the decisions of every step."""
+        d, mask, sched = self.dcfg, self.mask_id, self.schedule
+        tau_r = tau if d.coupled_time else tau_real
+        z_fake = mask_tokens(x_hat, sched.alpha(tau), mask, noise_fake)
+        z_real = mask_tokens(real, sched.alpha(tau_r), mask, noise_real)
+        m_fake, m_real = z_fake == mask, z_real == mask
+        sig_f = sched.sigma(tau)
+        metrics = self._disc_update(ctx, z_real, z_fake, sched.sigma(tau_r), sig_f, m_real, m_fake)
+        r = self._rewards(ctx, z_fake, sig_f, m_fake)
+        metrics["reward_mean"] = r.mean()
+        adv = self._advantage(ctx, r, m_fake.any(1))
+        w = time_weight(tau, sched, d.w_min, d.w_max) if d.time_weight else torch.ones_like(tau)
+        if d.importance_weight:
+            w = w / beta_pdf(tau, d.tau_a, d.tau_b).clamp_min(1e-6)
+        return (w * adv)[:, None].expand(-1, k), metrics
+
+    def _path_rewards(self, ctx, states, x_hat, grid, real, noise_real, pick):
+        """Rewards on the rollout's own states: the state after each step s (z_{t_{s+1}}, the last one x̂0) against
+        real rows masked to the same time, every position judged. The discriminator trains on one state per row
+        (drawn uniformly); the rewards of all k states give each step's decisions the reward-to-go
+        sum_{s' >= s} r_{s'} (path_credit "togo") or the reward of the state it made ("step"), normalized per step
+        within the group."""
+        mask, sched = self.mask_id, self.schedule
+        post = torch.stack(states[1:] + [x_hat])  # [k, N, L]
+        k, N, L = post.shape
+        t_post = grid[:, 1:].clone()  # [N, k]
+        t_post[:, -1] = 0.0  # x̂0 has no mask left (the fill): its real counterpart is unmasked data
+        rows = torch.arange(N, device=post.device)
+        j = (pick * k).long().clamp_max(k - 1)
+        t_j = t_post[rows, j]
+        z_real = mask_tokens(real, sched.alpha(t_j), mask, noise_real)
+        every = torch.ones_like(z_real, dtype=torch.bool)
+        sig_j = sched.sigma(t_j)
+        metrics = self._disc_update(ctx, z_real, post[j, rows], sig_j, sig_j, every, every)
+        r = self._rewards(ctx, post.reshape(k * N, L), sched.sigma(t_post.T.reshape(-1)),
+                          torch.ones(k * N, L, device=post.device)).reshape(k, N).T  # [N, k]
+        metrics["reward_mean"] = r.mean()
+        togo = r.flip(1).cumsum(1).flip(1) if self.dcfg.path_credit == "togo" else r
+        valid = torch.ones(N, dtype=torch.bool, device=post.device)
+        adv = torch.stack([self._advantage(ctx, togo[:, s], valid) for s in range(k)], 1)
+        return adv, metrics
 
     # -- validation and exports ------------------------------------------------------------------------
     @torch.no_grad()
