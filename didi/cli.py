@@ -11,8 +11,8 @@ from .errors import DidiError
 
 
 def _common_train_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--preset", help="named config preset (tiny, small, medium, protein-tiny, protein-small, test; "
-                                    "default tiny, or protein-tiny with --domain protein)")
+    p.add_argument("--preset", help="named config preset (tiny, lang-tiny, small, medium, protein-tiny, protein-small, "
+                                    "test; default tiny, or protein-tiny with --domain protein)")
     p.add_argument("--domain", choices=["text", "protein"],
                    help="protein: FASTA data, one sequence per row, the amino-acid tokenizer")
     p.add_argument("--data", help="training data: .txt/.jsonl file, a directory, or hf:NAME[:CONFIG]")
@@ -136,7 +136,9 @@ def cmd_distill(args) -> None:
 
             teacher_preset = RunConfig.load(check_run_dir(args.teacher) / CONFIG).preset
             small = teacher_preset in ("tiny", "test")
-            if args.method == "sdtt":
+            if teacher_preset == "lang-tiny":
+                name = "sdtt-lang" if args.method == "sdtt" else "lang"
+            elif args.method == "sdtt":
                 name = "sdtt-tiny" if small else "sdtt"
             else:
                 name = "tiny" if small else "paper"
@@ -287,8 +289,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="real data for the discriminator (default: the teacher's training data)")
     p.add_argument("--out", required=True, help="student run directory to create (or to continue with --resume)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
-    p.add_argument("--preset", help="distill preset: tiny, paper, sdtt-tiny or sdtt (default: by --method and the "
-                                    "teacher's size)")
+    p.add_argument("--preset", help="distill preset: tiny, paper, lang, sdtt-tiny, sdtt-lang or sdtt (default: by "
+                                    "--method and the teacher's preset)")
     p.add_argument("--steps", type=int, help="distill.max_steps")
     p.add_argument("--minutes", type=float, help="train.max_minutes: stop after this much training time")
     p.add_argument("--batch-size", type=int, help="real sequences per step (distill.batch_size)")

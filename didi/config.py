@@ -99,6 +99,15 @@ PRESETS: dict[str, dict] = {
         "model": dict(hidden_dim=256, cond_dim=128, n_blocks=4, n_heads=4, length=128, dropout=0.0),
         "train": dict(batch_size=32, lr=1e-3, warmup_steps=100, max_steps=2000, ema=0.99),
     },
+    # The reference-language recipe (issue 17): the tiny shape on one text per row (EOS-anchored), short rows and a
+    # small BPE, 30 minutes on 2 cores. Texts of the built-in `stories` grammar fit in 48 tokens; set model.length
+    # for a grammar with longer texts (`didi language info` gives the word count).
+    "lang-tiny": {
+        "model": dict(hidden_dim=256, cond_dim=128, n_blocks=4, n_heads=4, length=48, dropout=0.0),
+        "data": dict(tokenizer="bpe:1024", layout="rows"),
+        "train": dict(batch_size=64, lr=1e-3, warmup_steps=100, max_steps=5000, max_minutes=30.0, ema=0.99,
+                      eval_every=500, snapshot_every=500),
+    },
     # The official OpenWebText shape: ~169 M parameters with the GPT-2 vocabulary.
     "small": {
         "model": dict(hidden_dim=768, cond_dim=128, n_blocks=12, n_heads=12, length=1024, dropout=0.1),

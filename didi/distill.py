@@ -62,6 +62,8 @@ class DistillConfig:
     # against real rows masked to its time
     path_credit: str = "togo"  # path: a step's decisions get the rewards of every later state ("togo") or of the
     # state right after the step ("step")
+    reward_credit: str = "sequence"  # path: "sequence" (a row's mean logit credits all its decisions) or "token"
+    # (each decided token is credited with the discriminator's logit at its own position, baseline per position)
     reward_clip: float = 8.0
     group_norm: bool = True  # False: A = r - mean(r)
     adv_clip: float = 3.0
@@ -115,6 +117,10 @@ class DistillConfig:
             raise DidiError("distill: score decomposition needs student_steps >= 2")
         if self.path_credit not in ("togo", "step"):
             raise DidiError(f"distill: path_credit must be 'togo' or 'step', not {self.path_credit!r}")
+        if self.reward_credit not in ("sequence", "token"):
+            raise DidiError(f"distill: reward_credit must be 'sequence' or 'token', not {self.reward_credit!r}")
+        if self.reward_credit == "token" and self.reward_states != "path":
+            raise DidiError("distill: reward_credit='token' needs reward_states='path'")
         if self.reward_states not in ("final", "path"):
             raise DidiError(f"distill: reward_states must be 'final' or 'path', not {self.reward_states!r}")
         if self.rollout_grid not in ("tau", "uniform"):
@@ -130,6 +136,12 @@ DISTILL_PRESETS: dict[str, dict] = {
     "paper": {},
     "tiny": dict(batch_size=8, group=4, student_lr=1e-4, disc_lr=1e-4, warmup_steps=20, disc_only_steps=20,
                  disc_trainable_blocks=2, ema=0.95, max_steps=400),
+    # The reference-language recipe (issue 17; teachers of preset lang-tiny): 4-step rollouts on the 4-step sampler's
+    # grid and rewards on every rollout state (reward-to-go), a lower student lr. bench/results/reference.md measures
+    # it against the paper's defaults (preset tiny).
+    "lang": dict(batch_size=8, group=4, student_lr=3e-5, disc_lr=1e-4, warmup_steps=20, disc_only_steps=20,
+                 disc_trainable_blocks=2, ema=0.95, max_steps=600, student_steps=4, rollout_grid="uniform",
+                 reward_states="path"),
     # SDTT at the scale of spec §6 (7 rounds of 10k steps, 1024 -> 8 steps) and a CPU-sized version.
     # The learning rate stays constant after warm-up (min_lr_ratio=1): a decay spanning all rounds would starve
     # the last rounds, the ones that make the few-step student.
@@ -137,6 +149,9 @@ DISTILL_PRESETS: dict[str, dict] = {
                  min_lr_ratio=1.0),
     "sdtt-tiny": dict(method="sdtt", max_steps=700, batch_size=16, student_lr=1e-4, warmup_steps=20, ema=0.95,
                       min_lr_ratio=1.0),
+    # SDTT for lang-tiny teachers: 5 rounds 128 -> 4 steps (the language's teacher needs 128 steps).
+    "sdtt-lang": dict(method="sdtt", max_steps=5000, batch_size=16, student_lr=1e-4, warmup_steps=20, ema=0.95,
+                      min_lr_ratio=1.0, sdtt_start_steps=128, sdtt_end_steps=4),
 }
 
 

@@ -321,8 +321,9 @@ def test_every_part_can_be_switched_off(teacher, tmp_path):
     assert math.isfinite(result["loss"])
 
 
-def test_path_rewards_on_the_sampler_grid_train_and_resume_exactly(teacher, tmp_path):
-    dcfg = small_dcfg(reward_states="path", rollout_grid="uniform", student_steps=3)
+@pytest.mark.parametrize("credit", ["sequence", "token"])
+def test_path_rewards_on_the_sampler_grid_train_and_resume_exactly(teacher, tmp_path, credit):
+    dcfg = small_dcfg(reward_states="path", rollout_grid="uniform", student_steps=3, reward_credit=credit)
     extra = ["train.eval_every=0", "train.save_every=0", "train.log_every=1"]
     a, b = tmp_path / "a", tmp_path / "b"
     distill(teacher, a, dcfg, overrides=extra, progress=False)
@@ -357,7 +358,7 @@ def test_path_advantages_credit_each_step_with_its_reward_to_go():
     m._disc_update = lambda *a, **k: {}
     rewards = {}
     m._rewards = lambda ctx, z, sigma, counted: rewards.setdefault("r", torch.tensor(
-        [1.0, 3.0, 0.0, 2.0, 5.0, 5.0]))  # [k*N] with k=3 states, N=2 rows: state-major
+        [1.0, 3.0, 0.0, 2.0, 5.0, 5.0])[:, None].expand(-1, 4))  # [k*N, L] with k=3 states, N=2 rows: state-major
     states = [torch.full((2, 4), 9), torch.zeros(2, 4, dtype=torch.long), torch.ones(2, 4, dtype=torch.long)]
     grid = torch.tensor([[1.0, 0.6, 0.3, 0.001]] * 2)
     adv, _ = m._path_rewards(Ctx(), states, torch.ones(2, 4, dtype=torch.long), grid, torch.ones(2, 4).long(),
@@ -367,6 +368,18 @@ def test_path_advantages_credit_each_step_with_its_reward_to_go():
     assert torch.allclose(r.flip(1).cumsum(1).flip(1), togo)
     assert torch.allclose(adv, togo - togo.mean(0))  # group_norm off: minus the batch mean, per step
 
+    # token credit: each position its own reward-to-go, minus the mean over rows at that (step, position)
+    d.reward_credit, d.adv_clip = "token", 100.0
+    r_tok = torch.randn(3 * 2, 4)  # [k*N, L]
+    m._rewards = lambda ctx, z, sigma, counted: r_tok
+    adv, _ = m._path_rewards(Ctx(), states, torch.ones(2, 4, dtype=torch.long), grid, torch.ones(2, 4).long(),
+                             torch.rand(2, 4), torch.rand(2))
+    per = r_tok.reshape(3, 2, 4).transpose(0, 1)  # [N, k, L]
+    togo = per.flip(1).cumsum(1).flip(1)
+    centered = togo - togo.mean(0, keepdim=True)
+    assert adv.shape == (2, 3, 4)
+    assert torch.allclose(adv, centered / centered.pow(2).mean((0, 2), keepdim=True).sqrt(), atol=1e-5)
+
 
 def test_distill_bad_input(teacher, tmp_path):
     with pytest.raises(DidiError, match="does not exist"):
@@ -375,6 +388,8 @@ def test_distill_bad_input(teacher, tmp_path):
         distill(teacher, tmp_path / "o", small_dcfg(real="teachers"), progress=False)
     with pytest.raises(DidiError, match="reward_states must be"):
         distill(teacher, tmp_path / "o", small_dcfg(reward_states="all"), progress=False)
+    with pytest.raises(DidiError, match="reward_credit='token' needs"):
+        distill(teacher, tmp_path / "o", small_dcfg(reward_credit="token"), progress=False)
     with pytest.raises(DidiError, match="rollout_grid must be"):
         distill(teacher, tmp_path / "o", small_dcfg(rollout_grid="cosine"), progress=False)
     with pytest.raises(DidiError, match="already holds a run"):

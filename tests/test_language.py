@@ -211,3 +211,34 @@ def test_cli_write_check_score(tmp_path):
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "recursive" in r.stderr
     r = didi("language", "check", "stories", "--num", "200")
     assert r.returncode == 0 and json.loads(r.stdout)["ok"]
+
+
+def test_end_to_end_write_train_distil_score(tmp_path):
+    """The reference-language path at test size: a corpus from a grammar, a teacher on text rows, a few DiDi
+    iterations with the `lang` recipe (path rewards; here with token credit), every model judged exactly by the grammar."""
+    import didi
+    from didi.config import preset
+    from didi.distill import distill, distill_preset
+    from didi.evaluation.evaluate import evaluate
+
+    g = tmp_path / "tiny.grammar"
+    g.write_text(TINY)
+    corpus = tmp_path / "c.jsonl"
+    from didi.language import write_corpus
+
+    write_corpus(Grammar.load(str(g)), 300, 0, corpus)
+    cfg = preset("test", [f"data.source={corpus}", "data.layout=rows", f"data.cache_dir={tmp_path / 'cache'}",
+                          "model.length=24", "train.max_steps=20", "train.eval_every=0", "data.tokenizer=bpe:300"])
+    didi.train(cfg, tmp_path / "teacher", progress=False)
+    assert preset("lang-tiny").data.layout == "rows"
+    dcfg = distill_preset("lang", ["max_steps=3", "batch_size=2", "group=2", "disc_only_steps=1", "reward_credit=token"])
+    assert (dcfg.reward_states, dcfg.rollout_grid, dcfg.student_steps) == ("path", "uniform", 4)
+    result = distill(tmp_path / "teacher", tmp_path / "student", dcfg, overrides=["train.eval_every=0"],
+                     progress=False)
+    assert math.isfinite(result["loss"]) and result["pg"] != 0
+    report = evaluate(str(tmp_path / "student"), [2, 4], num=16, judge=f"grammar:{g}", out=tmp_path / "eval",
+                      progress=False)
+    rows = json.loads(report["json"].read_text())["rows"]
+    assert [r["steps"] for r in rows] == [2, 4]
+    assert all(0.0 <= r["valid_sentences"] <= 1.0 and r["nfe"] <= r["steps"] for r in rows)
+    assert distill_preset("sdtt-lang").sdtt_end_steps == 4

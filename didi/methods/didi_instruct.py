@@ -281,12 +281,15 @@ class DiDiInstruct:
                 kl_j = (kl_pos * m).sum() / m.sum().clamp_min(1)
                 ent_sum = ent_sum + (ent_pos * m).sum()
                 ent_count += float(m.sum())
-            logp_steps.append((picked * dec_j.float()).sum(1))
+            logp_steps.append(picked * dec_j.float())  # [N, L]: the log-probs of this step's decisions
             kl_total = kl_total + d.kl_step_weight * kl_j
         entropy = ent_sum / max(ent_count, 1.0)
-        logp_steps = torch.stack(logp_steps, 1)  # [N, k]
-        logp_rows = logp_steps.sum(1)
-        pg = policy_gradient_loss(logp_steps, adv_steps) * logp_steps.shape[1]  # mean over rows of the step sum
+        logp_tok = torch.stack(logp_steps, 1)  # [N, k, L]
+        logp_rows = logp_tok.sum((1, 2))
+        if adv_steps.dim() == 3:  # token credit: mean over rows of the sum over every decision
+            pg = policy_gradient_loss(logp_tok, adv_steps) * logp_tok.shape[1] * L
+        else:  # one advantage per (row, step): mean over rows of the step sum
+            pg = policy_gradient_loss(logp_tok.sum(2), adv_steps) * logp_tok.shape[1]
         loss = pg + d.kl_beta * kl_total - d.entropy_beta * entropy
         grad_norm = ctx.update("student", loss)
         metrics.update(loss=loss.detach(), pg=pg.detach(), kl=kl_total.detach(), entropy=entropy.detach(),
@@ -307,14 +310,17 @@ class DiDiInstruct:
         return {"disc_loss": disc_loss.detach(), "disc_acc": disc_acc, "disc_grad_norm": torch.tensor(disc_grad)}
 
     @torch.no_grad()
-    def _rewards(self, ctx, z: torch.Tensor, sigma: torch.Tensor, counted: torch.Tensor) -> torch.Tensor:
-        """Per row: the updated discriminator's clipped logit (eval mode) averaged over the counted positions."""
+    def _rewards(self, ctx, z: torch.Tensor, sigma: torch.Tensor, counted: torch.Tensor | None) -> torch.Tensor:
+        """Per row: the updated discriminator's clipped logit (eval mode) averaged over the counted positions
+        (counted=None: the per-position logits [n, L])."""
         disc = ctx.parts["discriminator"].module
         was = disc.training
         disc.eval()
         with ctx.autocast():
             logits = disc(z, sigma).float().clamp(-self.dcfg.reward_clip, self.dcfg.reward_clip)
         disc.train(was)
+        if counted is None:
+            return logits
         return (logits * counted).sum(1) / counted.sum(1).clamp_min(1)
 
     def _advantage(self, ctx, r: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -359,13 +365,28 @@ class DiDiInstruct:
         every = torch.ones_like(z_real, dtype=torch.bool)
         sig_j = sched.sigma(t_j)
         metrics = self._disc_update(ctx, z_real, post[j, rows], sig_j, sig_j, every, every)
-        r = self._rewards(ctx, post.reshape(k * N, L), sched.sigma(t_post.T.reshape(-1)),
-                          torch.ones(k * N, L, device=post.device)).reshape(k, N).T  # [N, k]
-        metrics["reward_mean"] = r.mean()
+        r_tok = self._rewards(ctx, post.reshape(k * N, L), sched.sigma(t_post.T.reshape(-1)), None)
+        r_tok = r_tok.reshape(k, N, L).transpose(0, 1)  # [N, k, L]
+        metrics["reward_mean"] = r_tok.mean()
+        if self.dcfg.reward_credit == "token":
+            return self._token_advantage(ctx, r_tok), metrics
+        r = r_tok.mean(2)  # [N, k]
         togo = r.flip(1).cumsum(1).flip(1) if self.dcfg.path_credit == "togo" else r
         valid = torch.ones(N, dtype=torch.bool, device=post.device)
         adv = torch.stack([self._advantage(ctx, togo[:, s], valid) for s in range(k)], 1)
         return adv, metrics
+
+    def _token_advantage(self, ctx, r_tok: torch.Tensor) -> torch.Tensor:
+        """Token credit [N, k, L]: the token decided at step s and position i gets the discriminator's logit at i in
+        the states from s on ("togo") or in the state s made ("step"), minus that (step, position)'s mean over all
+        rollouts (every rollout starts from the same state, so all N rows are one group), over the step's std."""
+        c = r_tok.flip(1).cumsum(1).flip(1) if self.dcfg.path_credit == "togo" else r_tok
+        c = c.double()
+        mean = ctx.all_mean(c.mean(0, keepdim=True))
+        centered = c - mean
+        std = ctx.all_mean((centered ** 2).mean((0, 2), keepdim=True)).sqrt()
+        clip = self.dcfg.adv_clip
+        return (centered / (std + 1e-8)).clamp(-clip, clip).float()
 
     # -- validation and exports ------------------------------------------------------------------------
     @torch.no_grad()

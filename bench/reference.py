@@ -1,0 +1,153 @@
+"""The reference-language benchmark (issue 17): teacher, AR, DiDi-Instruct and SDTT students on a grammar whose every
+text has an exact probability, judged exactly (valid sentences and texts, NLL per word against the true entropy rate,
+choice entropy against its true value). Stages and rows are cached under --work: a rerun skips what is finished and
+resumes a half-trained stage exactly.
+
+Stages (2 CPU cores; presets lang-tiny, lang, sdtt-lang):
+  corpus      `didi language write GRAMMAR --num 50000 --seed 0`
+  teacher     MDLM, preset lang-tiny (30 minutes, one text per row)
+  ar          causal transformer of the same shape on the same rows and tokenizer (--ar-minutes)
+  didi-sN     DiDi-Instruct student, preset lang, distillation seed N (--didi-minutes each)
+  paper-s0    DiDi-Instruct with the paper's defaults (preset tiny: 2-step tau rollouts, final-state reward)
+  sdtt        SDTT student, preset sdtt-lang (128 -> 4 steps), the same wall-clock as one DiDi student
+Rows (--num samples each, float64 draws, sampling seed --seed): teacher at 1 ... 256 steps, every student at
+1 ... 16 steps, RGAS for the first DiDi seed, AR with a KV cache, and a temperature sweep of the teacher at 4, 8 and
+128 steps and of the students at 4 and 8 (the validity / diversity frontier). Learning curves of each DiDi student
+(validity at 4 and 8 steps against iteration, beside discriminator accuracy and reward) go to curve_<stage>.*.
+
+Usage:
+  python bench/reference.py                               # stories, everything, into runs/reference + bench/results
+  python bench/reference.py --grammar errands --work runs/reference-errands --length 80 --name reference_errands
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from run import _stage_facts, _stage_markdown, stage
+
+import didi
+from didi.config import preset
+from didi.distill import distill, distill_preset
+from didi.evaluation.evaluate import RowCache, RowSpec, git_commit, run_rows, write_reports
+from didi.language import Grammar, write_corpus
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+
+
+def ints(s: str) -> list[int]:
+    return [int(x) for x in s.split(",") if x.strip()]
+
+
+def floats(s: str) -> list[float]:
+    return [float(x) for x in s.split(",") if x.strip()]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--grammar", default="stories", help="a built-in grammar name or a .grammar file")
+    ap.add_argument("--work", default=str(ROOT / "runs" / "reference"))
+    ap.add_argument("--texts", type=int, default=50_000, help="corpus size")
+    ap.add_argument("--length", type=int, default=48, help="model.length (every text must fit)")
+    for name in ("teacher", "ar"):
+        ap.add_argument(f"--{name}", help=f"use this finished run as the {name} stage")
+    ap.add_argument("--teacher-minutes", type=float, default=30.0)
+    ap.add_argument("--ar-minutes", type=float, default=10.0)
+    ap.add_argument("--didi-minutes", type=float, default=25.0)
+    ap.add_argument("--seeds", default="0,1", help="distillation seeds of the DiDi student")
+    ap.add_argument("--no-paper", action="store_true", help="skip the paper-defaults student")
+    ap.add_argument("--no-sdtt", action="store_true")
+    ap.add_argument("--teacher-steps", default="1,2,4,8,16,32,64,128,256")
+    ap.add_argument("--student-steps", default="1,2,4,8,16")
+    ap.add_argument("--temperatures", default="0.9,0.8", help="extra temperatures of the frontier")
+    ap.add_argument("--num", type=int, default=512)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--name", default="reference")
+    ap.add_argument("--out", default=str(RESULTS))
+    args = ap.parse_args()
+
+    work, out = Path(args.work), Path(args.out)
+    work.mkdir(parents=True, exist_ok=True)
+    grammar = Grammar.load(args.grammar)
+    judge = f"grammar:{args.grammar}"
+    corpus = work / "corpus.jsonl"
+    if not corpus.is_file():
+        write_corpus(grammar, args.texts, 0, corpus)
+    base = [f"data.source={corpus}", f"model.length={args.length}", "data.long_sequences=skip"]
+
+    teacher = stage(work, "teacher", args.teacher, lambda o, resume: didi.train(
+        preset("lang-tiny", base + [f"train.max_minutes={args.teacher_minutes}"]), o, resume=resume))
+    ar = stage(work, "ar", args.ar, lambda o, resume: didi.train(
+        preset("lang-tiny", base + [f"data.tokenizer={teacher / 'tokenizer'}", "model.arch=ar",
+                                    f"train.max_minutes={args.ar_minutes}", "train.snapshot_every=0"]),
+        o, resume=resume))
+
+    def student(dpreset: str, seed: int, snapshots: bool):
+        over = [f"train.max_minutes={args.didi_minutes}", f"train.seed={seed}"]
+        over += ["train.snapshot_every=100"] if snapshots else []
+        return lambda o, resume: distill(None if resume else teacher, o, None if resume else distill_preset(dpreset),
+                                         overrides=over, resume=resume)
+
+    students = {f"didi-s{s}": stage(work, f"didi-s{s}", None, student("lang", s, True)) for s in ints(args.seeds)}
+    if not args.no_paper:
+        students["paper-s0"] = stage(work, "paper-s0", None, student("tiny", 0, True))
+    if not args.no_sdtt:
+        students["sdtt"] = stage(work, "sdtt", None, student("sdtt-lang", 0, False))
+    paths = {"teacher": teacher, "ar": ar, **students}
+
+    T = str(teacher)
+    first = f"didi-s{ints(args.seeds)[0]}"
+    specs = [RowSpec("teacher", T, s) for s in ints(args.teacher_steps)]
+    for name, path in students.items():
+        specs += [RowSpec(name, str(path), s) for s in ints(args.student_steps)]
+    specs += [RowSpec("ar", str(ar), args.length, "ar+kv")]
+    specs += [RowSpec(first, str(students[first]), s, "RGAS") for s in (4, 8)]
+    for t in floats(args.temperatures):
+        specs += [RowSpec("teacher", T, s, temperature=t) for s in (4, 8, 128)]
+        specs += [RowSpec(name, str(path), s, temperature=t) for name, path in students.items() for s in (4, 8)]
+
+    cache = RowCache(work / f"{args.name}.rows.jsonl").load()
+    meta = {"judge": judge, "num": args.num, "seed": args.seed, "commit": git_commit(),
+            "grammar": grammar.describe(), "settings": vars(args) | {k: str(v) for k, v in paths.items()},
+            "stages": _stage_facts(paths)}
+    rows = run_rows(specs, num=args.num, seed=args.seed, judge_name=judge, cache=cache, samples_dir=work / "samples")
+    best = max((r for r in rows if r["model"] == "teacher" and r["temperature"] == 1.0 and r["steps"] >= 128),
+               key=lambda r: r["steps"])
+    report = write_reports(rows, out, args.name, meta, best["choice_entropy_ratio"])
+    md = report["markdown"]
+    md.write_text(md.read_text() + "\n" + gap_markdown(rows, best) + "\n" + _stage_markdown(meta["stages"]))
+
+    for name, path in students.items():  # learning curves of the students that kept snapshots
+        if (path / "snapshots").is_dir():
+            subprocess.run([sys.executable, str(Path(__file__).with_name("curve.py")), str(path), "--judge", judge,
+                            "--teacher", T, "--out", str(out), "--name", f"{args.name}_curve_{name}"], check=True)
+    print(md.read_text())
+
+
+def gap_markdown(rows: list[dict], best: dict) -> str:
+    """Share of the teacher's few-step gap each student closes: (student - teacher@k) / (teacher@best - teacher@k)."""
+    t1 = {r["steps"]: r for r in rows if r["model"] == "teacher" and r["temperature"] == 1.0}
+    lines = [f"## Gap closed (valid sentences; the teacher at {best['steps']} steps = "
+             f"{best['valid_sentences']:.3f}, choice entropy {best['choice_entropy_ratio']:.3f})", "",
+             "| model | steps | valid_sentences | teacher at steps | gap closed | choice_entropy_ratio | "
+             "diversity vs teacher best |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if r["model"] == "teacher" or r["sampler"] != "ancestral" or r["temperature"] != 1.0 or r["steps"] not in t1:
+            continue
+        base = t1[r["steps"]]["valid_sentences"]
+        gap = best["valid_sentences"] - base
+        closed = (r["valid_sentences"] - base) / gap if gap > 0 else float("nan")
+        div = r["choice_entropy_ratio"] / best["choice_entropy_ratio"]
+        lines.append(f"| {r['model']} | {r['steps']} | {r['valid_sentences']:.3f} | {base:.3f} | {closed:+.2f} | "
+                     f"{r['choice_entropy_ratio']:.3f} | {div:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(torch.get_num_threads())
+    main()
