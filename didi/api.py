@@ -151,16 +151,21 @@ class Pipeline:
                temperature: float = 1.0, top_p: float = 1.0, prefix: str | None = None, suffix: str | None = None,
                clamp: torch.Tensor | None = None, final_step: str = "argmax", cache: bool | None = None,
                guided: bool = False, rho: float = 0.5, h0: float = 30.0, h1: float = 40.0, candidates: int = 4,
-               progress: bool = False) -> SampleOutput:
+               grid_power: float | None = None, progress: bool = False) -> SampleOutput:
         """Generate `num` sequences. Float64 draws; NFE counted per sequence; text decoded.
 
         guided: reward-guided ancestral sampling (RGAS, `didi.guidance`) with the discriminator saved
         beside a distilled student; `total_evals` then counts its forwards and backwards too.
+        grid_power: the time grid (`sampling.time_grid`); default the run's `diffusion.grid_power` (a student
+        distilled on a grid samples on it).
         """
         if num < 1:
             raise DidiError("num must be >= 1")
         if steps < 1:
             raise DidiError("steps must be >= 1")
+        grid_power = self.config.diffusion.grid_power if grid_power is None else grid_power
+        if grid_power <= 0:
+            raise DidiError(f"grid power must be > 0, not {grid_power}")
         if clamp is None:
             clamp = self.clamp_from_text(num, prefix, suffix)
         batch_size = batch_size or num
@@ -185,11 +190,13 @@ class Pipeline:
                 outs.append(rgas_sample(self.denoiser(), self.discriminator(), n, mcfg.length, steps,
                                         self.tokenizer.mask_id, rho=rho, h0=h0, h1=h1, candidates=candidates,
                                         clamp=c, temperature=temperature, top_p=top_p, final_step=final_step,
-                                        cache=use_cache, generator=gen, device=self.device, progress=progress))
+                                        cache=use_cache, generator=gen, device=self.device, progress=progress,
+                                        grid_power=grid_power))
             else:
                 outs.append(ancestral_sample(self.denoiser(), n, mcfg.length, steps, self.tokenizer.mask_id,
                                              clamp=c, temperature=temperature, top_p=top_p, final_step=final_step,
-                                             cache=use_cache, generator=gen, device=self.device, progress=progress))
+                                             cache=use_cache, generator=gen, device=self.device, progress=progress,
+                                             grid_power=grid_power))
         tokens = torch.cat([o.tokens for o in outs])
         nfe = torch.cat([o.nfe for o in outs])
         total = torch.cat([o.total_evals if o.total_evals is not None else o.nfe for o in outs])

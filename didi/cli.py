@@ -78,7 +78,7 @@ def cmd_sample(args) -> None:
     out = pipe.sample(num=args.num, steps=args.steps, seed=args.seed, batch_size=args.batch_size,
                       temperature=args.temperature, top_p=args.top_p, prefix=args.prefix, suffix=args.suffix,
                       final_step=args.final_step, guided=args.guided, rho=args.rho, h0=args.h0, h1=args.h1,
-                      candidates=args.candidates, progress=not args.quiet)
+                      candidates=args.candidates, grid_power=args.grid_power, progress=not args.quiet)
     from .fasta import is_fasta_path
 
     if args.out and is_fasta_path(args.out):
@@ -167,7 +167,7 @@ def cmd_eval(args) -> None:
                       seed=args.seed, temperatures=tuple(_number_list(args.temperatures, float, "--temperatures")),
                       guided=args.guided, reference=args.reference, target_entropy=args.target_entropy,
                       batch_size=args.batch_size, out=args.out, name=args.name, domain=args.domain,
-                      progress=not args.quiet)
+                      grid_power=args.grid_power, progress=not args.quiet)
     print(report["markdown"].read_text(), end="")
     print("didi: wrote " + ", ".join(str(p) for p in [report["json"], report["markdown"], *report["plots"]]))
 
@@ -270,9 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="didi", description="Fast text generation with masked diffusion LMs.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("demo", help="offline demo: tiny teacher, then a distilled student, compared")
+    p = sub.add_parser("demo", help="offline demo on the reference language: tiny teacher, distilled student, compared")
     p.add_argument("--out", default="runs/demo")
-    p.add_argument("--minutes", type=float, default=4.0, help="teacher training time")
+    p.add_argument("--minutes", type=float, default=5.0, help="teacher training time")
     p.add_argument("--distill-minutes", type=float, default=3.0, help="student distillation time (0: skip)")
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=cmd_demo)
@@ -317,6 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prefix", help="text the samples must start with")
     p.add_argument("--suffix", help="text the samples must end with")
     p.add_argument("--final-step", choices=["argmax", "sample", "none"], default="argmax")
+    p.add_argument("--grid-power", type=float, help="time grid t_i = 1 - (i/steps)^p: p > 1 reveals few tokens first "
+                                                    "(default: the run's diffusion.grid_power, 1 = uniform)")
     p.add_argument("--guided", action="store_true", help="reward-guided ancestral sampling (a distilled student)")
     p.add_argument("--rho", type=float, default=0.5, help="RGAS: share of steps (the last ones) that re-rank")
     p.add_argument("--h0", type=float, default=30.0, help="RGAS: tilt strength at the first step")
@@ -343,6 +345,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--guided", action="store_true", help="also sample with RGAS (a DiDi-Instruct student)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--grid-power", type=float, help="time grid t_i = 1 - (i/steps)^p: p > 1 reveals few tokens first "
+                                                    "(default: the run's diffusion.grid_power, 1 = uniform)")
     p.add_argument("--out", help="report directory (default RUN/eval); finished rows there are reused")
     p.add_argument("--name", default="eval", help="report file stem")
     p.add_argument("--domain", choices=["text", "protein"],

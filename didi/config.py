@@ -28,6 +28,7 @@ class ModelConfig:
 class DiffusionConfig:
     eps: float = 1e-3  # log-linear schedule: alpha_t = 1 - (1 - eps) t
     antithetic: bool = True
+    grid_power: float = 1.0  # the sampler's default time grid: t_i = 1 - (1 - t_min) (i / steps)^p (1: uniform)
 
 
 @dataclass

@@ -37,8 +37,8 @@ class DistillConfig:
     # rollout
     student_steps: int = 2  # ancestral steps 1 -> tau -> ... -> t_end (k > 2: linspace(tau, t_end, k) after tau)
     score_decomposition: bool = True  # False = ablation: one step 1 -> t_end
-    rollout_grid: str = "tau"  # "tau": 1 -> tau -> ... (paper); "uniform": linspace(1, t_end, k + 1), the grid the
-    # k-step sampler uses (tau then only sets the coupled masking level)
+    rollout_grid: str = "tau"  # "tau": 1 -> tau -> ... (paper); "sampler" (alias "uniform"): the k-step sampler's
+    # grid, time_grid(k, t_end, diffusion.grid_power) (tau then only sets the coupled masking level)
     t_end: float = 1e-3
     final_fill: str = "sample"  # masks left after the last step: "sample" (counted in log p) or "argmax"
     tau_a: float = 1.0  # tau ~ Beta(a, b) (Beta(2, 2) in earlier configs)
@@ -123,8 +123,8 @@ class DistillConfig:
             raise DidiError("distill: reward_credit='token' needs reward_states='path'")
         if self.reward_states not in ("final", "path"):
             raise DidiError(f"distill: reward_states must be 'final' or 'path', not {self.reward_states!r}")
-        if self.rollout_grid not in ("tau", "uniform"):
-            raise DidiError(f"distill: rollout_grid must be 'tau' or 'uniform', not {self.rollout_grid!r}")
+        if self.rollout_grid not in ("tau", "sampler", "uniform"):
+            raise DidiError(f"distill: rollout_grid must be 'tau', 'sampler' or 'uniform', not {self.rollout_grid!r}")
         if not 0 < self.tau_min <= self.tau_max < 1:
             raise DidiError("distill: need 0 < tau_min <= tau_max < 1")
 

@@ -24,7 +24,16 @@ import torch
 import torch.nn.functional as F
 
 from .diffusion import LogLinearSchedule
-from .sampling import Denoiser, RowCache, SampleOutput, fill_remaining, initial_state, sample_categorical, unmask_step
+from .sampling import (
+    Denoiser,
+    RowCache,
+    SampleOutput,
+    fill_remaining,
+    initial_state,
+    sample_categorical,
+    time_grid,
+    unmask_step,
+)
 
 
 def h_schedule(k: int, h0: float, h1: float) -> list[float]:
@@ -77,8 +86,9 @@ def rgas_sample(
     generator: torch.Generator | None = None,
     device: torch.device | str = "cpu",
     progress: bool = False,
+    grid_power: float = 1.0,
 ) -> SampleOutput:
-    """Guided ancestral sampling on the grid linspace(1, t_min, steps + 1). Arguments as `ancestral_sample`.
+    """Guided ancestral sampling on the grid `time_grid(steps, t_min, grid_power)`. Arguments as `ancestral_sample`.
 
     rho: share of the steps (at the end) that re-rank `candidates` draws; the first int(steps (1 - rho))
     steps tilt with strength h0 -> h1. cache: reuse a row's last student output while its tokens are
@@ -97,7 +107,7 @@ def rgas_sample(
     z = initial_state(batch_size, length, mask_id, clamp, device)
     rc = RowCache(student, batch_size, mask_id, schedule, cache, device)
     disc_evals = torch.zeros(batch_size, dtype=torch.long)
-    grid = torch.linspace(1.0, t_min, steps + 1, dtype=torch.float64)
+    grid = time_grid(steps, t_min, grid_power)
     k_tilt = int(steps * (1 - rho))
     hs = h_schedule(k_tilt, h0, h1)
 

@@ -158,6 +158,18 @@ def fill_remaining(z: torch.Tensor, logits: torch.Tensor, mask_id: int, final_st
 
 
 @torch.no_grad()
+def time_grid(steps: int, t_min: float, power: float = 1.0) -> torch.Tensor:
+    """The k-step sampler's times [steps + 1], float64, from 1 down to t_min: t_i = 1 - (1 - t_min) (i / steps)^power.
+    power 1 is linspace(1, t_min, steps + 1) (every step reveals the same expected share of tokens); power > 1
+    reveals few tokens in the first steps, when the model knows least, and more in the last ones."""
+    if power <= 0:
+        raise ValueError(f"grid power must be > 0, not {power}")
+    if power == 1.0:
+        return torch.linspace(1.0, t_min, steps + 1, dtype=torch.float64)
+    frac = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64) ** power
+    return 1.0 - (1.0 - t_min) * frac
+
+
 def ancestral_sample(
     denoiser: Denoiser,
     batch_size: int,
@@ -175,8 +187,10 @@ def ancestral_sample(
     generator: torch.Generator | None = None,
     device: torch.device | str = "cpu",
     progress: bool = False,
+    grid_power: float = 1.0,
 ) -> SampleOutput:
-    """Ancestral sampling with `steps` steps on the grid linspace(1, t_min, steps + 1).
+    """Ancestral sampling with `steps` steps on the grid `time_grid(steps, t_min, grid_power)` (linspace(1, t_min,
+    steps + 1) by default).
 
     clamp: optional [B, L] ids, -1 where free; clamped tokens start unmasked and, being carried over,
     never change (prefix, suffix or any positions: infilling).
@@ -193,7 +207,7 @@ def ancestral_sample(
     start = time.perf_counter()
     z = initial_state(batch_size, length, mask_id, clamp, device)
     rc = RowCache(denoiser, batch_size, mask_id, schedule, cache, device)
-    grid = torch.linspace(1.0, t_min, steps + 1, dtype=torch.float64)
+    grid = time_grid(steps, t_min, grid_power)
 
     iterator = range(steps)
     if progress:

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from didi.errors import DidiError
 from didi.language import Grammar, Parser, builtin_names, check, render, score_texts, split_sentences, words_of
@@ -215,7 +216,7 @@ def test_cli_write_check_score(tmp_path):
 
 def test_end_to_end_write_train_distil_score(tmp_path):
     """The reference-language path at test size: a corpus from a grammar, a teacher on text rows, a few DiDi
-    iterations with the `lang` recipe (path rewards; here with token credit), every model judged exactly by the grammar."""
+    iterations with the `lang` recipe (path rewards; here with token credit), judged exactly by the grammar."""
     import didi
     from didi.config import preset
     from didi.distill import distill, distill_preset
@@ -231,11 +232,18 @@ def test_end_to_end_write_train_distil_score(tmp_path):
                           "model.length=24", "train.max_steps=20", "train.eval_every=0", "data.tokenizer=bpe:300"])
     didi.train(cfg, tmp_path / "teacher", progress=False)
     assert preset("lang-tiny").data.layout == "rows"
-    dcfg = distill_preset("lang", ["max_steps=3", "batch_size=2", "group=2", "disc_only_steps=1", "reward_credit=token"])
+    dcfg = distill_preset("lang", ["max_steps=3", "batch_size=2", "group=2", "disc_only_steps=1",
+                                   "reward_credit=token"])
     assert (dcfg.reward_states, dcfg.rollout_grid, dcfg.student_steps) == ("path", "uniform", 4)
-    result = distill(tmp_path / "teacher", tmp_path / "student", dcfg, overrides=["train.eval_every=0"],
-                     progress=False)
+    result = distill(tmp_path / "teacher", tmp_path / "student", dcfg,
+                     overrides=["train.eval_every=0", "diffusion.grid_power=2"], progress=False)
     assert math.isfinite(result["loss"]) and result["pg"] != 0
+    student = didi.load(tmp_path / "student")  # trained on the power-2 grid, it samples on it by default
+    assert student.config.diffusion.grid_power == 2.0
+    from didi.methods.didi_instruct import DiDiInstruct
+
+    grid = DiDiInstruct(student.config, dcfg, student.tokenizer.mask_id, student.model).times(torch.rand(3))
+    assert torch.allclose(grid[0], torch.tensor([1.0, 1 - 0.999 / 16, 1 - 0.999 / 4, 1 - 0.999 * 9 / 16, 1e-3]))
     report = evaluate(str(tmp_path / "student"), [2, 4], num=16, judge=f"grammar:{g}", out=tmp_path / "eval",
                       progress=False)
     rows = json.loads(report["json"].read_text())["rows"]

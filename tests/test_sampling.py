@@ -119,3 +119,28 @@ def test_two_stage_unmask_step_has_the_law_of_the_full_step_distribution():
     assert torch.allclose(freq, q / q.sum(), atol=4e-3)
     with_top_p = unmask_step(logp.expand(n, V + 1), a_t, a_s, mask_id, top_p=0.5, generator=g)
     assert set(with_top_p.unique().tolist()) == {3, mask_id}  # token 3 alone holds half the mass
+
+
+def test_time_grid_power():
+    import pytest
+
+    assert torch.equal(sampling.time_grid(8, 1e-5), torch.linspace(1.0, 1e-5, 9, dtype=torch.float64))
+    g = sampling.time_grid(4, 1e-3, 3.0)
+    assert g.dtype == torch.float64 and g[0] == 1.0 and abs(float(g[-1]) - 1e-3) < 1e-15
+    assert (g[1:] < g[:-1]).all()
+    # expected share revealed by the first step: 1 - t_1 (log-linear, alpha = 1 - t): (1/4)^3 of the tokens
+    assert abs((1 - float(g[1])) / (1 - 1e-3) - 1 / 64) < 1e-12
+    with pytest.raises(ValueError, match="grid power"):
+        sampling.time_grid(4, 1e-3, 0.0)
+
+
+def test_grid_power_moves_reveals_to_the_last_steps():
+    """With p = 3, 4 steps reveal 1/64, 7/64, 19/64, 37/64 of the tokens in expectation; p = 1 a quarter each."""
+    seen = {}
+    for p in (1.0, 3.0):
+        record = []
+        ancestral_sample(random_denoiser(record=record), 64, L, 4, MASK, cache=False, grid_power=p,
+                         generator=torch.Generator().manual_seed(3))
+        masked = [float((z == MASK).float().mean()) for z in record]  # share masked before each step
+        seen[p] = masked[1] if len(masked) > 1 else 0.0
+    assert abs(seen[1.0] - 0.75) < 0.05 and abs(seen[3.0] - (1 - 1 / 64)) < 0.02

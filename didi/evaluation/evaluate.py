@@ -23,8 +23,8 @@ from .metrics import interpolate_at_entropy, mean_unigram_entropy
 
 COLUMNS = ["model", "steps", "sampler", "temperature", "judge_ppl", "entropy", "nfe", "nfe_max", "total_evals",
            "tokens_per_step", "s_per_sample", "tokens_per_s", "seed"]
-GRAMMAR_COLUMNS = ["model", "steps", "sampler", "temperature", "valid_sentences", "valid_texts", "nll_per_word",
-                   "choice_entropy_ratio", "distinct_texts", "entropy", "nfe", "nfe_max", "total_evals",
+GRAMMAR_COLUMNS = ["model", "steps", "sampler", "temperature", "grid_power", "valid_sentences", "valid_texts",
+                   "nll_per_word", "choice_entropy_ratio", "distinct_texts", "entropy", "nfe", "nfe_max", "total_evals",
                    "tokens_per_step", "s_per_sample", "tokens_per_s", "seed"]
 PROTEIN_COLUMNS = ["model", "steps", "sampler", "temperature", "judge_ppl", "entropy", "composition_js", "length_w1",
                    "mean_length", "unique_frac", "mean_pairwise_identity", "novelty_max_identity_mean",
@@ -44,6 +44,7 @@ class RowSpec:
     steps: int
     sampler: str = "ancestral"
     temperature: float = 1.0
+    grid_power: float | None = None  # the sampler's time grid (None: the run's diffusion.grid_power)
 
     def __post_init__(self):
         if self.sampler not in SAMPLERS:
@@ -59,7 +60,8 @@ class RowCache:
 
     @staticmethod
     def key(spec: RowSpec, num: int, seed: int, judge: str) -> str:
-        return json.dumps([spec.model, str(spec.run), spec.steps, spec.sampler, spec.temperature, num, seed, judge])
+        key = [spec.model, str(spec.run), spec.steps, spec.sampler, spec.temperature, num, seed, judge]
+        return json.dumps(key if spec.grid_power is None else key + [spec.grid_power])
 
     def load(self) -> RowCache:
         if self.path.is_file():
@@ -100,7 +102,7 @@ def sample_row(pipe, spec: RowSpec, num: int, seed: int, batch_size: int, progre
         row = {"entropy": mean_unigram_entropy(tokens)}
         return row, pipe.decode(tokens), tokens
     steps = spec.steps
-    kw = dict(temperature=spec.temperature, guided=spec.sampler == "RGAS")
+    kw = dict(temperature=spec.temperature, guided=spec.sampler == "RGAS", grid_power=spec.grid_power)
     pipe.sample(num=2, steps=min(steps, 2), seed=seed + 1, **kw)  # warm-up: allocator, kernels, lazy loads
     out = pipe.sample(num=num, steps=steps, seed=seed, batch_size=batch_size, progress=progress, **kw)
     L = out.tokens.shape[1]
@@ -140,12 +142,15 @@ def run_rows(specs: list[RowSpec], *, num: int, seed: int, judge_name: str, cach
 
             heldout, train = protein_reference(pipe)
             row.update(protein_metrics(texts, heldout, train, seed=seed))
+        grid = pipe.config.diffusion.grid_power if spec.grid_power is None else spec.grid_power
         row.update(model=spec.model, run=str(spec.run), steps=spec.steps, sampler=spec.sampler,
-                   temperature=spec.temperature, seed=seed, num=len(texts), judge=judge_name,
+                   temperature=spec.temperature, grid_power=grid if spec.sampler in ("ancestral", "RGAS") else None,
+                   seed=seed, num=len(texts), judge=judge_name,
                    judge_seconds=time.perf_counter() - start, key=key)
         if samples_dir is not None:
             samples_dir.mkdir(parents=True, exist_ok=True)
             stem = f"{spec.model}.{spec.sampler}.{spec.steps}.T{spec.temperature:g}.seed{seed}".replace(" ", "_")
+            stem += "" if spec.grid_power is None else f".p{spec.grid_power:g}"
             torch.save(tokens.to(torch.int32), samples_dir / f"{stem}.pt")  # all ids: rows can be re-judged later
             (samples_dir / f"{stem}.txt").write_text("\n=====\n".join(texts[:16]) + "\n")
         cache.add(row)
@@ -286,9 +291,11 @@ def write_reports(rows: list[dict], out_dir: Path, name: str, meta: dict, target
 def evaluate(run: str, steps: list[int], *, num: int = 256, judge: str = "smollm2-135m", seed: int = 0,
              temperatures: tuple[float, ...] = (1.0,), guided: bool = False, reference: bool = False,
              target_entropy: float | None = None, batch_size: int = 64, out: str | Path | None = None,
-             name: str = "eval", domain: str | None = None, progress: bool = True) -> dict:
+             name: str = "eval", domain: str | None = None, grid_power: float | None = None,
+             progress: bool = True) -> dict:
     """Evaluate one run at `steps` x `temperatures` (plus RGAS rows with `guided`, the held-out data row with
-    `reference`). The frontier's target entropy defaults to the data row's entropy when there is one."""
+    `reference`). The frontier's target entropy defaults to the data row's entropy when there is one.
+    grid_power: the sampler's time grid for every diffusion row (default: the run's own)."""
     if not steps:
         raise DidiError("eval needs at least one step count (--steps 8,16,...)")
     if any(s < 1 for s in steps):
@@ -297,6 +304,8 @@ def evaluate(run: str, steps: list[int], *, num: int = 256, judge: str = "smollm
         raise DidiError("num must be >= 1")
     if not temperatures or any(t <= 0 for t in temperatures):
         raise DidiError("temperatures must be > 0")
+    if grid_power is not None and grid_power <= 0:
+        raise DidiError(f"grid power must be > 0, not {grid_power}")
     from ..api import load
 
     pipe = load(run)
@@ -310,9 +319,9 @@ def evaluate(run: str, steps: list[int], *, num: int = 256, judge: str = "smollm
     if pipe.config.model.arch == "ar":  # one row per temperature: an AR model writes one token per call
         specs = [RowSpec(label, run, pipe.config.model.length, "ar+kv", t) for t in temperatures]
     else:
-        specs = [RowSpec(label, run, s, "ancestral", t) for s in steps for t in temperatures]
+        specs = [RowSpec(label, run, s, "ancestral", t, grid_power) for s in steps for t in temperatures]
         if guided:
-            specs += [RowSpec(label, run, s, "RGAS", t) for s in steps for t in temperatures]
+            specs += [RowSpec(label, run, s, "RGAS", t, grid_power) for s in steps for t in temperatures]
     if reference:
         specs.insert(0, RowSpec("data", run, 0, "data"))
     cache = RowCache(out_dir / f"{name}.rows.jsonl").load()

@@ -50,7 +50,7 @@ import torch
 import torch.nn.functional as F
 
 from ..diffusion import Kept, LogLinearSchedule, mask_tokens, masked_log_probs, nelbo_terms, nelbo_to_ppl, sample_times
-from ..sampling import ancestral_sample, sample_categorical
+from ..sampling import ancestral_sample, sample_categorical, time_grid
 
 # -- the estimator's pieces, as plain functions (tested on toy problems) -------------------------------
 
@@ -151,13 +151,14 @@ class DiDiInstruct:
 
     def times(self, tau: torch.Tensor) -> torch.Tensor:
         """The rollout grid per row [N, k+1]: 1 -> tau -> linspace(tau, t_end, k)[1:], or 1 -> t_end, or (grid
-        "uniform") the k-step sampler's linspace(1, t_end, k + 1)."""
+        "sampler", alias "uniform") the k-step sampler's grid `time_grid(k, t_end, diffusion.grid_power)`."""
         d = self.dcfg
         n = tau.shape[0]
         if not d.score_decomposition:
             return torch.tensor([1.0, d.t_end], device=tau.device).expand(n, 2).clone()
-        if d.rollout_grid == "uniform":
-            return torch.linspace(1.0, d.t_end, d.student_steps + 1, device=tau.device).expand(n, -1).clone()
+        if d.rollout_grid in ("sampler", "uniform"):
+            grid = time_grid(d.student_steps, d.t_end, self.cfg.diffusion.grid_power).float().to(tau.device)
+            return grid.expand(n, -1).clone()
         frac = torch.linspace(0, 1, d.student_steps, device=tau.device)  # k-1 steps from tau to t_end
         tail = tau[:, None] + (d.t_end - tau[:, None]) * frac[None]
         return torch.cat([torch.ones(n, 1, device=tau.device), tail], 1)
