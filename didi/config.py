@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .errors import DidiError
+from .fileio import atomic_write_text, read_json
 
 
 @dataclass
@@ -79,9 +80,48 @@ class RunConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
-    def save(self, path: str | Path) -> None:
-        from .runs import atomic_write_text
+    def validate(self) -> RunConfig:
+        """Check every value's range and the combinations before any work starts: one error naming the field and
+        what it allows."""
+        m, dif, d, t = self.model, self.diffusion, self.data, self.train
+        checks = [
+            ("model.arch", m.arch in ("dit", "ar"), "dit or ar"),
+            ("model.hidden_dim", m.hidden_dim >= 1, ">= 1"), ("model.cond_dim", m.cond_dim >= 1, ">= 1"),
+            ("model.n_blocks", m.n_blocks >= 1, ">= 1"), ("model.n_heads", m.n_heads >= 1, ">= 1"),
+            ("model.hidden_dim", m.n_heads < 1 or m.hidden_dim % m.n_heads == 0,
+             f"a multiple of model.n_heads ({m.n_heads})"),
+            ("model.length", m.length >= 2, ">= 2"), ("model.dropout", 0.0 <= m.dropout < 1.0, "in [0, 1)"),
+            ("diffusion.eps", 0.0 < dif.eps < 1.0, "in (0, 1)"), ("diffusion.grid_power", dif.grid_power > 0, "> 0"),
+            ("data.valid_fraction", 0.0 <= d.valid_fraction < 1.0, "in [0, 1)"),
+            ("data.domain", d.domain in ("text", "protein"), "text or protein"),
+            ("data.layout", d.layout in ("packed", "rows"), "packed or rows"),
+            ("data.long_sequences", d.long_sequences in ("crop", "skip"), "crop or skip"),
+            ("data.ambiguous", d.ambiguous in ("keep", "map", "skip", "error"), "keep, map, skip or error"),
+            ("train.batch_size", t.batch_size >= 1, ">= 1"), ("train.lr", t.lr > 0, "> 0"),
+            ("train.min_lr_ratio", 0.0 <= t.min_lr_ratio <= 1.0, "in [0, 1]"),
+            ("train.warmup_steps", t.warmup_steps >= 0, ">= 0"), ("train.max_steps", t.max_steps >= 1, ">= 1"),
+            ("train.max_minutes", t.max_minutes >= 0, ">= 0 (0 = no limit)"),
+            ("train.weight_decay", t.weight_decay >= 0, ">= 0"),
+            ("train.betas", len(t.betas) == 2 and all(0.0 <= b < 1.0 for b in t.betas), "two values in [0, 1)"),
+            ("train.grad_clip", t.grad_clip >= 0, ">= 0 (0 = no clipping)"), ("train.ema", 0.0 <= t.ema < 1.0,
+                                                                              "in [0, 1) (0 = no EMA)"),
+            ("train.eval_every", t.eval_every >= 0, ">= 0"), ("train.eval_batches", t.eval_batches >= 1, ">= 1"),
+            ("train.save_every", t.save_every >= 0, ">= 0"), ("train.snapshot_every", t.snapshot_every >= 0, ">= 0"),
+            ("train.log_every", t.log_every >= 1, ">= 1"),
+        ]
+        for name, ok, allowed in checks:
+            if not ok:
+                section, key = name.split(".")
+                raise DidiError(f"{name} = {getattr(getattr(self, section), key)!r} is not allowed: it must be "
+                                f"{allowed}")
+        import math
 
+        for name, v in (("train.lr", t.lr), ("train.max_minutes", t.max_minutes), ("diffusion.eps", dif.eps)):
+            if not math.isfinite(v):
+                raise DidiError(f"{name} must be a finite number, not {v}")
+        return self
+
+    def save(self, path: str | Path) -> None:
         atomic_write_text(Path(path), json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
@@ -90,7 +130,14 @@ class RunConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> RunConfig:
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        d = read_json(path)
+        if not isinstance(d, dict):
+            raise DidiError(f"{path} is damaged: not a didi config (a JSON object); restore it, or delete the run")
+        try:
+            return cls.from_dict(d)
+        except (TypeError, ValueError, KeyError, AttributeError) as e:
+            raise DidiError(f"{path} is damaged or from another program ({type(e).__name__}: {e}); restore it, or "
+                            "delete the run") from None
 
 
 # Presets: model shapes (spec §2) and training settings sized for their hardware.

@@ -196,8 +196,11 @@ def _load_or_build(key: str, docs_fn, tokenizer, cfg: DataConfig, show_progress:
     path, meta_path = directory / f"{key}.bin", directory / f"{key}.json"
     dtype = np.uint16 if tokenizer.model_vocab_size <= 65536 else np.uint32
     if path.is_file() and meta_path.is_file():
-        meta = json.loads(meta_path.read_text())
-        if meta.get("num_tokens") == path.stat().st_size // np.dtype(dtype).itemsize:
+        try:
+            meta = json.loads(meta_path.read_text())
+        except ValueError:  # a damaged cache entry is rebuilt
+            meta = {}
+        if isinstance(meta, dict) and meta.get("num_tokens") == path.stat().st_size // np.dtype(dtype).itemsize:
             return np.memmap(path, dtype=dtype, mode="r")
     _tokenize_to_cache(docs_fn(), tokenizer, path, show_progress, what, rows)
     from .runs import atomic_write_text

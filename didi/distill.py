@@ -98,6 +98,21 @@ class DistillConfig:
     def validate(self) -> None:
         if self.method not in ("didi-instruct", "sdtt"):
             raise DidiError(f"distill: method must be 'didi-instruct' or 'sdtt', not {self.method!r}")
+        ranges = [("student_lr", self.student_lr > 0, "> 0"), ("disc_lr", self.disc_lr > 0, "> 0"),
+                  ("ema", 0.0 <= self.ema < 1.0, "in [0, 1)"), ("warmup_steps", self.warmup_steps >= 0, ">= 0"),
+                  ("min_lr_ratio", 0.0 <= self.min_lr_ratio <= 1.0, "in [0, 1]"),
+                  ("student_clip", self.student_clip >= 0, ">= 0"), ("disc_clip", self.disc_clip >= 0, ">= 0"),
+                  ("label_smoothing", 0.0 <= self.label_smoothing < 0.5, "in [0, 0.5)"),
+                  ("reward_clip", self.reward_clip > 0, "> 0"), ("adv_clip", self.adv_clip > 0, "> 0"),
+                  ("kl_beta", self.kl_beta >= 0, ">= 0"), ("entropy_beta", self.entropy_beta >= 0, ">= 0"),
+                  ("t_end", 0.0 < self.t_end < 1.0, "in (0, 1)"), ("teacher_steps", self.teacher_steps >= 1, ">= 1"),
+                  ("disc_only_steps", self.disc_only_steps >= 0, ">= 0"),
+                  ("disc_trainable_blocks", self.disc_trainable_blocks >= 0, ">= 0"),
+                  ("tau_a", self.tau_a > 0, "> 0"), ("tau_b", self.tau_b > 0, "> 0"),
+                  ("w_min", 0 < self.w_min <= self.w_max, "> 0 and <= w_max")]
+        for name, ok, allowed in ranges:
+            if not ok:
+                raise DidiError(f"distill.{name} = {getattr(self, name)!r} is not allowed: it must be {allowed}")
         if self.method == "sdtt":
             from .methods.sdtt import round_schedule
 
@@ -210,9 +225,9 @@ def distill(teacher: str | Path | None, out: str | Path, dcfg: DistillConfig | N
             raise DidiError(f"override {item!r}: set this through the distill config (DistillConfig)")
     if resume:
         runs.check_run_dir(out)
-        if not (out / runs.CHECKPOINT).is_file():
+        if not runs.has_checkpoint(out):
             raise DidiError(f"cannot resume: {out} has no {runs.CHECKPOINT}")
-        saved = json.loads((out / runs.CONFIG).read_text())
+        saved = runs.read_json(out / runs.CONFIG)
         if "distill" not in saved:
             raise DidiError(f"{out} is not a distillation run (no 'distill' section in {runs.CONFIG})")
         saved_dcfg = DistillConfig.from_dict(saved["distill"])
@@ -240,6 +255,7 @@ def distill(teacher: str | Path | None, out: str | Path, dcfg: DistillConfig | N
     if cfg.model.arch != "dit":
         raise DidiError(f"the teacher must be a masked diffusion model (model.arch dit), not {cfg.model.arch}")
     _train_from_dcfg(cfg, dcfg)
+    cfg.validate()
     teacher = Path(teacher).resolve()
 
     d = init_distributed(cfg.train.device)
@@ -317,5 +333,5 @@ def distill(teacher: str | Path | None, out: str | Path, dcfg: DistillConfig | N
 
 def load_distill_config(run_dir: str | Path) -> DistillConfig | None:
     """The distill section of a run's config.json (None for a run that is not a distillation run)."""
-    saved = json.loads((runs.check_run_dir(run_dir) / runs.CONFIG).read_text())
+    saved = runs.read_json(runs.check_run_dir(run_dir) / runs.CONFIG)
     return DistillConfig.from_dict(saved["distill"]) if "distill" in saved else None

@@ -43,7 +43,9 @@ def load_lengths(run_dir: str | Path | None) -> dict:
     path = Path(run_dir) / LENGTHS if run_dir is not None else None
     if path is None or not path.is_file():
         raise DidiError(f"a protein run needs {LENGTHS} (the training length histogram) in its directory")
-    return json.loads(path.read_text())
+    from .fileio import read_json
+
+    return read_json(path)
 
 
 def draw_lengths(hist: dict, num: int, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -5,22 +5,31 @@ Layout of a run directory:
     tokenizer/             the tokenizer used (so sampling decodes correctly)
     model.safetensors      weights used for sampling (the EMA copy when there is one)
     checkpoint.pt          full training state for --resume (model, EMA, optimizers, RNG, data position)
+    checkpoint.prev.pt     the checkpoint before it (resume falls back to it when the latest is damaged)
     metrics.jsonl          one JSON object per logged step
     snapshots/             with train.snapshot_every: the sampling weights every N steps, for learning curves
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 
 from .config import RunConfig
 from .errors import DidiError
+from .fileio import (  # noqa: F401 (re-exported: the run directory's file helpers)
+    atomic_torch_save,
+    atomic_write_text,
+    load_checkpoint,
+    load_weights,
+    previous_checkpoint,
+    read_json,
+    save_checkpoint,
+    save_weights,
+    truncate_metrics,
+)
 
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
@@ -28,41 +37,6 @@ CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
 TOKENIZER_DIR = "tokenizer"
 SNAPSHOTS = "snapshots"  # step_NNNNNN.safetensors: sampling weights along the run (train.snapshot_every)
-
-
-def _atomic(path: Path, write) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    def write(tmp):
-        with open(tmp, "w") as f:
-            f.write(text)
-    _atomic(path, write)
-
-
-def atomic_torch_save(obj, path: Path) -> None:
-    _atomic(path, lambda tmp: torch.save(obj, tmp))
-
-
-def save_weights(state_dict: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
-    tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
-    _atomic(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
-
-
-def load_weights(path: Path) -> dict[str, torch.Tensor]:
-    if not Path(path).is_file():
-        raise DidiError(f"no weights file at {path}")
-    return load_file(str(path))
 
 
 def build_model(cfg: RunConfig) -> torch.nn.Module:
@@ -85,6 +59,10 @@ class Run:
     config: RunConfig
     tokenizer: object
     model: torch.nn.Module
+
+
+def has_checkpoint(path: Path) -> bool:
+    return (Path(path) / CHECKPOINT).is_file() or previous_checkpoint(Path(path) / CHECKPOINT).is_file()
 
 
 def check_run_dir(path: str | Path) -> Path:

@@ -15,6 +15,7 @@ from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from .errors import DidiError
+from .fileio import atomic_write_text, read_json
 
 EOT = "<|endoftext|>"
 GPT2_SHA256 = {
@@ -68,8 +69,6 @@ class Tokenizer:
         return [self.decode(ids) for ids in batch]
 
     def save(self, directory: str | Path) -> None:
-        from .runs import atomic_write_text
-
         directory = Path(directory)
         atomic_write_text(directory / "tokenizer.json", self.hf.to_str())
         meta = {"kind": self.kind, "eos_id": self.eos_id, "bos_id": self.bos_id, "pad_id": self.pad_id,
@@ -81,8 +80,16 @@ class Tokenizer:
         directory = Path(directory)
         if not (directory / "tokenizer.json").is_file() or not (directory / "didi_tokenizer.json").is_file():
             raise DidiError(f"no saved tokenizer in {directory} (expected tokenizer.json and didi_tokenizer.json)")
-        meta = json.loads((directory / "didi_tokenizer.json").read_text())
-        hf = HFTokenizer.from_file(str(directory / "tokenizer.json"))
+        meta = read_json(directory / "didi_tokenizer.json")
+        if not isinstance(meta, dict) or "kind" not in meta or "eos_id" not in meta:
+            raise DidiError(f"{directory / 'didi_tokenizer.json'} is damaged (no kind / eos_id); restore it, or "
+                            "delete the run")
+        try:
+            hf = HFTokenizer.from_file(str(directory / "tokenizer.json"))
+        except Exception as e:  # the tokenizers library raises a plain Exception for a file it cannot read
+            why = str(e).splitlines()[0][:120] if str(e) else ""
+            raise DidiError(f"{directory / 'tokenizer.json'} is damaged ({type(e).__name__}: {why}); restore it, or "
+                            "delete the run") from None
         return cls(hf, meta["kind"], meta["eos_id"], meta.get("bos_id"), meta.get("pad_id"))
 
     def fingerprint(self) -> str:

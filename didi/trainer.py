@@ -228,11 +228,12 @@ class Trainer:
 
     def resume(self) -> None:
         """Continue from `out/checkpoint.pt` exactly where it stopped."""
-        from .runs import CHECKPOINT
-
-        self.load_state_dict(torch.load(self.out / CHECKPOINT, map_location=self.device, weights_only=False))
+        state, used = runs.load_checkpoint(self.out / runs.CHECKPOINT, map_location=self.device)
+        self.load_state_dict(state)
         if self.dist.main:
-            print(f"didi: resuming {self.out} at step {self.step}")
+            runs.truncate_metrics(self.out / runs.METRICS, self.step)  # rows after the checkpoint are logged again
+            print(f"didi: resuming {self.out} at step {self.step}" + ("" if used.name == runs.CHECKPOINT
+                                                                      else f" (from {used.name})"))
 
     def load_state_dict(self, state: dict) -> None:
         for name, p in self.parts.items():
@@ -252,7 +253,7 @@ class Trainer:
     def save(self) -> None:
         if not self.dist.main:
             return
-        runs.atomic_torch_save(self.state_dict(), self.out / runs.CHECKPOINT)
+        runs.save_checkpoint(self.state_dict(), self.out / runs.CHECKPOINT)  # the one before becomes .prev
         for filename, (part_name, getter) in self.method.exports().items():
             with self.ctx.ema_weights(part_name) as module:
                 runs.save_weights(getter(module), self.out / filename, metadata={"step": str(self.step)})
@@ -303,7 +304,7 @@ class Trainer:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=stop, initial=self.step, desc=f"train {self.method.name}", dynamic_ncols=True)
-        last, v, validated_at = {}, {}, None
+        last, v, validated_at, saved_at = {}, {}, None, None
         tokens_since, time_mark = 0, time.perf_counter()
         while self.step < stop:
             if t.max_minutes and self.elapsed >= t.max_minutes * 60:
@@ -341,6 +342,7 @@ class Trainer:
                         bar.write(f"step {self.step}: " + ", ".join(f"{k} {val:.4g}" for k, val in v.items()))
             if t.save_every and self.step % t.save_every == 0:
                 self.save()
+                saved_at = self.step
             if t.snapshot_every and self.step % t.snapshot_every == 0:
                 self.snapshot()
             if bar is not None:
@@ -351,5 +353,6 @@ class Trainer:
             v = self.validate()
             if v:
                 self.log({"step": self.step, **v})
-        self.save()
+        if saved_at != self.step:  # saving twice would make the previous checkpoint a copy of this one
+            self.save()
         return {**last, **v}

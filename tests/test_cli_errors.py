@@ -1,0 +1,173 @@
+"""A user's mistakes and damaged files through the CLI: every case exits non-zero with one line on stderr, no
+traceback, and changes no file that existed before."""
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import didi
+from didi.cli import main
+from didi.config import preset
+from didi.distill import distill, distill_preset
+from didi.language import Grammar, write_corpus
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("errs")
+    corpus = write_corpus(Grammar.load("stories"), 200, 0, root / "corpus.jsonl")
+    cfg = preset("test", [f"data.source={corpus}", "data.layout=rows", f"data.cache_dir={root / 'cache'}",
+                          "model.length=48", "train.max_steps=4", "train.eval_every=0", "train.save_every=2"])
+    didi.train(cfg, root / "teacher", progress=False)
+    distill(root / "teacher", root / "student", distill_preset("tiny", ["max_steps=2", "batch_size=2", "group=2",
+                                                                        "disc_only_steps=1"]),
+            overrides=["train.eval_every=0"], progress=False)
+    return root
+
+
+def snapshot(root: Path) -> dict:
+    return {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in root.rglob("*") if p.is_file()}
+
+
+def copy_run(runs: Path, name: str, tmp_path: Path) -> Path:
+    dst = tmp_path / name
+    shutil.copytree(runs / name, dst)
+    return dst
+
+
+def truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def run_cli(argv, capsys) -> tuple[int, str]:
+    with pytest.raises(SystemExit) as e:
+        main([str(a) for a in argv])
+    err = capsys.readouterr().err
+    return e.value.code, err
+
+
+# (id, how to damage a copy of a run (or None), argv with {teacher} / {student} / {tmp} placeholders)
+CASES = [
+    ("temperature<0", None, ["sample", "{teacher}", "--temperature", "-1"]),
+    ("top_p>1", None, ["sample", "{teacher}", "--top-p", "1.5"]),
+    ("top_p=0", None, ["sample", "{teacher}", "--top-p", "0"]),
+    ("num=0", None, ["sample", "{teacher}", "--num", "0"]),
+    ("batch_size=0", None, ["sample", "{teacher}", "--batch-size", "0"]),
+    ("steps=0", None, ["sample", "{teacher}", "--steps", "0"]),
+    ("steps=abc", None, ["sample", "{teacher}", "--steps", "abc"]),
+    ("rho>1", None, ["sample", "{teacher}", "--rho", "2"]),
+    ("candidates=0", None, ["sample", "{teacher}", "--candidates", "0"]),
+    ("grid_power=0", None, ["sample", "{teacher}", "--grid-power", "0"]),
+    ("temperature=nan", None, ["sample", "{teacher}", "--temperature", "nan"]),
+    ("train batch 0", None, ["train", "--data", "{corpus}", "--out", "{tmp}/t", "--batch-size", "0"]),
+    ("train lr<0", None, ["train", "--data", "{corpus}", "--out", "{tmp}/t", "--set", "train.lr=-1"]),
+    ("heads", None, ["train", "--data", "{corpus}", "--out", "{tmp}/t", "--preset", "test", "--set",
+                     "model.n_heads=3"]),
+    ("ema>1", None, ["train", "--data", "{corpus}", "--out", "{tmp}/t", "--set", "train.ema=1.5"]),
+    ("layout", None, ["train", "--data", "{corpus}", "--out", "{tmp}/t", "--set", "data.layout=wrap"]),
+    ("dropout=1", None, ["train", "--data", "{corpus}", "--out", "{tmp}/t", "--set", "model.dropout=1"]),
+    ("unknown key", None, ["train", "--data", "{corpus}", "--out", "{tmp}/t", "--set", "train.lrr=1"]),
+    ("bad value type", None, ["train", "--data", "{corpus}", "--out", "{tmp}/t", "--set", "train.max_steps=many"]),
+    ("existing run", None, ["train", "--data", "{corpus}", "--out", "{teacher}"]),
+    ("eval num 0", None, ["eval", "{teacher}", "--num", "0", "--judge", "grammar:stories"]),
+    ("eval steps list", None, ["eval", "{teacher}", "--steps", "4,x", "--judge", "grammar:stories"]),
+    ("wrong domain", None, ["eval", "{teacher}", "--steps", "2", "--domain", "protein"]),
+    ("distill group 0", None, ["distill", "--teacher", "{teacher}", "--out", "{tmp}/d", "--group", "0"]),
+    ("distill smoothing", None, ["distill", "--teacher", "{teacher}", "--out", "{tmp}/d", "--set",
+                                 "distill.label_smoothing=0.7"]),
+    ("distill student lr", None, ["distill", "--teacher", "{teacher}", "--out", "{tmp}/d", "--student-lr", "-1"]),
+    ("language num 0", None, ["language", "write", "stories", "--num", "0", "--out", "{tmp}/c.jsonl"]),
+    ("sample over a file", None, ["sample", "{teacher}", "--num", "1", "--steps", "1", "--out", "{corpus}"]),
+    ("resume no run", None, ["train", "--out", "{tmp}", "--resume"]),
+    ("out under a file", None, ["sample", "{teacher}", "--num", "1", "--steps", "1", "--out", "{corpus}/x.jsonl"]),
+    # damaged files
+    ("weights truncated", ("teacher", lambda r: truncate(r / "model.safetensors")), ["sample", "{run}"]),
+    ("teacher weights truncated", ("teacher", lambda r: truncate(r / "model.safetensors")),
+     ["distill", "--teacher", "{run}", "--out", "{tmp}/d"]),
+    ("config not json", ("teacher", lambda r: (r / "config.json").write_text("{not json")), ["sample", "{run}"]),
+    ("config a list", ("teacher", lambda r: (r / "config.json").write_text("[1, 2]")), ["sample", "{run}"]),
+    ("config wrong shape", ("teacher", lambda r: (r / "config.json").write_text('{"model": 3}')), ["sample", "{run}"]),
+    ("tokenizer damaged", ("teacher", lambda r: (r / "tokenizer" / "tokenizer.json").write_text("garbage")),
+     ["sample", "{run}"]),
+    ("tokenizer meta damaged", ("teacher", lambda r: (r / "tokenizer" / "didi_tokenizer.json").write_text("{")),
+     ["sample", "{run}"]),
+    ("checkpoint truncated, no previous", ("teacher", lambda r: (truncate(r / "checkpoint.pt"),
+                                                                 (r / "checkpoint.prev.pt").unlink())),
+     ["train", "--out", "{run}", "--resume", "--steps", "8"]),
+    ("both checkpoints truncated", ("teacher", lambda r: (truncate(r / "checkpoint.pt"),
+                                                          truncate(r / "checkpoint.prev.pt"))),
+     ["train", "--out", "{run}", "--resume", "--steps", "8"]),
+    ("discriminator truncated", ("student", lambda r: truncate(r / "discriminator.safetensors")),
+     ["sample", "{run}", "--guided", "--steps", "2", "--num", "1"]),
+    ("sample from an AR-less guided teacher", None, ["sample", "{teacher}", "--guided", "--steps", "2"]),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_is_one_line_and_changes_nothing(case, runs, tmp_path, capsys):
+    _, damage, argv = case
+    run = None
+    if damage is not None:
+        name, fn = damage
+        run = copy_run(runs, name, tmp_path)
+        fn(run)
+    before = snapshot(runs) | (snapshot(run) if run is not None else {})
+    subs = {"{teacher}": str(runs / "teacher"), "{student}": str(runs / "student"), "{tmp}": str(tmp_path),
+            "{corpus}": str(runs / "corpus.jsonl"), "{run}": str(run)}
+    argv = [subs.get(a, a) for a in argv]
+    argv = [a.replace("{tmp}", str(tmp_path)).replace("{corpus}", str(runs / "corpus.jsonl")) for a in argv]
+    code, err = run_cli(argv, capsys)
+    assert code not in (0, None), err
+    lines = [x for x in err.splitlines() if x.strip() and not x.startswith("didi: distilling")]
+    assert len(lines) == 1 and lines[0].startswith("didi: error:"), err
+    assert "Traceback" not in err
+    after = snapshot(runs) | (snapshot(run) if run is not None else {})
+    assert {p: h for p, h in after.items() if p in before} == before
+
+
+def test_full_disk_is_one_line(runs, tmp_path, capsys, monkeypatch):
+    import errno
+
+    import didi.fileio as fileio
+
+    def full(path, write):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+    monkeypatch.setattr(fileio, "_atomic", full)
+    code, err = run_cli(["sample", runs / "teacher", "--num", "1", "--steps", "1", "--out", tmp_path / "s.jsonl"],
+                        capsys)
+    assert code == 2 and err.count("\n") == 1 and "No space left on device" in err and "s.jsonl" in err
+    assert not (tmp_path / "s.jsonl").exists()
+
+
+def test_resume_from_a_damaged_latest_checkpoint_uses_the_previous_one_exactly(runs, tmp_path, capsys):
+    """Two checkpoints are kept; with the latest damaged, --resume continues from the one before on the same
+    trajectory as a run that never stopped."""
+    cfg = json.loads((runs / "teacher" / "config.json").read_text())
+    src = cfg["data"]["source"]
+    common = ["--data", src, "--preset", "test", "--set", "data.layout=rows", "--set", "model.length=48",
+              "--set", f"data.cache_dir={cfg['data']['cache_dir']}", "--set", "train.eval_every=0",
+              "--set", "train.save_every=2", "--steps", "6", "--quiet"]
+    main(["train", "--out", str(tmp_path / "full"), *common])
+    from didi.api import train as api_train
+    from didi.config import RunConfig
+
+    partial = tmp_path / "partial"
+    rcfg = RunConfig.load(tmp_path / "full" / "config.json")
+    api_train(rcfg, partial, until_step=4, progress=False)  # checkpoints at steps 2 and 4
+    assert (partial / "checkpoint.pt").is_file() and (partial / "checkpoint.prev.pt").is_file()
+    truncate(partial / "checkpoint.pt")
+    capsys.readouterr()
+    main(["train", "--out", str(partial), "--resume", "--quiet"])
+    out = capsys.readouterr().out
+    assert "checkpoint.prev.pt" in out and "at step 2" in out
+    a, b = load_file(tmp_path / "full" / "model.safetensors"), load_file(partial / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    rows = [json.loads(x) for x in (partial / "metrics.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in rows if "loss" in r]
+    assert steps == [5, 6]  # the step-5 row logged before the damage was dropped on resume, then logged again once
