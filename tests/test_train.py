@@ -152,3 +152,68 @@ def test_text_rows_run_never_masks_the_first_position_and_samples_whole_texts(tm
     t = torch.ones(3)  # everything but the kept position is masked
     terms = nelbo_terms(pipe.model, x, t, noise, LogLinearSchedule(), pipe.tokenizer.mask_id)
     assert (terms[:, 0] == 0).all() and (terms[:, 1:] > 0).all()
+
+
+def _children(pid: int) -> list[int]:
+    from pathlib import Path
+
+    out = []
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit():
+            try:
+                if int((p / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    out.append(int(p.name))
+            except (OSError, IndexError, ValueError):
+                pass
+    return out
+
+
+@pytest.mark.skipif(not __import__("pathlib").Path("/proc").is_dir(), reason="needs /proc to find the workers")
+def test_torchrun_with_a_killed_process_stops_and_resumes_exactly(corpus, tmp_path):
+    """kill -9 one of two torchrun workers: the launcher stops the other, nothing hangs, and --resume (two
+    processes again) ends on the weights of a run that was never interrupted."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    def launch(out, *extra):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+               str(_free_port()), "-m", "didi", "train", "--preset", "test", "--data", str(corpus), "--out", str(out),
+               "--quiet", "--set", f"data.cache_dir={tmp_path / 'cache'}", "--set", "train.eval_every=0",
+               "--set", "train.save_every=10", "--set", "train.log_every=1", "--steps", "200", *extra]
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+    full = launch(tmp_path / "full")
+    assert full.wait(timeout=300) == 0, full.stderr.read()[-2000:]
+    victim_run = tmp_path / "killed"
+    proc = launch(victim_run)
+    deadline = time.time() + 120
+    while time.time() < deadline:  # wait for a checkpoint and some steps past it
+        rows = metrics(victim_run) if (victim_run / "metrics.jsonl").is_file() else []
+        if (victim_run / "checkpoint.pt").is_file() and rows and rows[-1]["step"] >= 25:
+            break
+        time.sleep(0.05)
+    workers = _children(proc.pid)
+    assert len(workers) == 2 and proc.poll() is None, "the run finished before it could be killed"
+    os.kill(workers[1], signal.SIGKILL)
+    assert proc.wait(timeout=120) != 0  # the launcher noticed and stopped the other worker: no hang
+    assert not any(_alive(w) for w in workers)
+    resumed = launch(victim_run, "--resume")
+    assert resumed.wait(timeout=300) == 0, resumed.stderr.read()[-2000:]
+    a, b = load_file(tmp_path / "full" / "model.safetensors"), load_file(victim_run / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    steps = [r["step"] for r in metrics(victim_run) if "loss" in r]
+    assert steps == list(range(1, 201))  # every step logged once: rows past the checkpoint were dropped
+
+
+def _alive(pid: int) -> bool:
+    from pathlib import Path
+
+    stat = Path(f"/proc/{pid}/stat")
+    try:
+        return stat.is_file() and stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
