@@ -76,17 +76,18 @@ def main() -> None:
     if cache_path.is_file():
         for line in cache_path.read_text().splitlines():
             r = json.loads(line)
-            cache[(r["iteration"], r["steps"], r["num"], r["seed"], r["judge"])] = r
+            cache[(r["iteration"], r["steps"], r["num"], r["seed"], r["judge"], r.get("grid_power", 1.0))] = r
     points = snapshots(run)[:: args.every]
     every = points[1][0] - points[0][0] if len(points) > 1 else (points[0][0] if points else 1)
     train = training_metrics(run, every) if (run / runs.METRICS).is_file() else {}
     plan = ([(0, None)] if args.teacher else []) + points
     base = runs.load_run(run, "cpu", weights=str(points[0][1].relative_to(run))) if points else None
+    grid = base.config.diffusion.grid_power if base is not None else 1.0  # the teacher samples on the student's grid
     rows = []
     for it, path in plan:
         pipe = None
         for s in steps:
-            key = (it, s, args.num, args.seed, args.judge)
+            key = (it, s, args.num, args.seed, args.judge, grid)
             if key not in cache:
                 if pipe is None:
                     if path is None:
@@ -95,9 +96,9 @@ def main() -> None:
                         base.model.load_state_dict(runs.load_weights(path), strict=False)
                         pipe = Pipeline(base)
                 with torch.inference_mode():
-                    out = pipe.sample(num=args.num, steps=s, seed=args.seed, batch_size=128)
+                    out = pipe.sample(num=args.num, steps=s, seed=args.seed, batch_size=128, grid_power=grid)
                 r = {"iteration": it, "steps": s, "num": args.num, "seed": args.seed, "judge": args.judge,
-                     **judge.score(out.text)}
+                     "grid_power": grid, **judge.score(out.text)}
                 cache[key] = r
                 with cache_path.open("a") as f:
                     f.write(json.dumps(r) + "\n")
@@ -106,9 +107,10 @@ def main() -> None:
             rows.append({**cache[key], **train.get(it, {})})
     out_dir = Path(args.out)
     settings = dict(vars(args))
-    path = write_results(name, rows, settings, COLUMNS, "Each row: the snapshot at `iteration` sampled at `steps` "
-                         f"(float64 draws, seed {args.seed}, {args.num} samples), judged by {args.judge}; training "
-                         "metrics are means over the iterations since the previous snapshot.", out_dir=out_dir)
+    note = (f"Each row: the snapshot at `iteration` sampled at `steps` on the time grid of power {grid:g} (float64 "
+            f"draws, seed {args.seed}, {args.num} samples), judged by {args.judge}; training metrics are means over "
+            "the iterations since the previous snapshot.")
+    path = write_results(name, rows, settings, COLUMNS, note, out_dir=out_dir)
     plot(rows, steps, path.with_suffix(".png"), name)
     print(path.read_text())
 

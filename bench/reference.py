@@ -62,6 +62,7 @@ def main() -> None:
     ap.add_argument("--ar-minutes", type=float, default=10.0)
     ap.add_argument("--didi-minutes", type=float, default=25.0)
     ap.add_argument("--seeds", default="0,1", help="distillation seeds of the DiDi student")
+    ap.add_argument("--uniform-seeds", help="seeds of the uniform-grid DiDi student (default: --seeds)")
     ap.add_argument("--grid-powers", default="1", help="sampler grid powers (1 = uniform); each P > 1 adds teacher "
                                                         "rows and DiDi students on that grid")
     ap.add_argument("--no-paper", action="store_true", help="skip the paper-defaults student")
@@ -97,7 +98,8 @@ def main() -> None:
         return lambda o, resume: distill(None if resume else teacher, o, None if resume else distill_preset(dpreset),
                                          overrides=over, resume=resume)
 
-    students = {f"didi-s{s}": stage(work, f"didi-s{s}", None, student("lang", s, True)) for s in ints(args.seeds)}
+    useeds = ints(args.uniform_seeds if args.uniform_seeds is not None else args.seeds)
+    students = {f"didi-s{s}": stage(work, f"didi-s{s}", None, student("lang", s, True)) for s in useeds}
     powers = [p for p in floats(args.grid_powers) if p != 1.0]
     for p in powers:
         for s in ints(args.seeds):
@@ -109,7 +111,7 @@ def main() -> None:
     paths = {"teacher": teacher, "ar": ar, **students}
 
     T = str(teacher)
-    first = f"didi-s{ints(args.seeds)[0]}"
+    first = f"didi-s{useeds[0]}"
     specs = [RowSpec("teacher", T, s) for s in ints(args.teacher_steps)]
     specs += [RowSpec(f"teacher p{p:g}", T, s, grid_power=p) for p in powers for s in ints(args.teacher_steps)]
     for name, path in students.items():
