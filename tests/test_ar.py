@@ -121,3 +121,21 @@ def test_ar_loss_decreases():
         loss.backward()
         opt.step()
     assert ar_loss(model, x, BOS).item() < 0.5 * first
+
+
+def test_text_rows_padding_after_the_closing_eos_is_not_scored():
+    """Rows are EOS, text, EOS, EOS padding: with end_id the loss scores the text and its closing EOS only, so an
+    AR model never learns EOS -> EOS (which at the row's start would end the text before it begins)."""
+    import torch.nn.functional as F
+
+    model = tiny().eval()
+    eos = BOS
+    x = torch.tensor([[eos, 3, 4, 5, eos, eos, eos, eos], [eos, 6, 7, eos, eos, eos, eos, eos]])
+    y = x.clone()
+    y[0, 5:], y[1, 4:] = 9, 2  # other padding: not scored, so the same loss
+    assert torch.allclose(ar_loss(model, x, BOS, end_id=eos), ar_loss(model, y, BOS, end_id=eos))
+    inp = torch.cat([torch.full_like(x[:, :1], BOS), x[:, :-1]], 1)
+    nll = F.cross_entropy(model(inp).float().transpose(1, 2), x, reduction="none")
+    scored = torch.tensor([[1, 1, 1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 0, 0, 0, 0]], dtype=torch.bool)
+    assert torch.allclose(ar_loss(model, x, BOS, end_id=eos), nll[scored].mean())
+    assert not torch.allclose(ar_loss(model, x, BOS), nll[scored].mean())

@@ -17,13 +17,24 @@ class AR(SingleModelMethod):
         self.cfg = cfg
         self.bos_id = tokenizer.bos_id if tokenizer.bos_id is not None else tokenizer.eos_id
         self.ignore_id = tokenizer.pad_id if cfg.data.domain == "protein" else None  # padding after EOS
+        # text rows: EOS, the text, EOS, then EOS padding: the padding after the closing EOS is not a target
+        text_rows = cfg.data.domain == "text" and cfg.data.layout == "rows"
+        self.end_id = tokenizer.eos_id if text_rows else None
 
     def loss(self, model, x: torch.Tensor, generator: torch.Generator, global_batch: int, rank: int = 0,
              world: int = 1) -> tuple[torch.Tensor, dict]:
         from ..nn.ar import ar_loss
 
-        loss = ar_loss(model, x, self.bos_id, self.ignore_id)
+        loss = ar_loss(model, x, self.bos_id, self.ignore_id, self.end_id)
         return loss, {"nll": loss.detach()}
+
+    def scored(self, x: torch.Tensor) -> int:
+        """How many targets of `x` the loss scores."""
+        keep = torch.ones_like(x, dtype=torch.bool) if self.ignore_id is None else x != self.ignore_id
+        if self.end_id is not None:
+            ends = (x == self.end_id) & (torch.arange(x.shape[1], device=x.device) > 0)
+            keep &= (ends.long().cumsum(1) - ends.long()) == 0
+        return int(keep.sum())
 
     @torch.no_grad()
     def validate(self, model, batches, seed: int) -> dict:
@@ -31,8 +42,8 @@ class AR(SingleModelMethod):
 
         total, count = 0.0, 0
         for x in batches:
-            n = int((x != self.ignore_id).sum()) if self.ignore_id is not None else x.numel()
-            total += float(ar_loss(model, x, self.bos_id, self.ignore_id)) * n
+            n = self.scored(x)
+            total += float(ar_loss(model, x, self.bos_id, self.ignore_id, self.end_id)) * n
             count += n
         nll = total / max(count, 1)
         return {"val_nll": nll, "val_ppl": math.exp(min(nll, 50.0)), "val_tokens": count}
