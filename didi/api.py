@@ -11,6 +11,28 @@ from .config import RunConfig
 from .errors import DidiError
 from .sampling import SampleOutput, ancestral_sample
 
+# what --resume may change: run length, logging and where things are; everything else is the trajectory
+RESUMABLE_CHANGES = {"train.max_steps", "train.max_minutes", "train.device", "train.log_every", "train.eval_every",
+                     "train.eval_batches", "train.save_every", "train.snapshot_every", "data.source",
+                     "data.valid_source", "data.cache_dir", "preset", "model.vocab_size"}  # vocab: the tokenizer's
+
+
+def _refuse_changes_on_resume(saved: RunConfig, cfg: RunConfig) -> None:
+    a, b = saved.to_dict(), cfg.to_dict()
+    changed = []
+    for section, values in a.items():
+        if isinstance(values, dict):
+            changed += [f"{section}.{k}" for k, v in values.items() if b.get(section, {}).get(k, v) != v]
+    changed = [c for c in changed if c not in RESUMABLE_CHANGES]
+    if changed:
+        raise DidiError(f"cannot resume with a different {', '.join(changed)} (the run was trained with "
+                        f"{', '.join(f'{c}={_get(a, c)!r}' for c in changed)}); start a new run instead")
+
+
+def _get(d: dict, dotted: str):
+    section, key = dotted.split(".")
+    return d[section][key]
+
 
 def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, until_step: int | None = None,
           progress: bool = True) -> dict:
@@ -36,6 +58,7 @@ def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, until_step: 
         runs.check_run_dir(out)
         if not runs.has_checkpoint(out):
             raise DidiError(f"cannot resume: {out} has no {runs.CHECKPOINT}")
+        _refuse_changes_on_resume(RunConfig.load(out / runs.CONFIG), cfg)
         tok = Tokenizer.load(out / runs.TOKENIZER_DIR)
         cfg.model.vocab_size = tok.model_vocab_size
     else:

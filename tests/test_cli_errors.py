@@ -106,6 +106,10 @@ CASES = [
     ("discriminator truncated", ("student", lambda r: truncate(r / "discriminator.safetensors")),
      ["sample", "{run}", "--guided", "--steps", "2", "--num", "1"]),
     ("sample from an AR-less guided teacher", None, ["sample", "{teacher}", "--guided", "--steps", "2"]),
+    ("resume with another model", ("teacher", lambda r: None),
+     ["train", "--out", "{run}", "--resume", "--set", "model.hidden_dim=64"]),
+    ("resume with another tokenizer", ("teacher", lambda r: None),
+     ["train", "--out", "{run}", "--resume", "--tokenizer", "gpt2"]),
 ]
 
 
