@@ -124,8 +124,8 @@ def test_ar_loss_decreases():
 
 
 def test_text_rows_padding_after_the_closing_eos_is_not_scored():
-    """Rows are EOS, text, EOS, EOS padding: with end_id the loss scores the text and its closing EOS only, so an
-    AR model never learns EOS -> EOS (which at the row's start would end the text before it begins)."""
+    """Rows are EOS, text, EOS, EOS padding: with end_id the loss scores the text and its closing EOS only (not the
+    anchor, not the padding), so an AR model never learns EOS as a text's first word."""
     import torch.nn.functional as F
 
     model = tiny().eval()
@@ -136,6 +136,6 @@ def test_text_rows_padding_after_the_closing_eos_is_not_scored():
     assert torch.allclose(ar_loss(model, x, BOS, end_id=eos), ar_loss(model, y, BOS, end_id=eos))
     inp = torch.cat([torch.full_like(x[:, :1], BOS), x[:, :-1]], 1)
     nll = F.cross_entropy(model(inp).float().transpose(1, 2), x, reduction="none")
-    scored = torch.tensor([[1, 1, 1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 0, 0, 0, 0]], dtype=torch.bool)
+    scored = torch.tensor([[0, 1, 1, 1, 1, 0, 0, 0], [0, 1, 1, 1, 0, 0, 0, 0]], dtype=torch.bool)  # not the anchor
     assert torch.allclose(ar_loss(model, x, BOS, end_id=eos), nll[scored].mean())
     assert not torch.allclose(ar_loss(model, x, BOS), nll[scored].mean())

@@ -34,6 +34,7 @@ class AR(SingleModelMethod):
         if self.end_id is not None:
             ends = (x == self.end_id) & (torch.arange(x.shape[1], device=x.device) > 0)
             keep &= (ends.long().cumsum(1) - ends.long()) == 0
+            keep[:, 0] &= x[:, 0] != self.end_id
         return int(keep.sum())
 
     @torch.no_grad()

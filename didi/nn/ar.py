@@ -187,12 +187,15 @@ def ar_loss(model: nn.Module, x: torch.Tensor, bos_id: int, ignore_id: int | Non
             end_id: int | None = None) -> torch.Tensor:
     """Mean next-token NLL in nats/token: input [bos] + x[:, :-1], target x (targets equal to `ignore_id`,
     e.g. protein padding, are not scored; with `end_id`, text rows: the targets after the EOS that ends a row's text,
-    the first `end_id` after position 0, are padding and not scored either)."""
+    the first `end_id` after position 0, are padding and not scored either, nor is the anchor EOS at position 0: it
+    is always given, and a model without absolute positions cannot tell "BOS" from "BOS EOS", so scoring it
+    teaches EOS as a first word)."""
     inp = torch.cat([torch.full_like(x[:, :1], bos_id), x[:, :-1]], dim=1)
     logits = model(inp)
     target = x if ignore_id is None else x.masked_fill(x == ignore_id, -100)
     if end_id is not None:
         ends = (x == end_id) & (torch.arange(x.shape[1], device=x.device) > 0)
         after = (ends.long().cumsum(1) - ends.long()) > 0  # strictly after the text's closing EOS
+        after[:, 0] = x[:, 0] == end_id  # the anchor
         target = target.masked_fill(after, -100)
     return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=-100)
