@@ -105,7 +105,7 @@ CASES = [
      ["train", "--out", "{run}", "--resume", "--steps", "8"]),
     ("discriminator truncated", ("student", lambda r: truncate(r / "discriminator.safetensors")),
      ["sample", "{run}", "--guided", "--steps", "2", "--num", "1"]),
-    ("sample from an AR-less guided teacher", None, ["sample", "{teacher}", "--guided", "--steps", "2"]),
+    ("guided sampling of a teacher (no discriminator)", None, ["sample", "{teacher}", "--guided", "--steps", "2"]),
     ("resume with another model", ("teacher", lambda r: None),
      ["train", "--out", "{run}", "--resume", "--set", "model.hidden_dim=64"]),
     ("resume with another tokenizer", ("teacher", lambda r: None),

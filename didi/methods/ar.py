@@ -28,22 +28,13 @@ class AR(SingleModelMethod):
         loss = ar_loss(model, x, self.bos_id, self.ignore_id, self.end_id)
         return loss, {"nll": loss.detach()}
 
-    def scored(self, x: torch.Tensor) -> int:
-        """How many targets of `x` the loss scores."""
-        keep = torch.ones_like(x, dtype=torch.bool) if self.ignore_id is None else x != self.ignore_id
-        if self.end_id is not None:
-            ends = (x == self.end_id) & (torch.arange(x.shape[1], device=x.device) > 0)
-            keep &= (ends.long().cumsum(1) - ends.long()) == 0
-            keep[:, 0] &= x[:, 0] != self.end_id
-        return int(keep.sum())
-
     @torch.no_grad()
     def validate(self, model, batches, seed: int) -> dict:
-        from ..nn.ar import ar_loss
+        from ..nn.ar import ar_loss, scored_targets
 
         total, count = 0.0, 0
         for x in batches:
-            n = self.scored(x)
+            n = int(scored_targets(x, self.ignore_id, self.end_id).sum())
             total += float(ar_loss(model, x, self.bos_id, self.ignore_id, self.end_id)) * n
             count += n
         nll = total / max(count, 1)

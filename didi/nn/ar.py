@@ -192,10 +192,15 @@ def ar_loss(model: nn.Module, x: torch.Tensor, bos_id: int, ignore_id: int | Non
     teaches EOS as a first word)."""
     inp = torch.cat([torch.full_like(x[:, :1], bos_id), x[:, :-1]], dim=1)
     logits = model(inp)
-    target = x if ignore_id is None else x.masked_fill(x == ignore_id, -100)
+    target = x.masked_fill(~scored_targets(x, ignore_id, end_id), -100)
+    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=-100)
+
+
+def scored_targets(x: torch.Tensor, ignore_id: int | None = None, end_id: int | None = None) -> torch.Tensor:
+    """[B, L] bool: the targets `ar_loss` scores (see there)."""
+    keep = torch.ones_like(x, dtype=torch.bool) if ignore_id is None else x != ignore_id
     if end_id is not None:
         ends = (x == end_id) & (torch.arange(x.shape[1], device=x.device) > 0)
-        after = (ends.long().cumsum(1) - ends.long()) > 0  # strictly after the text's closing EOS
-        after[:, 0] = x[:, 0] == end_id  # the anchor
-        target = target.masked_fill(after, -100)
-    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=-100)
+        keep &= (ends.long().cumsum(1) - ends.long()) == 0  # not strictly after the text's closing EOS
+        keep[:, 0] &= x[:, 0] != end_id  # nor the anchor
+    return keep
