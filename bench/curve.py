@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from common import RESULTS, write_results
 
-from didi import runs
+from didi import fileio, runs
 from didi.api import Pipeline
 from didi.evaluation import load_judge
 
@@ -93,7 +93,7 @@ def main() -> None:
                     if path is None:
                         pipe = Pipeline(runs.load_run(args.teacher, "cpu"))
                     else:
-                        base.model.load_state_dict(runs.load_weights(path), strict=False)
+                        base.model.load_state_dict(fileio.load_weights(path), strict=False)
                         pipe = Pipeline(base)
                 with torch.inference_mode():
                     out = pipe.sample(num=args.num, steps=s, seed=args.seed, batch_size=128, grid_power=grid)

@@ -132,7 +132,7 @@ def cmd_sample(args) -> None:
         write_fasta(args.out, ((f"didi_{i} steps={args.steps} nfe={int(n)} seed={args.seed} length={len(t)}", t)
                                for i, (t, n) in enumerate(zip(out.text, out.nfe.tolist()))))
     elif args.out:
-        from .runs import atomic_write_text
+        from .fileio import atomic_write_text
 
         lines = [json.dumps({"text": t, "tokens": ids, "nfe": int(n), "total_evals": int(e), "steps": args.steps,
                              "seed": args.seed, "guided": args.guided})

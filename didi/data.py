@@ -203,7 +203,7 @@ def _load_or_build(key: str, docs_fn, tokenizer, cfg: DataConfig, show_progress:
         if isinstance(meta, dict) and meta.get("num_tokens") == path.stat().st_size // np.dtype(dtype).itemsize:
             return np.memmap(path, dtype=dtype, mode="r")
     _tokenize_to_cache(docs_fn(), tokenizer, path, show_progress, what, rows)
-    from .runs import atomic_write_text
+    from .fileio import atomic_write_text
 
     num_tokens = path.stat().st_size // np.dtype(dtype).itemsize
     meta = {"what": what, "num_tokens": num_tokens, "tokenizer": tokenizer.fingerprint()}

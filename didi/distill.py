@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from . import runs
+from . import fileio, runs
 from .config import RunConfig, apply_overrides
 from .errors import DidiError
 
@@ -227,7 +227,7 @@ def distill(teacher: str | Path | None, out: str | Path, dcfg: DistillConfig | N
         runs.check_run_dir(out)
         if not runs.has_checkpoint(out):
             raise DidiError(f"cannot resume: {out} has no {runs.CHECKPOINT}")
-        saved = runs.read_json(out / runs.CONFIG)
+        saved = fileio.read_json(out / runs.CONFIG)
         if "distill" not in saved:
             raise DidiError(f"{out} is not a distillation run (no 'distill' section in {runs.CONFIG})")
         saved_dcfg = DistillConfig.from_dict(saved["distill"])
@@ -268,10 +268,10 @@ def distill(teacher: str | Path | None, out: str | Path, dcfg: DistillConfig | N
 
         if (teacher / LENGTHS).is_file():  # protein runs: the length histogram sampling draws from
             shutil.copy2(teacher / LENGTHS, out / LENGTHS)
-        runs.atomic_write_text(out / runs.CONFIG, json.dumps(
+        fileio.atomic_write_text(out / runs.CONFIG, json.dumps(
             {**cfg.to_dict(), "distill": {**asdict(dcfg), "teacher": str(teacher)}}, indent=2) + "\n")
         if dcfg.method == "didi-instruct":  # what `interop.load_discriminator` needs for guided sampling
-            runs.atomic_write_text(out / "discriminator.json", json.dumps(
+            fileio.atomic_write_text(out / "discriminator.json", json.dumps(
                 {"time_conditioning": dcfg.disc_time_conditioning, "trainable_blocks": dcfg.disc_trainable_blocks})
                 + "\n")
     barrier()
@@ -333,5 +333,5 @@ def distill(teacher: str | Path | None, out: str | Path, dcfg: DistillConfig | N
 
 def load_distill_config(run_dir: str | Path) -> DistillConfig | None:
     """The distill section of a run's config.json (None for a run that is not a distillation run)."""
-    saved = runs.read_json(runs.check_run_dir(run_dir) / runs.CONFIG)
+    saved = fileio.read_json(runs.check_run_dir(run_dir) / runs.CONFIG)
     return DistillConfig.from_dict(saved["distill"]) if "distill" in saved else None

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from . import runs
+from . import fileio, runs
 from .config import ModelConfig, RunConfig
 from .errors import DidiError
 
@@ -451,7 +451,7 @@ def load_discriminator(run, device: str | torch.device = "cpu"):
     meta = _read_json(run_dir / DISC_META)
     mcfg = ModelConfig(**{**cfg.model.__dict__, **meta.get("model", {})})
     disc = build_discriminator(mcfg, bool(meta.get("time_conditioning", True)))
-    load_strict(disc, runs.load_weights(run_dir / DISC_WEIGHTS), f"discriminator weights in {run_dir}")
+    load_strict(disc, fileio.load_weights(run_dir / DISC_WEIGHTS), f"discriminator weights in {run_dir}")
     return disc.to(device).eval()
 
 
@@ -506,14 +506,14 @@ def convert(src: str | Path, out: str | Path, *, n_heads: int | None = None, use
     cfg = RunConfig(model=mcfg, preset="converted")
     cfg.data.tokenizer = tok_name if tok_name in ("gpt2", "amino") else str(out.resolve() / runs.TOKENIZER_DIR)
     tok.save(out / runs.TOKENIZER_DIR)
-    runs.save_weights(model.state_dict(), out / runs.WEIGHTS, metadata={"format": "pt", "didi_source": str(src)})
+    fileio.save_weights(model.state_dict(), out / runs.WEIGHTS, metadata={"format": "pt", "didi_source": str(src)})
     if disc is not None:
-        runs.save_weights(disc.state_dict(), out / DISC_WEIGHTS, metadata={"format": "pt"})
+        fileio.save_weights(disc.state_dict(), out / DISC_WEIGHTS, metadata={"format": "pt"})
         meta = {"time_conditioning": disc.config.time_conditioning,
                 "model": {k: getattr(disc.config, k) for k in ("hidden_dim", "cond_dim", "n_blocks", "n_heads")}}
-        runs.atomic_write_text(out / DISC_META, json.dumps(meta, indent=2) + "\n")
+        fileio.atomic_write_text(out / DISC_META, json.dumps(meta, indent=2) + "\n")
     info.update(source=str(src), resolved=str(path), use_ema=use_ema, tokenizer=tok_name)
-    runs.atomic_write_text(out / SOURCE_META, json.dumps(info, indent=2, default=str) + "\n")
+    fileio.atomic_write_text(out / SOURCE_META, json.dumps(info, indent=2, default=str) + "\n")
     cfg.save(out / runs.CONFIG)  # last: its presence marks a complete run directory
     return out
 
@@ -549,13 +549,13 @@ def export(run, out_dir: str | Path, overwrite: bool = False, repo_id: str | Non
            "time_conditioning": m.time_conditioning, "dropout": m.dropout}
     prefix = "" if disc is not None else "backbone."
     state = {f"{prefix}{k}": v.float() for k, v in run.model.state_dict().items()}
-    runs.save_weights(state, out / runs.WEIGHTS, metadata={"format": "pt"})
+    fileio.save_weights(state, out / runs.WEIGHTS, metadata={"format": "pt"})
     if disc is not None:
-        runs.save_weights({k: v.float() for k, v in disc.state_dict().items()}, out / DISC_WEIGHTS,
+        fileio.save_weights({k: v.float() for k, v in disc.state_dict().items()}, out / DISC_WEIGHTS,
                           metadata={"format": "pt"})
         cfg["discriminator_time_conditioning"] = disc.config.time_conditioning
     run.tokenizer.save(out / runs.TOKENIZER_DIR)
-    runs.atomic_write_text(out / HF_CONFIG, json.dumps(cfg, indent=2) + "\n")
+    fileio.atomic_write_text(out / HF_CONFIG, json.dumps(cfg, indent=2) + "\n")
     names = ("a DiDi-Instruct student (bare DiT names, as haoyangzheng/didi-instruct-small) with its "
              "discriminator (discriminator.safetensors)" if disc is not None else
              "the MDLM names with the `backbone.` prefix, as kuleshov-group/mdlm-owt")
@@ -564,7 +564,7 @@ def export(run, out_dir: str | Path, overwrite: bool = False, repo_id: str | Non
             f"{m.vocab_size}). Weights: {names}.\n\n"
             f"```python\nimport didi\npipe = didi.load(\"hf:{repo_id or 'OWNER/NAME'}\")\n"
             "print(pipe.sample(num=1, steps=64).text[0])\n```\n")
-    runs.atomic_write_text(out / "README.md", card)
+    fileio.atomic_write_text(out / "README.md", card)
     return out
 
 

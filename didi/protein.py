@@ -33,7 +33,7 @@ def length_histogram(rows: np.ndarray, tokenizer) -> dict:
 
 
 def save_lengths(run_dir: str | Path, blocks, tokenizer) -> None:
-    from .runs import atomic_write_text
+    from .fileio import atomic_write_text
 
     rows = blocks.tokens[: blocks.num_tokens].reshape(-1, blocks.block_size)
     atomic_write_text(Path(run_dir) / LENGTHS, json.dumps(length_histogram(rows, tokenizer)) + "\n")

@@ -19,17 +19,7 @@ import torch
 
 from .config import RunConfig
 from .errors import DidiError
-from .fileio import (  # noqa: F401 (re-exported: the run directory's file helpers)
-    atomic_torch_save,
-    atomic_write_text,
-    load_checkpoint,
-    load_weights,
-    previous_checkpoint,
-    read_json,
-    save_checkpoint,
-    save_weights,
-    truncate_metrics,
-)
+from .fileio import load_weights, previous_checkpoint
 
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"

@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from . import runs
+from . import fileio, runs
 from .config import RunConfig
 from .errors import DidiError
 
@@ -228,10 +228,10 @@ class Trainer:
 
     def resume(self) -> None:
         """Continue from `out/checkpoint.pt` exactly where it stopped."""
-        state, used = runs.load_checkpoint(self.out / runs.CHECKPOINT, map_location=self.device)
+        state, used = fileio.load_checkpoint(self.out / runs.CHECKPOINT, map_location=self.device)
         self.load_state_dict(state)
         if self.dist.main:
-            runs.truncate_metrics(self.out / runs.METRICS, self.step)  # rows after the checkpoint are logged again
+            fileio.truncate_metrics(self.out / runs.METRICS, self.step)  # rows after the checkpoint are logged again
             print(f"didi: resuming {self.out} at step {self.step}" + ("" if used.name == runs.CHECKPOINT
                                                                       else f" (from {used.name})"))
 
@@ -253,10 +253,10 @@ class Trainer:
     def save(self) -> None:
         if not self.dist.main:
             return
-        runs.save_checkpoint(self.state_dict(), self.out / runs.CHECKPOINT)  # the one before becomes .prev
+        fileio.save_checkpoint(self.state_dict(), self.out / runs.CHECKPOINT)  # the one before becomes .prev
         for filename, (part_name, getter) in self.method.exports().items():
             with self.ctx.ema_weights(part_name) as module:
-                runs.save_weights(getter(module), self.out / filename, metadata={"step": str(self.step)})
+                fileio.save_weights(getter(module), self.out / filename, metadata={"step": str(self.step)})
 
     def snapshot(self) -> None:
         """The sampling weights (the eval part's EMA) at this step, kept in snapshots/step_NNNNNN.safetensors."""
@@ -265,7 +265,7 @@ class Trainer:
         for part_name, getter in self.method.exports().values():
             if part_name == self.method.eval_part:
                 with self.ctx.ema_weights(part_name) as module:
-                    runs.save_weights(getter(module), self.out / runs.SNAPSHOTS / f"step_{self.step:06d}.safetensors",
+                    fileio.save_weights(getter(module), self.out / runs.SNAPSHOTS / f"step_{self.step:06d}.safetensors",
                                       metadata={"step": str(self.step)})
 
     # -- loop --------------------------------------------------------------------------------

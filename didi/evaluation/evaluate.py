@@ -273,7 +273,7 @@ def machine() -> dict:
 
 def write_reports(rows: list[dict], out_dir: Path, name: str, meta: dict, target_entropy: float | None) -> dict:
     """Write NAME.json, NAME.md and the PNG plots into `out_dir` (each written whole, then renamed)."""
-    from ..runs import atomic_write_text
+    from ..fileio import atomic_write_text
 
     out_dir.mkdir(parents=True, exist_ok=True)
     meta = {"name": name, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine(),

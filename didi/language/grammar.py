@@ -492,7 +492,7 @@ def write_corpus(grammar: Grammar, num: int, seed: int, out: str | Path, overwri
     """Write `num` texts drawn with `seed` as JSON lines {"text", "logp"} (the format `didi train` reads)."""
     import json
 
-    from ..runs import atomic_write_text
+    from ..fileio import atomic_write_text
 
     if num < 1:
         raise DidiError(f"--num must be >= 1, not {num}")
