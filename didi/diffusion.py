@@ -91,12 +91,17 @@ def subs_log_probs(logits: torch.Tensor, z: torch.Tensor, mask_id: int) -> torch
     return logp
 
 
-def masked_log_probs(logits: torch.Tensor, mask_id: int) -> torch.Tensor:
-    """log p(x0 | z) at masked positions only: log-softmax with the mask logit removed. logits: [N, V+1]."""
-    logits = logits.float()
-    blocked = torch.full_like(logits[..., :1], NEG_INF)
-    logits = torch.cat([logits[..., :mask_id], blocked, logits[..., mask_id + 1:]], -1)
-    return F.log_softmax(logits, dim=-1)
+def masked_log_probs(logits: torch.Tensor, mask_id: int, inplace: bool = False) -> torch.Tensor:
+    """log p(x0 | z) at masked positions only: log-softmax with the mask logit removed. logits: [N, V+1].
+
+    inplace: `logits` is a tensor the caller no longer needs (such as `logits[masked]`, a fresh copy): its mask
+    column is overwritten instead of copying the whole tensor (autograd allows it: indexing keeps no output).
+    """
+    x = logits.float()
+    if x is logits and not inplace:
+        x = x.clone()
+    x[..., mask_id] = NEG_INF
+    return F.log_softmax(x, dim=-1)
 
 
 def nelbo_terms(model, x: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, schedule: LogLinearSchedule,
@@ -112,7 +117,7 @@ def nelbo_terms(model, x: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, sc
     masked = z == mask_id
     terms = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
     if masked.any():
-        logp = masked_log_probs(logits[masked], mask_id)
+        logp = masked_log_probs(logits[masked], mask_id, inplace=True)
         logp_true = logp.gather(-1, x[masked][:, None]).squeeze(-1)
         weight = schedule.loss_weight(t)[:, None].expand_as(x)[masked]
         terms[masked] = weight * logp_true  # weight < 0, logp <= 0: a non-negative NELBO term

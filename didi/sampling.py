@@ -1,4 +1,5 @@
-"""Samplers. Every categorical draw is made in float64 (probabilities and noise), spec §1.
+"""Samplers. Every categorical draw is made in float64 (probabilities and noise, spec §1): by inverse CDF with one
+uniform per row, or by the exponential race (`draw="race"`); both have the same law.
 
 `ancestral_sample` takes a denoiser (the teacher, a student, a guided student) and returns token
 ids, the exact number of network evaluations per sequence, and wall-clock seconds.
@@ -6,6 +7,7 @@ ids, the exact number of network evaluations per sequence, and wall-clock second
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -44,6 +46,81 @@ def sample_categorical(probs: torch.Tensor, generator: torch.Generator | None = 
     return (probs / noise).argmax(dim=-1)
 
 
+def inverse_cdf(probs: torch.Tensor, generator: torch.Generator | None = None, summed: bool = False) -> torch.Tensor:
+    """Draw one index per row of unnormalized float64 probabilities [N, K] (overwritten: their running sums; with
+    summed=True they are the running sums already) with one float64 uniform per row: the first index whose running
+    sum exceeds u * total.
+
+    The law of `sample_categorical` with one uniform per row instead of K exponentials: rounding moves each
+    token's probability by at most about K * 1e-16 of the total, and a token of probability 0 is never drawn.
+    """
+    c = probs if summed else probs.cumsum_(-1)
+    total = c[:, -1:].contiguous()
+    device = generator.device if generator is not None else c.device
+    u = torch.rand(c.shape[0], 1, generator=generator, dtype=torch.float64, device=device).to(c.device)
+    idx = torch.searchsorted(c, u * total, right=True)  # c[idx] > u * total >= c[idx - 1]: p[idx] > 0
+    last = torch.searchsorted(c, total)  # u * total rounded up to the total: the last token with p > 0
+    return torch.minimum(idx, last).squeeze(-1)
+
+
+DRAWS = ("inverse_cdf", "race")
+
+
+class Workspace:
+    """A float64 scratch buffer reused across a sampler's steps. A fresh [N, K] float64 tensor of tens of MB is
+    mapped anew and page-faulted on every step (glibc maps blocks above 32 MB itself), which costs more than the
+    drawing: about 4x the time of copying into a reused buffer (bench/speed.py)."""
+
+    def __init__(self):
+        self.buf: torch.Tensor | None = None
+
+    def take(self, like: torch.Tensor) -> torch.Tensor:
+        n = like.numel()
+        if self.buf is None or self.buf.numel() < n or self.buf.device != like.device:
+            self.buf = torch.empty(n, dtype=torch.float64, device=like.device)
+        return self.buf[:n].view(like.shape)
+
+
+def draw_tokens(logits: torch.Tensor, mask_id: int | None = None, temperature: float = 1.0, top_p: float = 1.0,
+                generator: torch.Generator | None = None, method: str = "inverse_cdf",
+                workspace: Workspace | None = None) -> torch.Tensor:
+    """One float64 draw per row of raw logits [N, K] from softmax(logits / temperature), nucleus-truncated,
+    with the mask column removed (SUBS: the mask is never an output). Returns [N] ids.
+
+    The sampler's hot path: a float64 copy of the logits, exponentiated and summed in place, then `inverse_cdf`
+    (one uniform per row) or, with method="race", the exponential race of spec §1 (`sample_categorical`: K float64
+    exponentials per row, about 2x the time). Both have the law of
+    `sample_categorical(nucleus_probs(masked_log_probs(...)))`. workspace: where the float64 copy goes. On a CPU
+    the rows go through in blocks of about 1 MB, so the copy, the exp and the running sum of a block share the
+    cache instead of streaming the whole [N, K] float64 tensor from memory three times.
+    """
+    if temperature <= 0:
+        raise ValueError("temperature must be > 0")
+    if method not in DRAWS:
+        raise ValueError(f"draw method must be one of {', '.join(DRAWS)}, not {method!r}")
+    s = torch.empty(logits.shape, dtype=torch.float64, device=logits.device) if workspace is None \
+        else workspace.take(logits)
+    block = max(1, (1 << 20) // (8 * logits.shape[-1])) if logits.device.type == "cpu" else max(1, logits.shape[0])
+    for i in range(0, max(1, logits.shape[0]), block):
+        b = s[i:i + block].copy_(logits[i:i + block])
+        if temperature != 1.0:
+            b.div_(temperature)
+        if mask_id is not None:
+            b[..., mask_id] = -math.inf
+        top = b.amax(-1, keepdim=True)
+        if not bool(((top > -700) & (top < 700)).all()):  # exp would overflow, or underflow a whole row: shift
+            b.sub_(top)
+        b.exp_()  # float64 exp is exact to an ulp whatever the shift, so rows in range need none
+        if method == "inverse_cdf" and top_p == 1.0:
+            b.cumsum_(-1)
+    if top_p < 1.0:
+        s = nucleus_probs(s.div_(s.sum(-1, keepdim=True)).log_(), 1.0, top_p)
+        return inverse_cdf(s, generator) if method == "inverse_cdf" else sample_categorical(s, generator)
+    if method == "race":
+        return sample_categorical(s, generator)
+    return inverse_cdf(s, generator, summed=True)
+
+
 def step_probs(logp: torch.Tensor, alpha_t: float, alpha_s: float, mask_id: int, temperature: float = 1.0,
                top_p: float = 1.0) -> torch.Tensor:
     """Unnormalized float64 q(x_s | z_t) at masked positions (spec §1). logp: [N, V+1] with the mask excluded.
@@ -61,7 +138,8 @@ def reveal_probability(alpha_t: float, alpha_s: float) -> float:
 
 
 def unmask_step(logits: torch.Tensor, alpha_t: float, alpha_s: float, mask_id: int, temperature: float = 1.0,
-                top_p: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
+                top_p: float = 1.0, generator: torch.Generator | None = None,
+                draw: str = "inverse_cdf") -> torch.Tensor:
     """One draw from q(x_s | z_t) at masked positions, the same law as `sample_categorical(step_probs(...))`.
 
     Drawn in two float64 stages: a position is revealed with `reveal_probability` and only revealed
@@ -75,8 +153,7 @@ def unmask_step(logits: torch.Tensor, alpha_t: float, alpha_s: float, mask_id: i
     reveal = u < reveal_probability(alpha_t, alpha_s)
     out = torch.full((n,), mask_id, dtype=torch.long, device=logits.device)
     if reveal.any():
-        logp = masked_log_probs(logits[reveal], mask_id)
-        out[reveal] = sample_categorical(nucleus_probs(logp, temperature, top_p), generator).to(logits.device)
+        out[reveal] = draw_tokens(logits[reveal], mask_id, temperature, top_p, generator, draw).to(logits.device)
     return out
 
 
@@ -134,10 +211,14 @@ class RowCache:
         if self.cache:
             need &= self.stale
         if need.any():
-            out = self.denoiser(z[need], self.sigma(int(need.sum()), t)).float()
-            if self.out is None:
-                self.out = torch.zeros(z.shape[0], *out.shape[1:], dtype=out.dtype, device=self.device)
-            self.out[need] = out
+            every = bool(need.all())
+            out = self.denoiser(z if every else z[need], self.sigma(int(need.sum()), t)).float()
+            if every:  # every row evaluated: keep the output itself, no copy
+                self.out = out
+            else:
+                if self.out is None:
+                    self.out = torch.zeros(z.shape[0], *out.shape[1:], dtype=out.dtype, device=self.device)
+                self.out[need] = out
             self.nfe[need.cpu()] += 1
             self.stale[need] = False
         return self.out
@@ -147,17 +228,16 @@ class RowCache:
 
 
 def fill_remaining(z: torch.Tensor, logits: torch.Tensor, mask_id: int, final_step: str, temperature: float,
-                   top_p: float, generator: torch.Generator | None) -> None:
+                   top_p: float, generator: torch.Generator | None, draw: str = "inverse_cdf",
+                   workspace: Workspace | None = None) -> None:
     """The noise-removal step: masks still left are filled by argmax or a float64 draw (in place)."""
     masked = z == mask_id
-    logp = masked_log_probs(logits[masked], mask_id)
     if final_step == "argmax":
-        z[masked] = logp.argmax(-1)
+        z[masked] = masked_log_probs(logits[masked], mask_id).argmax(-1)
     else:
-        z[masked] = sample_categorical(nucleus_probs(logp, temperature, top_p), generator).to(z.device)
+        z[masked] = draw_tokens(logits[masked], mask_id, temperature, top_p, generator, draw, workspace).to(z.device)
 
 
-@torch.no_grad()
 def time_grid(steps: int, t_min: float, power: float = 1.0) -> torch.Tensor:
     """The k-step sampler's times [steps + 1], float64, from 1 down to t_min: t_i = 1 - (1 - t_min) (i / steps)^power.
     power 1 is linspace(1, t_min, steps + 1) (every step reveals the same expected share of tokens); power > 1
@@ -170,6 +250,7 @@ def time_grid(steps: int, t_min: float, power: float = 1.0) -> torch.Tensor:
     return 1.0 - (1.0 - t_min) * frac
 
 
+@torch.no_grad()
 def ancestral_sample(
     denoiser: Denoiser,
     batch_size: int,
@@ -188,6 +269,7 @@ def ancestral_sample(
     device: torch.device | str = "cpu",
     progress: bool = False,
     grid_power: float = 1.0,
+    draw: str = "inverse_cdf",
 ) -> SampleOutput:
     """Ancestral sampling with `steps` steps on the grid `time_grid(steps, t_min, grid_power)` (linspace(1, t_min,
     steps + 1) by default).
@@ -198,6 +280,7 @@ def ancestral_sample(
     denoiser that ignores time (the official teacher is not time-conditioned). Rows with nothing left
     to unmask are not evaluated at all. Both savings are reflected in the returned NFE.
     final_step: "argmax" | "sample" | "none": how masks still left after the last step are filled.
+    draw: how each float64 categorical is drawn, "inverse_cdf" or "race" (`draw_tokens`; the same law).
     """
     if steps < 1:
         raise ValueError("steps must be >= 1")
@@ -208,6 +291,7 @@ def ancestral_sample(
     z = initial_state(batch_size, length, mask_id, clamp, device)
     rc = RowCache(denoiser, batch_size, mask_id, schedule, cache, device)
     grid = time_grid(steps, t_min, grid_power)
+    ws = Workspace()
 
     iterator = range(steps)
     if progress:
@@ -226,10 +310,10 @@ def ancestral_sample(
         reveal = torch.zeros_like(masked)
         reveal[masked] = u < reveal_probability(schedule.alpha(t), schedule.alpha(s))
         if reveal.any():
-            logp = masked_log_probs(logits[reveal], mask_id)
-            z[reveal] = sample_categorical(nucleus_probs(logp, temperature, top_p), generator).to(device)
+            z[reveal] = draw_tokens(logits[reveal], mask_id, temperature, top_p, generator, draw, ws).to(device)
             rc.changed(reveal.any(1))
 
     if final_step != "none" and (z == mask_id).any():
-        fill_remaining(z, rc.logits(z, float(grid[-1])), mask_id, final_step, temperature, top_p, generator)
+        fill_remaining(z, rc.logits(z, float(grid[-1])), mask_id, final_step, temperature, top_p, generator, draw,
+                       ws)
     return SampleOutput(tokens=z, nfe=rc.nfe, seconds=time.perf_counter() - start, total_evals=rc.nfe.clone())

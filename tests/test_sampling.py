@@ -144,3 +144,38 @@ def test_grid_power_moves_reveals_to_the_last_steps():
         masked = [float((z == MASK).float().mean()) for z in record]  # share masked before each step
         seen[p] = masked[1] if len(masked) > 1 else 0.0
     assert abs(seen[1.0] - 0.75) < 0.05 and abs(seen[3.0] - (1 - 1 / 64)) < 0.02
+
+
+def test_draw_tokens_has_the_law_of_the_exponential_race_and_never_draws_the_mask():
+    from didi.diffusion import masked_log_probs
+    from didi.sampling import draw_tokens
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.tensor([[2.0, 0.5, -1.0, 3.0, 0.0, -30.0]])  # column 3 is the mask: excluded however large
+    n = 400_000
+    for temperature, top_p, method in ((1.0, 1.0, "inverse_cdf"), (0.7, 1.0, "inverse_cdf"), (1.0, 0.8, "inverse_cdf"),
+                                       (0.7, 1.0, "race"), (1.0, 0.8, "race")):
+        want = nucleus_probs(masked_log_probs(logits, 3), temperature, top_p)[0]
+        draws = draw_tokens(logits.expand(n, 6), 3, temperature, top_p, g, method)
+        freq = torch.bincount(draws, minlength=6).double() / n
+        assert freq[3] == 0 and (freq[want == 0] == 0).all()
+        assert torch.allclose(freq, want, atol=0.004), (temperature, top_p, method, freq, want)
+    # a token of probability 0 is never drawn, even at the ends of the row
+    zero_ends = torch.tensor([[-1e6, 0.0, 0.0, -1e6]]).expand(10_000, 4)
+    assert set(draw_tokens(zero_ends, None, generator=g).tolist()) == {1, 2}
+    # the input is not modified, float64 inputs included
+    x = torch.randn(5, 7, dtype=torch.float64)
+    y = x.clone()
+    draw_tokens(x, 2, 0.5, generator=g)
+    assert torch.equal(x, y)
+
+
+def test_sampling_builds_no_autograd_graph():
+    seen = []
+    base = random_denoiser()
+
+    def f(z, sigma):
+        seen.append(torch.is_grad_enabled())
+        return base(z, sigma)
+    ancestral_sample(f, 2, L, 4, MASK, generator=torch.Generator().manual_seed(0))
+    assert seen and not any(seen)

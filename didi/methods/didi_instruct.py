@@ -183,7 +183,7 @@ class DiDiInstruct:
             else:
                 logits = student(z, self.schedule.sigma(t)).float()
             masked = z == mask
-            logp = masked_log_probs(logits[masked], mask)
+            logp = masked_log_probs(logits[masked], mask, inplace=True)
             rows = torch.arange(n, device=device)[:, None].expand(n, length)[masked]
             q = row_step_probs(logp, self.schedule.alpha(t)[rows], self.schedule.alpha(s)[rows], mask)
             new = sample_categorical(q, gen).to(device)

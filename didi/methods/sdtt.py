@@ -109,7 +109,7 @@ class SDTT:
         masked = z == mask
 
         with torch.no_grad(), ctx.autocast():
-            p1 = masked_log_probs(self.teacher(z, sched.sigma(t))[masked], mask)  # [M, V+1]
+            p1 = masked_log_probs(self.teacher(z, sched.sigma(t))[masked], mask, inplace=True)  # [M, V+1]
         rows = torch.arange(B, device=device)[:, None].expand(B, L)[masked]
         a_t, a_s = sched.alpha(t)[rows].double(), sched.alpha(s)[rows].double()
         q = p1.double().exp() * ((a_s - a_t) / (1 - a_t))[:, None]
@@ -119,12 +119,12 @@ class SDTT:
         z_half[masked] = drawn
         revealed = drawn != mask
         with torch.no_grad(), ctx.autocast():
-            p2 = masked_log_probs(self.teacher(z_half, sched.sigma(s))[masked], mask)
+            p2 = masked_log_probs(self.teacher(z_half, sched.sigma(s))[masked], mask, inplace=True)
         target = torch.where(revealed[:, None], p1, p2)
 
         with ctx.autocast():
             logits = part.wrapped(z, sched.sigma(t))
-        student_logp = masked_log_probs(logits[masked], mask)
+        student_logp = masked_log_probs(logits[masked], mask, inplace=True)
         per_pos = divergence(student_logp, target, self.dcfg.sdtt_divergence)
         loss = per_pos.sum() / masked.sum().clamp_min(1)
         grad_norm = ctx.update("student", loss)

@@ -10,7 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import ModelConfig
-from ..sampling import nucleus_probs, sample_categorical
+from ..sampling import draw_tokens
 from .dit import LayerNorm, Rotary, apply_rotary
 
 
@@ -138,9 +138,7 @@ class CausalTransformer(nn.Module):
 
 def _draw(logits: torch.Tensor, mask_id: int, temperature: float, top_p: float,
           generator: torch.Generator | None) -> torch.Tensor:
-    logits = logits.double()
-    logits[:, mask_id] = -math.inf  # the diffusion mask token is never a real output
-    return sample_categorical(nucleus_probs(torch.log_softmax(logits, -1), temperature, top_p), generator)
+    return draw_tokens(logits, mask_id, temperature, top_p, generator)  # the diffusion mask is never an output
 
 
 @torch.no_grad()
