@@ -155,8 +155,13 @@ def quality_lookup(path: Path | None):
 
 
 def add_ratios(rows: list[dict]) -> None:
-    """ratio_vs_ar: the AR row's time per sequence over this row's (> 1: faster than AR), per section/length/batch."""
+    """speedup_vs_ar: the AR row's time per sequence over this row's (> 1: faster than AR), per section, length,
+    batch and mode; speedup_vs_teacher: the same against the teacher at its largest step count (its best validity)."""
     for r in rows:
+        ts = [t for t in rows if t["model"] == "teacher" and t["section"] == r["section"] and t["batch"] == r["batch"]
+              and t["length"] == r["length"]]
+        if ts and "s_per_seq" in r:
+            r["speedup_vs_teacher"] = max(ts, key=lambda t: t["steps"])["s_per_seq"] / r["s_per_seq"]
         ar = [a for a in rows if a["model"] == "ar" and a["section"] == r["section"] and a["length"] == r["length"]
               and a["batch"] == r["batch"] and a.get("mode") == r.get("mode")]
         if ar and "s_per_seq" in r:
@@ -193,32 +198,37 @@ def untrained(arch: str, length: int, vocab: int):
     return model
 
 
-def plot(rows: list[dict], length: int, path: Path) -> None:
+def plot(rows: list[dict], length: int, long_batch: int, path: Path) -> None:
+    """Seconds per sequence against steps with the AR line: batch 1 (top) and the large batch (bottom), one column
+    per length."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [("latency", length)] + sorted(
-        {("long", r["length"]) for r in rows if r["section"] == "long"})
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
-    for ax, (section, length) in zip(axes[0], panels):
-        sel = [r for r in rows if r["section"] == section and r["length"] == length and r["batch"] == 1]
-        for model, style in (("student", "o-"), ("dit", "o-"), ("teacher", "s--")):
-            pts = sorted((r["steps"], r["s_per_seq"]) for r in sel if r["model"] == model)
-            if pts:
-                ax.plot(*zip(*pts), style, label=model if model != "dit" else "diffusion (untrained)")
-        for r in sel:
-            if r["model"] == "ar":
-                ax.axhline(r["s_per_seq"], color="k", ls=":", label=f"AR + KV cache ({length} tokens)")
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.set_xlabel("sampling steps")
-        ax.set_ylabel("seconds per sequence, batch 1")
-        ax.set_title(f"length {length}")
-        ax.legend(fontsize=7)
+    lengths = [length] + sorted({r["length"] for r in rows if r["section"] == "long"})
+    fig, axes = plt.subplots(2, len(lengths), figsize=(4.2 * len(lengths), 7.0), squeeze=False)
+    for col, L in enumerate(lengths):
+        for row, batch in enumerate((1, 64 if L == length else long_batch)):
+            ax = axes[row][col]
+            section = ("latency" if batch == 1 else "throughput") if L == length else "long"
+            sel = [r for r in rows if r["section"] == section and r["length"] == L and r["batch"] == batch]
+            for model in sorted({r["model"] for r in sel if r["model"] != "ar"}, key=lambda m: (m != "student", m)):
+                pts = sorted((r["steps"], r["s_per_seq"]) for r in sel if r["model"] == model)
+                ax.plot(*zip(*pts), "o-" if model in ("student", "dit") else "s--",
+                        label=model if model != "dit" else "diffusion (untrained)")
+            for r in sel:
+                if r["model"] == "ar":
+                    ax.axhline(r["s_per_seq"], color="k", ls=":", label=f"AR + KV cache ({L} tokens)")
+            ax.set_xscale("log", base=2)
+            ax.set_yscale("log")
+            ax.set_xlabel("sampling steps")
+            ax.set_ylabel(f"seconds per sequence, batch {batch}")
+            ax.set_title(f"length {L}, batch {batch}")
+            if sel:
+                ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
@@ -229,10 +239,13 @@ def main() -> None:
     ap.add_argument("--ar", required=True)
     ap.add_argument("--quality", type=Path, default=RESULTS / "reference.json")
     ap.add_argument("--student-label", default="didi-p3-s0", help="the student's model name in --quality rows")
-    ap.add_argument("--student-steps", default="2,4,8,16")
+    ap.add_argument("--student-steps", default="2,4,8,16,32")
     ap.add_argument("--teacher-steps", default="16,32,64,128")
+    ap.add_argument("--teacher-grid-steps", default="8,16,32",
+                    help="the teacher also on the student's time grid (when its power differs from the teacher's)")
     ap.add_argument("--lengths", default="512,1024")
     ap.add_argument("--long-steps", default="4,8,16")
+    ap.add_argument("--long-steps-b1", default="4,8,16,32,64", help="--long-steps at batch 1 (cheap)")
     ap.add_argument("--long-batch", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--sections", default="overhead,latency,throughput,long,settings")
@@ -271,6 +284,10 @@ def main() -> None:
                     ints(args.teacher_steps), t_power, "teacher"),
         "ar": (ar_sampler(ar.model, bos, mask_id, length), [None], None, "ar"),
     }
+    if s_power != t_power:  # the teacher on the student's grid: how much of the gain is the grid's
+        runners[f"teacher p{s_power:g}"] = (
+            dit_sampler(teacher.model, mask_id, length, s_power, not teacher.config.model.time_conditioning),
+            ints(args.teacher_grid_steps), s_power, f"teacher p{s_power:g}")
     for section, batch in (("latency", 1), ("throughput", 64)):
         if section not in sections:
             continue
@@ -286,7 +303,8 @@ def main() -> None:
             for batch in (1, args.long_batch):
                 reps = args.repeats if batch == 1 else 1
                 rows += timing_rows("long", "dit", dit_sampler(dit, mask_id, L, s_power, True), batch,
-                                    ints(args.long_steps), L, reps, grid_power=s_power)
+                                    ints(args.long_steps_b1 if batch == 1 else args.long_steps), L, reps,
+                                    grid_power=s_power)
                 rows += timing_rows("long", "ar", ar_sampler(arm, bos, mask_id, L), batch, [None], L, reps)
 
     if "settings" in sections:
@@ -321,14 +339,16 @@ def main() -> None:
              if any(r["section"] == sec and r["length"] == L and r["batch"] == b for r in rows)}
     cross.update({f"throughput L{length} batch 64": crossover(rows, "throughput", length, 64)})
     cols = ["section", "model", "sampler", "mode", "length", "batch", "steps", "grid_power", "nfe", "seconds",
-            "network_s", "outside_share", "s_per_seq", "seq_per_s", "speedup_vs_ar", "valid_sentences"]
+            "network_s", "outside_share", "s_per_seq", "seq_per_s", "speedup_vs_ar", "speedup_vs_teacher",
+            "valid_sentences"]
     notes = ("speedup_vs_ar: AR's seconds per sequence over the row's, same section, length and batch (> 1: faster "
-             "than AR). Crossover (student steps at which it ties AR; inf: faster at every measured count, 0: slower "
+             "than AR); speedup_vs_teacher: the same against the teacher at its most steps. Crossover (student "
+             "steps at which it ties AR; inf: faster at every measured count, 0: slower "
              "at every one): " + ", ".join(f"{k}: {v if v is None else round(v, 2)}" for k, v in cross.items()))
     settings = dict(vars(args), quality=str(args.quality), threads=threads, crossover=cross,
                     student_grid_power=s_power, teacher_grid_power=t_power)
     path = write_results(args.name, rows, settings, cols, notes, Path(args.out))
-    plot(rows, length, Path(args.out) / f"{args.name}.png")
+    plot(rows, length, args.long_batch, Path(args.out) / f"{args.name}.png")
     print(path.read_text())
 
 

@@ -179,3 +179,11 @@ def test_sampling_builds_no_autograd_graph():
         return base(z, sigma)
     ancestral_sample(f, 2, L, 4, MASK, generator=torch.Generator().manual_seed(0))
     assert seen and not any(seen)
+
+
+def test_sampled_tokens_are_ordinary_tensors_usable_in_autograd():
+    out = ancestral_sample(random_denoiser(), 2, L, 4, MASK, generator=torch.Generator().manual_seed(0))
+    assert not out.tokens.is_inference() and not out.nfe.is_inference()
+    emb = torch.nn.Embedding(V1, 3)
+    emb(out.tokens).sum().backward()  # an inference tensor could not be saved for backward here
+    assert emb.weight.grad is not None

@@ -141,16 +141,10 @@ def _draw(logits: torch.Tensor, mask_id: int, temperature: float, top_p: float,
     return draw_tokens(logits, mask_id, temperature, top_p, generator)  # the diffusion mask is never an output
 
 
-@torch.no_grad()
-def generate(model: CausalTransformer, batch_size: int, length: int, *, bos_id: int, mask_id: int,
-             prefix: torch.Tensor | None = None, temperature: float = 1.0, top_p: float = 1.0,
-             generator: torch.Generator | None = None, use_cache: bool = True) -> tuple[torch.Tensor, int]:
-    """Sample [batch_size, length] tokens after a BOS seed (BOS not returned), one token per forward call.
-
-    prefix [B, k] (or [k] / [1, k], broadcast) is fed in one call and kept as the first k output tokens.
-    Returns (tokens, forward calls): length - k calls either way; the cached path feeds only the newest token,
-    the uncached path reruns the whole sequence, and both draw identical noise so give the same tokens.
-    """
+@torch.inference_mode()
+def _generate(model: CausalTransformer, batch_size: int, length: int, *, bos_id: int, mask_id: int,
+              prefix: torch.Tensor | None, temperature: float, top_p: float, generator: torch.Generator | None,
+              use_cache: bool) -> tuple[torch.Tensor, int]:
     device = next(model.parameters()).device
     seq = torch.full((batch_size, length + 1), bos_id, dtype=torch.long, device=device)
     k = 0
@@ -179,6 +173,21 @@ def generate(model: CausalTransformer, batch_size: int, length: int, *, bos_id: 
     finally:
         model.train(was_training)
     return seq[:, 1:], calls
+
+
+def generate(model: CausalTransformer, batch_size: int, length: int, *, bos_id: int, mask_id: int,
+             prefix: torch.Tensor | None = None, temperature: float = 1.0, top_p: float = 1.0,
+             generator: torch.Generator | None = None, use_cache: bool = True) -> tuple[torch.Tensor, int]:
+    """Sample [batch_size, length] tokens after a BOS seed (BOS not returned), one token per forward call.
+
+    prefix [B, k] (or [k] / [1, k], broadcast) is fed in one call and kept as the first k output tokens.
+    Returns (tokens, forward calls): length - k calls either way; the cached path feeds only the newest token,
+    the uncached path reruns the whole sequence, and both draw identical noise so give the same tokens.
+    Runs under `torch.inference_mode` (about 12 % faster than no_grad at batch 1, bench/results/speed.md).
+    """
+    tokens, calls = _generate(model, batch_size, length, bos_id=bos_id, mask_id=mask_id, prefix=prefix,
+                              temperature=temperature, top_p=top_p, generator=generator, use_cache=use_cache)
+    return tokens.clone(), calls  # an ordinary tensor again, usable in autograd
 
 
 def ar_loss(model: nn.Module, x: torch.Tensor, bos_id: int, ignore_id: int | None = None,
