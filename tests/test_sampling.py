@@ -187,3 +187,17 @@ def test_sampled_tokens_are_ordinary_tensors_usable_in_autograd():
     emb = torch.nn.Embedding(V1, 3)
     emb(out.tokens).sum().backward()  # an inference tensor could not be saved for backward here
     assert emb.weight.grad is not None
+
+
+def test_a_model_sampled_first_still_trains():
+    """Sampling runs under inference_mode; what a module caches there (the rotary tables) must not be an inference
+    tensor, or the next training forward fails to save it for backward."""
+    from didi.config import RunConfig
+    from didi.nn.dit import DIT
+
+    cfg = RunConfig().model
+    cfg.vocab_size, cfg.length, cfg.hidden_dim, cfg.n_heads, cfg.n_blocks, cfg.cond_dim = V1, L, 32, 2, 1, 16
+    model = DIT(cfg)
+    ancestral_sample(lambda z, s: model(z, s), 2, L, 4, MASK, generator=torch.Generator().manual_seed(0))
+    model(torch.zeros(2, L, dtype=torch.long), torch.zeros(2)).sum().backward()
+    assert model.vocab_embed.embedding.grad is not None

@@ -67,10 +67,13 @@ class Rotary(nn.Module):
 
     def forward(self, seq_len: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         if self._cache is None or self._cache[0] != seq_len or self._cache[1] != device:
-            t = torch.arange(seq_len, device=device, dtype=torch.float32)
-            freqs = torch.outer(t, self.inv_freq.to(device).float())
-            emb = torch.cat([freqs, freqs], dim=-1)  # rotate-half (GPT-NeoX / flash-attn non-interleaved) layout
-            self._cache = (seq_len, device, emb.cos()[None, None], emb.sin()[None, None])
+            # built as ordinary tensors even when first called under inference_mode (the samplers), so a later
+            # training forward can save them for backward
+            with torch.inference_mode(False), torch.no_grad():
+                t = torch.arange(seq_len, device=device, dtype=torch.float32)
+                freqs = torch.outer(t, self.inv_freq.to(device).float())
+                emb = torch.cat([freqs, freqs], dim=-1)  # rotate-half (GPT-NeoX / flash-attn non-interleaved) layout
+                self._cache = (seq_len, device, emb.cos()[None, None], emb.sin()[None, None])
         return self._cache[2], self._cache[3]
 
 
