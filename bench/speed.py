@@ -14,7 +14,9 @@ Sections (the `section` column):
   throughput  sequences per second at batch 64
   long        latency and throughput at longer lengths: untrained models of the same shape (time does not depend
               on the weights: every sampler here runs its full number of steps), --long-batch sequences per call
-  settings    the 8-step student at batch 1 and 64 under no_grad / inference_mode / torch.compile / 1 thread
+  settings    the 8-step student and AR at batch 1 and 64: the sampler bodies under no_grad, as shipped
+              (inference_mode), with torch.compile(model, dynamic=True) (first_call_s: the call that compiles),
+              and with 1 thread
 Quality (valid sentences) comes from the reference benchmark's rows of the same runs and sampler settings.
 Writes NAME.json, NAME.md and NAME.png (latency against steps, the AR line, one panel per length).
 """
@@ -308,29 +310,46 @@ def main() -> None:
                 rows += timing_rows("long", "ar", ar_sampler(arm, bos, mask_id, L), batch, [None], L, reps)
 
     if "settings" in sections:
-        model = student.model
-        for mode in ("no_grad", "inference_mode", "compile", "1 thread"):
-            m = model
-            if mode == "compile":
-                m = torch.compile(model, dynamic=True)
-            run = dit_sampler(m, mask_id, length, s_power, True)
-            arun = ar_sampler(torch.compile(ar.model, dynamic=True) if mode == "compile" else ar.model, bos, mask_id,
-                              length)
-            for batch in (1, 64):
-                def go(fn=run, batch=batch):
-                    return fn(batch, 8)
+        # the samplers run under inference_mode (since 41f2571); "no_grad" runs their bodies without it
+        import didi.nn.ar as ar_mod
+        import didi.sampling as sampling_mod
 
-                def go_ar(fn=arun, batch=batch):
-                    return fn(batch)
+        def no_grad_dit(model):
+            def run(batch: int, steps: int):
+                with torch.no_grad():
+                    sampling_mod._ancestral(lambda z, s: model(z, s), batch, length, steps, mask_id,
+                                            LogLinearSchedule(), None, 1.0, 1.0, "argmax", True, 1e-5,
+                                            torch.Generator().manual_seed(0), "cpu", False, s_power, "inverse_cdf")
+            return run
+
+        def no_grad_ar(model):
+            def run(batch: int, steps: int | None = None):
+                with torch.no_grad():
+                    ar_mod._generate.__wrapped__(model, batch, length, bos_id=bos, mask_id=mask_id, prefix=None,
+                                                 temperature=1.0, top_p=1.0,
+                                                 generator=torch.Generator().manual_seed(0), use_cache=True)
+            return run
+
+        for mode in ("no_grad", "inference_mode", "compile", "1 thread"):
+            if mode == "no_grad":
+                run, arun = no_grad_dit(student.model), no_grad_ar(ar.model)
+            else:
+                compiled = mode == "compile"
+                run = dit_sampler(torch.compile(student.model, dynamic=True) if compiled else student.model, mask_id,
+                                  length, s_power, True)
+                arun = ar_sampler(torch.compile(ar.model, dynamic=True) if compiled else ar.model, bos, mask_id,
+                                  length)
+            for batch in (1, 64):
                 if mode == "1 thread":
                     torch.set_num_threads(1)
-                ctx = torch.inference_mode if mode == "inference_mode" else torch.no_grad
-                for label, fn in (("student", go), ("ar", go_ar)):
-                    with ctx():
-                        sec = median_time(fn, args.repeats)
+                for label, fn in (("student", lambda f=run, b=batch: f(b, 8)), ("ar", lambda f=arun, b=batch: f(b))):
+                    start = time.perf_counter()
+                    fn()  # the first call (compilation for "compile"), reported apart
+                    first = time.perf_counter() - start
+                    sec = median_time(fn, args.repeats)
                     rows.append(dict(section="settings", mode=mode, model=label, length=length, batch=batch,
                                      steps=8 if label == "student" else length, seconds=sec, s_per_seq=sec / batch,
-                                     seq_per_s=batch / sec))
+                                     seq_per_s=batch / sec, first_call_s=first))
                 torch.set_num_threads(threads)
 
     add_ratios(rows)
@@ -340,7 +359,7 @@ def main() -> None:
     cross.update({f"throughput L{length} batch 64": crossover(rows, "throughput", length, 64)})
     cols = ["section", "model", "sampler", "mode", "length", "batch", "steps", "grid_power", "nfe", "seconds",
             "network_s", "outside_share", "s_per_seq", "seq_per_s", "speedup_vs_ar", "speedup_vs_teacher",
-            "valid_sentences"]
+            "valid_sentences", "first_call_s"]
     notes = ("speedup_vs_ar: AR's seconds per sequence over the row's, same section, length and batch (> 1: faster "
              "than AR); speedup_vs_teacher: the same against the teacher at its most steps. Crossover (student "
              "steps at which it ties AR; inf: faster at every measured count, 0: slower "
