@@ -337,8 +337,13 @@ def main() -> None:
                 compiled = mode == "compile"
                 run = dit_sampler(torch.compile(student.model, dynamic=True) if compiled else student.model, mask_id,
                                   length, s_power, True)
-                arun = ar_sampler(torch.compile(ar.model, dynamic=True) if compiled else ar.model, bos, mask_id,
-                                  length)
+                arm = ar.model
+                if compiled:  # AR decoding calls forward_cached, not forward: compile that, on a copy
+                    import copy
+
+                    arm = copy.deepcopy(ar.model)
+                    arm.forward_cached = torch.compile(arm.forward_cached, dynamic=True)
+                arun = ar_sampler(arm, bos, mask_id, length)
             for batch in (1, 64):
                 if mode == "1 thread":
                     torch.set_num_threads(1)
