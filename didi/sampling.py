@@ -280,8 +280,8 @@ def ancestral_sample(
     to unmask are not evaluated at all. Both savings are reflected in the returned NFE.
     final_step: "argmax" | "sample" | "none": how masks still left after the last step are filled.
     draw: how each float64 categorical is drawn, "inverse_cdf" or "race" (`draw_tokens`; the same law).
-    Runs under `torch.inference_mode` (7-12 % faster than no_grad at batch 1, bench/results/speed.md); the returned
-    tensors are ordinary ones, usable in autograd.
+    Runs under `torch.inference_mode` (against no_grad: -4 to +8 % in three runs of bench/speed.py, within its noise);
+    the returned tensors are ordinary ones, usable in autograd.
     """
     with torch.inference_mode():
         out = _ancestral(denoiser, batch_size, length, steps, mask_id, schedule, clamp, temperature, top_p, final_step,

@@ -183,7 +183,7 @@ def generate(model: CausalTransformer, batch_size: int, length: int, *, bos_id: 
     prefix [B, k] (or [k] / [1, k], broadcast) is fed in one call and kept as the first k output tokens.
     Returns (tokens, forward calls): length - k calls either way; the cached path feeds only the newest token,
     the uncached path reruns the whole sequence, and both draw identical noise so give the same tokens.
-    Runs under `torch.inference_mode` (about 12 % faster than no_grad at batch 1, bench/results/speed.md).
+    Runs under `torch.inference_mode` (against no_grad: -3 to +16 % in three runs of bench/speed.py).
     """
     tokens, calls = _generate(model, batch_size, length, bos_id=bos_id, mask_id=mask_id, prefix=prefix,
                               temperature=temperature, top_p=top_p, generator=generator, use_cache=use_cache)
