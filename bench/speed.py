@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import time
 from pathlib import Path
@@ -183,8 +184,6 @@ def crossover(rows: list[dict], section: str, length: int, batch: int) -> float 
         return 0.0
     for (k0, t0), (k1, t1) in zip(pts, pts[1:]):
         if t0 <= target < t1:
-            import math
-
             w = (math.log(target) - math.log(t0)) / (math.log(t1) - math.log(t0))
             return float(math.exp(math.log(k0) + w * (math.log(k1) - math.log(k0))))
     return float("inf")  # faster than AR at every measured step count

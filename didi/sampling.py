@@ -67,9 +67,10 @@ DRAWS = ("inverse_cdf", "race")
 
 
 class Workspace:
-    """A float64 scratch buffer reused across a sampler's steps. A fresh [N, K] float64 tensor of tens of MB is
-    mapped anew and page-faulted on every step (glibc maps blocks above 32 MB itself), which costs more than the
-    drawing: about 4x the time of copying into a reused buffer (bench/speed.py)."""
+    """A float64 scratch buffer reused across a sampler's steps: a fresh [N, K] float64 tensor of tens of MB is
+    mapped anew and page-faulted on every step (glibc maps blocks above 32 MB itself). In a microbenchmark
+    (512 x 8,193, not in bench/) copying into a reused buffer took a quarter of the time of a fresh one; inside the
+    sampler loop the gain was within noise."""
 
     def __init__(self):
         self.buf: torch.Tensor | None = None

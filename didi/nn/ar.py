@@ -136,11 +136,6 @@ class CausalTransformer(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
 
-def _draw(logits: torch.Tensor, mask_id: int, temperature: float, top_p: float,
-          generator: torch.Generator | None) -> torch.Tensor:
-    return draw_tokens(logits, mask_id, temperature, top_p, generator)  # the diffusion mask is never an output
-
-
 @torch.inference_mode()
 def _generate(model: CausalTransformer, batch_size: int, length: int, *, bos_id: int, mask_id: int,
               prefix: torch.Tensor | None, temperature: float, top_p: float, generator: torch.Generator | None,
@@ -169,7 +164,7 @@ def _generate(model: CausalTransformer, batch_size: int, length: int, *, bos_id:
             else:
                 logits = model(seq[:, :pos])
             calls += 1
-            seq[:, pos] = _draw(logits[:, -1], mask_id, temperature, top_p, generator)
+            seq[:, pos] = draw_tokens(logits[:, -1], mask_id, temperature, top_p, generator)  # never the mask
     finally:
         model.train(was_training)
     return seq[:, 1:], calls
