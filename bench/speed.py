@@ -8,15 +8,16 @@ Usage (the runs of bench/reference.py):
 
 Sections (the `section` column):
   overhead    8-step sampling at batch 32: total time, time inside the network, the share outside it; the sampler
-              of commit 0bf8263 (`legacy`, kept below) beside the current one (inverse-CDF draws, and with the
-              exponential race, `draw="race"`), same model, same run
+              of commit 0bf8263 (`legacy`, kept below) beside the current one with full logits at every step, as
+              shipped (the output layer only where a token is drawn, `SplitDenoiser`), and with the exponential
+              race (`draw="race"`), same model, same run
   latency     seconds to one full sequence at batch 1 (median of --repeats), with ratios to AR with a KV cache
   throughput  sequences per second at batch 64
   long        latency and throughput at longer lengths: untrained models of the same shape (time does not depend
               on the weights: every sampler here runs its full number of steps), --long-batch sequences per call
-  settings    the 8-step student and AR at batch 1 and 64: the sampler bodies under no_grad, as shipped
-              (inference_mode), with torch.compile(model, dynamic=True) (first_call_s: the call that compiles),
-              and with 1 thread
+  settings    the 8-step student and AR at batch 1 and 64: the sampler bodies under no_grad, full logits at every
+              step, as shipped (inference_mode, output layer where drawn), with torch.compile(dynamic=True) of the
+              DiT body and AR's forward_cached (first_call_s: the call that compiles), and with 1 thread
 Quality (valid sentences) comes from the reference benchmark's rows of the same runs and sampler settings.
 Writes NAME.json, NAME.md and NAME.png (latency against steps, the AR line, one panel per length).
 """
@@ -38,7 +39,7 @@ from didi.config import RunConfig, preset
 from didi.diffusion import LogLinearSchedule
 from didi.nn.ar import CausalTransformer, generate
 from didi.nn.dit import DIT
-from didi.sampling import ancestral_sample, initial_state, reveal_probability, time_grid
+from didi.sampling import SplitDenoiser, ancestral_sample, initial_state, reveal_probability, time_grid
 
 
 def legacy_sample(denoiser, batch: int, length: int, steps: int, mask_id: int, generator, grid_power: float = 1.0):
@@ -83,22 +84,30 @@ def median_time(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def timed_denoiser(model):
+def timed_denoiser(model, split: bool = False):
+    """The model as a denoiser whose network time (body and output layer) adds up in `spent[0]`: a plain callable
+    (full logits), or split=True a `SplitDenoiser` (the output layer only where a token is drawn, as shipped)."""
     spent = [0.0]
 
-    def f(z, sigma):
-        start = time.perf_counter()
-        out = model(z, sigma)
-        spent[0] += time.perf_counter() - start
-        return out
-    return f, spent
+    def timed(fn):
+        def call(*a):
+            start = time.perf_counter()
+            out = fn(*a)
+            spent[0] += time.perf_counter() - start
+            return out
+        return call
+    if not split:
+        return timed(model), spent
+    d = SplitDenoiser(model)
+    d.features, d.head = timed(d.features), timed(d.head)
+    return d, spent
 
 
 def overhead_rows(models: dict, repeats: int) -> list[dict]:
     rows = []
     for label, (model, mask_id, length) in models.items():
-        for impl in ("legacy", "current", "current, race"):
-            f, spent = timed_denoiser(model)
+        for impl in ("current", "current, race", "current, full logits", "legacy"):  # shipped first: a fresh process
+            f, spent = timed_denoiser(model, split=impl in ("current", "current, race"))
             gen = torch.Generator().manual_seed(0)
             if impl == "legacy":
                 def run(f=f, length=length, mask_id=mask_id, gen=gen):
@@ -121,9 +130,13 @@ def overhead_rows(models: dict, repeats: int) -> list[dict]:
     return rows
 
 
-def dit_sampler(model, mask_id: int, length: int, grid_power: float, cache: bool):
+def dit_sampler(model, mask_id: int, length: int, grid_power: float, cache: bool, split: bool = True):
+    """split: the output layer only where a token is drawn (`SplitDenoiser`, what `didi sample` uses); False: full
+    logits at every step."""
+    denoiser = SplitDenoiser(model) if split else (lambda z, s: model(z, s))
+
     def run(batch: int, steps: int, seed: int = 0):
-        return ancestral_sample(lambda z, s: model(z, s), batch, length, steps, mask_id, cache=cache,
+        return ancestral_sample(denoiser, batch, length, steps, mask_id, cache=cache,
                                 generator=torch.Generator().manual_seed(seed), grid_power=grid_power).nfe_mean
     return run
 
@@ -316,7 +329,7 @@ def main() -> None:
         def no_grad_dit(model):
             def run(batch: int, steps: int):
                 with torch.no_grad():
-                    sampling_mod._ancestral(lambda z, s: model(z, s), batch, length, steps, mask_id,
+                    sampling_mod._ancestral(SplitDenoiser(model), batch, length, steps, mask_id,
                                             LogLinearSchedule(), None, 1.0, 1.0, "argmax", True, 1e-5,
                                             torch.Generator().manual_seed(0), "cpu", False, s_power, "inverse_cdf")
             return run
@@ -329,19 +342,19 @@ def main() -> None:
                                                  generator=torch.Generator().manual_seed(0), use_cache=True)
             return run
 
-        for mode in ("no_grad", "inference_mode", "compile", "1 thread"):
+        import copy
+
+        for mode in ("no_grad", "full logits", "inference_mode", "compile", "1 thread"):
             if mode == "no_grad":
                 run, arun = no_grad_dit(student.model), no_grad_ar(ar.model)
             else:
                 compiled = mode == "compile"
-                run = dit_sampler(torch.compile(student.model, dynamic=True) if compiled else student.model, mask_id,
-                                  length, s_power, True)
-                arm = ar.model
-                if compiled:  # AR decoding calls forward_cached, not forward: compile that, on a copy
-                    import copy
-
-                    arm = copy.deepcopy(ar.model)
+                dm, arm = student.model, ar.model
+                if compiled:  # compile what the samplers call, on copies: the DiT body, AR's forward_cached
+                    dm, arm = copy.deepcopy(dm), copy.deepcopy(arm)
+                    dm.hidden_states = torch.compile(dm.hidden_states, dynamic=True)
                     arm.forward_cached = torch.compile(arm.forward_cached, dynamic=True)
+                run = dit_sampler(dm, mask_id, length, s_power, True, split=mode != "full logits")
                 arun = ar_sampler(arm, bos, mask_id, length)
             for batch in (1, 64):
                 if mode == "1 thread":

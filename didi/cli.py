@@ -120,6 +120,8 @@ def cmd_sample(args) -> None:
     pipe = load(args.run, device=args.device)
     if args.out:
         _refuse_overwrite(Path(args.out), args.overwrite)
+    if args.compile:
+        pipe.compile()
     out = pipe.sample(num=args.num, steps=args.steps, seed=args.seed, batch_size=args.batch_size,
                       temperature=args.temperature, top_p=args.top_p, prefix=args.prefix, suffix=args.suffix,
                       final_step=args.final_step, guided=args.guided, rho=args.rho, h0=args.h0, h1=args.h1,
@@ -370,6 +372,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--h1", type=FLOAT, default=40.0, help="RGAS: tilt strength at the last tilted step")
     p.add_argument("--candidates", type=POS_INT, default=4, help="RGAS: candidates M per re-ranked step")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the network first (seconds to compile; pays for many samples)")
     p.add_argument("--out", help="write samples here instead of printing: JSON lines, or FASTA for a .fasta[.gz] "
                                  "name")
     p.add_argument("--overwrite", action="store_true")

@@ -150,5 +150,6 @@ def rgas_sample(
         rc.changed(moved)
 
     if final_step != "none" and (z == mask_id).any():
-        fill_remaining(z, rc.logits(z, float(grid[-1])), mask_id, final_step, temperature, top_p, generator)
+        fill_remaining(z, rc.logits(z, float(grid[-1]))[z == mask_id], mask_id, final_step, temperature, top_p,
+                       generator)
     return SampleOutput(tokens=z, nfe=rc.nfe, seconds=time.perf_counter() - start, total_evals=rc.nfe + disc_evals)

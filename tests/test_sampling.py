@@ -201,3 +201,50 @@ def test_a_model_sampled_first_still_trains():
     ancestral_sample(lambda z, s: model(z, s), 2, L, 4, MASK, generator=torch.Generator().manual_seed(0))
     model(torch.zeros(2, L, dtype=torch.long), torch.zeros(2)).sum().backward()
     assert model.vocab_embed.embedding.grad is not None
+
+
+def random_dit(seed=0):
+    """A small DiT with every weight random (the output layer is zero at init, which would hide any error)."""
+    from didi.config import RunConfig
+    from didi.nn.dit import DIT
+
+    cfg = RunConfig().model
+    cfg.vocab_size, cfg.length, cfg.hidden_dim, cfg.n_heads, cfg.n_blocks, cfg.cond_dim = V1, L, 32, 2, 1, 16
+    torch.manual_seed(seed)
+    model = DIT(cfg)
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    return model.eval()
+
+
+def test_split_denoiser_gives_the_same_samples_and_runs_the_output_layer_once_per_position():
+    model = random_dit()
+    split = sampling.SplitDenoiser(model)
+    z = torch.randint(0, V1, (3, L))
+    sigma = torch.rand(3)
+    with torch.no_grad():
+        assert torch.allclose(split(z, sigma), model(z, sigma), atol=1e-6)
+        h, c = split.features(z, sigma)  # the head on chosen positions equals the full output there
+        where = torch.rand(3, L) < 0.3
+        assert torch.allclose(split.head(h[where], c[where.nonzero(as_tuple=True)[0]]), model(z, sigma)[where],
+                              atol=1e-5)
+    heads = []
+    head = split.head
+    split.head = lambda h, c: heads.append(h.shape[0]) or head(h, c)
+    clamp = torch.full((4, L), -1)
+    clamp[:, :3] = 5  # a prefix: never drawn, so never sent through the output layer
+    for steps, final in ((4, "argmax"), (64, "sample")):  # 64 steps: rows change on different steps (partial updates)
+        kw = dict(generator=None, clamp=clamp, final_step=final, grid_power=2.0)
+        full = ancestral_sample(lambda z, s: model(z, s), 4, L, steps, MASK, **{**kw, "generator":
+                                torch.Generator().manual_seed(1)})
+        heads.clear()
+        out = ancestral_sample(split, 4, L, steps, MASK, **{**kw, "generator": torch.Generator().manual_seed(1)})
+        assert torch.equal(out.tokens, full.tokens) and torch.equal(out.nfe, full.nfe)
+        assert sum(heads) == 4 * (L - 3)  # each free position: one output-layer row, when it is drawn
+        assert (out.tokens != MASK).all() and (out.tokens[:, :3] == 5).all()
+
+
+def test_split_denoiser_never_draws_a_blocked_token():
+    split = sampling.SplitDenoiser(random_dit(1), blocked=[2, 7])
+    out = ancestral_sample(split, 8, L, 4, MASK, final_step="sample", generator=torch.Generator().manual_seed(0))
+    assert not torch.isin(out.tokens, torch.tensor([2, 7, MASK])).any()

@@ -40,6 +40,12 @@ def test_training_lowers_the_loss_and_writes_a_run(corpus, tmp_path):
     pipe = didi.load(out)
     s = pipe.sample(num=2, steps=8)
     assert s.tokens.shape == (2, 32) and len(s.text) == 2 and not (s.tokens == pipe.tokenizer.mask_id).any()
+    fast = didi.load(out).compile()  # `didi sample --compile`: the same network, compiled
+    z, sigma = torch.randint(0, pipe.tokenizer.mask_id + 1, (2, 32)), torch.rand(2)
+    with torch.no_grad():
+        assert torch.allclose(fast.model(z, sigma), pipe.model(z, sigma), atol=1e-4)
+    f = fast.sample(num=2, steps=8)
+    assert f.tokens.shape == (2, 32) and not (f.tokens == pipe.tokenizer.mask_id).any()
 
 
 def test_resume_is_exact(corpus, tmp_path):

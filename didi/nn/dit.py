@@ -27,7 +27,7 @@ class LayerNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with torch.autocast(device_type=x.device.type, enabled=False):
             x = F.layer_norm(x.float(), [self.dim])
-        return x * self.weight[None, None, :]
+        return x * self.weight
 
 
 class EmbeddingLayer(nn.Module):
@@ -131,7 +131,9 @@ class DDitFinalLayer(nn.Module):
         nn.init.zeros_(self.adaLN_modulation.bias)
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        shift, scale = self.adaLN_modulation(c)[:, None].chunk(2, dim=2)
+        """x [B, L, H] with c [B, cond], or chosen positions x [N, H] with their rows' c [N, cond]."""
+        mod = self.adaLN_modulation(c)
+        shift, scale = (mod[:, None] if x.dim() == 3 else mod).chunk(2, dim=-1)
         return self.linear(modulate(self.norm_final(x), shift, scale))
 
 
