@@ -248,3 +248,22 @@ def test_split_denoiser_never_draws_a_blocked_token():
     split = sampling.SplitDenoiser(random_dit(1), blocked=[2, 7])
     out = ancestral_sample(split, 8, L, 4, MASK, final_step="sample", generator=torch.Generator().manual_seed(0))
     assert not torch.isin(out.tokens, torch.tensor([2, 7, MASK])).any()
+
+
+def test_blocked_draws_equal_one_inverse_cdf_over_the_whole_matrix(monkeypatch):
+    """draw_tokens searches each block of rows while it is in cache; with the same generator it must draw what one
+    `inverse_cdf` over the whole float64 matrix draws, rows that need a shift (logits beyond +-700) included."""
+    from didi.diffusion import masked_log_probs
+    from didi.sampling import draw_tokens, inverse_cdf
+
+    logits = torch.randn(50, 9) * 3
+    logits[7] += 900.0  # exp would overflow: shifted
+    logits[8] -= 900.0  # exp would underflow the whole row: shifted
+    for block_rows in (1, 3, 50):
+        monkeypatch.setattr(sampling, "DRAW_BLOCK_BYTES", 8 * 9 * block_rows)
+        for temperature in (1.0, 0.5):
+            got = draw_tokens(logits, 4, temperature, generator=torch.Generator().manual_seed(3))
+            p = masked_log_probs(logits.double() / temperature, 4).exp()
+            want = inverse_cdf(p, torch.Generator().manual_seed(3))
+            assert torch.equal(got, want), (block_rows, temperature)
+            assert not (got == 4).any()
