@@ -78,10 +78,11 @@ DRAW_BLOCK_BYTES = 1 << 20  # draw_tokens' float64 rows per block on a CPU
 
 class Workspace:
     """A float64 scratch buffer reused across a sampler's steps. A fresh [N, K] float64 tensor of tens of MB is
-    mapped anew and page-faulted on first touch (glibc maps blocks above 32 MB itself): in the 8-step sampler at
-    the `tiny` English shape (about 512 x 8,193 per step) a draw that grew the buffer took 11-15 ms against 6 ms
-    for one that reused it. The revealed count varies from step to step, so the buffer grows with headroom
-    (a quarter, or doubling): one allocation per sampler call in practice."""
+    mapped anew and page-faulted on first touch (glibc maps blocks above 32 MB itself): in a profiling run of the
+    8-step sampler at the `tiny` English shape (about 512 x 8,193 per step; not in bench/), a draw that grew the
+    buffer took 11-15 ms against 6 ms for one that reused it. The revealed count varies from step to step, so
+    the buffer grows with headroom (a quarter, or doubling): one allocation per sampler call in practice. The
+    inverse-CDF draws without nucleus need only one block of it (`draw_tokens`)."""
 
     def __init__(self):
         self.buf: torch.Tensor | None = None
@@ -106,7 +107,8 @@ def draw_tokens(logits: torch.Tensor, mask_id: int | None = None, temperature: f
     `sample_categorical(nucleus_probs(masked_log_probs(...)))`. workspace: where the float64 copy goes. On a CPU
     the rows go through in blocks of about 1 MB (`DRAW_BLOCK_BYTES`). With inverse CDF and no nucleus, each block
     is copied, exponentiated, summed and searched while it is in cache, so the float64 copy is one block, never the
-    whole [N, K] matrix: in the 8-step sampler at the `tiny` English shape the draws took 38 ms instead of 55.
+    whole [N, K] matrix (in a profiling run of the 8-step sampler at the `tiny` English shape, not in bench/: the
+    draws took 38 ms instead of 55).
     """
     if temperature <= 0:
         raise ValueError("temperature must be > 0")
