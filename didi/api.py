@@ -128,7 +128,11 @@ class Pipeline:
     def compile(self) -> Pipeline:
         """Compile the network for sampling with `torch.compile(dynamic=True)`: the DiT body (`hidden_states`, what
         every sampler calls), or AR decoding's cached step. The first call after it compiles (seconds); on 2 CPU
-        cores the 8-step student then ran 1.2-1.5x faster (bench/results/speed.md, section settings)."""
+        cores the 8-step student then ran 1.15-1.5x faster (bench/results/speed.md, section settings). Compiles in
+        place, once (a second call does nothing); a copy of the model made afterwards runs uncompiled."""
+        if getattr(self, "_compiled", False):
+            return self
+        self._compiled = True
         if self.config.model.arch == "ar":
             self.model.forward_cached = torch.compile(self.model.forward_cached, dynamic=True)
         else:

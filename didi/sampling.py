@@ -115,6 +115,7 @@ def draw_tokens(logits: torch.Tensor, mask_id: int | None = None, temperature: f
     if method not in DRAWS:
         raise ValueError(f"draw method must be one of {', '.join(DRAWS)}, not {method!r}")
     n, k = logits.shape
+    mask_id = None if mask_id is None else mask_id % k  # a negative id names the same column
     block = max(1, DRAW_BLOCK_BYTES // (8 * k)) if logits.device.type == "cpu" else max(1, n)
     # inverse CDF without nucleus: each block is searched while in cache, so the float64 copy is one block, reused
     # (the uniforms are drawn first, one per row, the same stream as `inverse_cdf`)

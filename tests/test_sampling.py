@@ -1,3 +1,6 @@
+import itertools
+
+import pytest
 import torch
 
 import didi.sampling as sampling
@@ -122,8 +125,6 @@ def test_two_stage_unmask_step_has_the_law_of_the_full_step_distribution():
 
 
 def test_time_grid_power():
-    import pytest
-
     assert torch.equal(sampling.time_grid(8, 1e-5), torch.linspace(1.0, 1e-5, 9, dtype=torch.float64))
     g = sampling.time_grid(4, 1e-3, 3.0)
     assert g.dtype == torch.float64 and g[0] == 1.0 and abs(float(g[-1]) - 1e-3) < 1e-15
@@ -203,13 +204,14 @@ def test_a_model_sampled_first_still_trains():
     assert model.vocab_embed.embedding.grad is not None
 
 
-def random_dit(seed=0):
+def random_dit(seed=0, time_conditioning=False):
     """A small DiT with every weight random (the output layer is zero at init, which would hide any error)."""
     from didi.config import RunConfig
     from didi.nn.dit import DIT
 
     cfg = RunConfig().model
     cfg.vocab_size, cfg.length, cfg.hidden_dim, cfg.n_heads, cfg.n_blocks, cfg.cond_dim = V1, L, 32, 2, 1, 16
+    cfg.time_conditioning = time_conditioning
     torch.manual_seed(seed)
     model = DIT(cfg)
     for p in model.parameters():
@@ -217,14 +219,16 @@ def random_dit(seed=0):
     return model.eval()
 
 
-def test_split_denoiser_gives_the_same_samples_and_runs_the_output_layer_once_per_position():
-    model = random_dit()
+@pytest.mark.parametrize("time_conditioning", [False, True])
+def test_split_denoiser_gives_the_same_samples_and_runs_the_output_layer_once_per_position(time_conditioning):
+    model = random_dit(time_conditioning=time_conditioning)  # time-conditioned: each row has its own c
     split = sampling.SplitDenoiser(model)
     z = torch.randint(0, V1, (3, L))
     sigma = torch.rand(3)
     with torch.no_grad():
         assert torch.allclose(split(z, sigma), model(z, sigma), atol=1e-6)
         h, c = split.features(z, sigma)  # the head on chosen positions equals the full output there
+        assert time_conditioning == bool((c[0] != c[1]).any())
         where = torch.rand(3, L) < 0.3
         assert torch.allclose(split.head(h[where], c[where.nonzero(as_tuple=True)[0]]), model(z, sigma)[where],
                               atol=1e-5)
@@ -234,11 +238,11 @@ def test_split_denoiser_gives_the_same_samples_and_runs_the_output_layer_once_pe
     clamp = torch.full((4, L), -1)
     clamp[:, :3] = 5  # a prefix: never drawn, so never sent through the output layer
     for steps, final in ((4, "argmax"), (64, "sample")):  # 64 steps: rows change on different steps (partial updates)
-        kw = dict(generator=None, clamp=clamp, final_step=final, grid_power=2.0)
-        full = ancestral_sample(lambda z, s: model(z, s), 4, L, steps, MASK, **{**kw, "generator":
-                                torch.Generator().manual_seed(1)})
+        kw = dict(clamp=clamp, final_step=final, grid_power=2.0, cache=not time_conditioning)
+        full = ancestral_sample(lambda z, s: model(z, s), 4, L, steps, MASK, generator=torch.Generator().manual_seed(1),
+                                **kw)
         heads.clear()
-        out = ancestral_sample(split, 4, L, steps, MASK, **{**kw, "generator": torch.Generator().manual_seed(1)})
+        out = ancestral_sample(split, 4, L, steps, MASK, generator=torch.Generator().manual_seed(1), **kw)
         assert torch.equal(out.tokens, full.tokens) and torch.equal(out.nfe, full.nfe)
         assert sum(heads) == 4 * (L - 3)  # each free position: one output-layer row, when it is drawn
         assert (out.tokens != MASK).all() and (out.tokens[:, :3] == 5).all()
@@ -256,14 +260,16 @@ def test_blocked_draws_equal_one_inverse_cdf_over_the_whole_matrix(monkeypatch):
     from didi.diffusion import masked_log_probs
     from didi.sampling import draw_tokens, inverse_cdf
 
-    logits = torch.randn(50, 9) * 3
-    logits[7] += 900.0  # exp would overflow: shifted
-    logits[8] -= 900.0  # exp would underflow the whole row: shifted
-    for block_rows in (1, 3, 50):
+    far = torch.randn(50, 9) * 3
+    far[7] += 900.0  # exp would overflow: shifted
+    far[8] -= 900.0  # exp would underflow the whole row: shifted
+    half = torch.randn(50, 9) * 3
+    half[9] += 500.0  # in range at temperature 1, not at 0.5
+    half[10] -= 500.0
+    for block_rows, temperature, logits in itertools.product((1, 3, 50), (1.0, 0.5), (far, half)):
         monkeypatch.setattr(sampling, "DRAW_BLOCK_BYTES", 8 * 9 * block_rows)
-        for temperature in (1.0, 0.5):
-            got = draw_tokens(logits, 4, temperature, generator=torch.Generator().manual_seed(3))
-            p = masked_log_probs(logits.double() / temperature, 4).exp()
-            want = inverse_cdf(p, torch.Generator().manual_seed(3))
-            assert torch.equal(got, want), (block_rows, temperature)
-            assert not (got == 4).any()
+        got = draw_tokens(logits, 4, temperature, generator=torch.Generator().manual_seed(3))
+        p = masked_log_probs(logits.double() / temperature, 4).exp()
+        want = inverse_cdf(p, torch.Generator().manual_seed(3))
+        assert torch.equal(got, want), (block_rows, temperature)
+        assert not (got == 4).any()
