@@ -4,8 +4,8 @@ the same step counts. A try that buys validity with diversity moves up and to th
 top right (diversity within 5 % of the teacher at many steps).
 
 Usage:
-  python bench/frontier.py bench/results/reference_curve_didi-p3-*.json --reference bench/results/reference.json \
-      [--steps 4,8] [--name reference_frontier] [--out bench/results]
+  python bench/tradeoff.py bench/results/reference_curve_didi-p3-*.json --reference bench/results/reference.json \
+      [--steps 4,8] [--name reference_tradeoff] [--out bench/results]
 
 Reads only result files (no sampling): seconds.
 """
@@ -74,7 +74,7 @@ def main() -> None:
     ap.add_argument("--reference", type=Path, default=RESULTS / "reference.json")
     ap.add_argument("--models", default="teacher p3,sdtt,sdtt p3", help="rows of --reference to mark")
     ap.add_argument("--steps", default="4,8")
-    ap.add_argument("--name", default="reference_frontier")
+    ap.add_argument("--name", default="reference_tradeoff")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
     steps = [int(s) for s in args.steps.split(",")]
