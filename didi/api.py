@@ -139,8 +139,17 @@ class Pipeline:
             self.model.hidden_states = torch.compile(self.model.hidden_states, dynamic=True)
         return self
 
-    def denoiser(self):
+    def denoiser(self, num: int = 0, generator: torch.Generator | None = None):
+        """The model as a `SplitDenoiser`. A model with a noise input (a student distilled with
+        `distill.student_noise_dim`) gets one draw xi ~ N(0, I) per sequence for `num` sequences from `generator`."""
         model = self.model
+        noise = None
+        dim = getattr(self.config.model, "noise_dim", 0)
+        if dim:
+            if num < 1:
+                raise DidiError("this model takes a noise input per sequence: say how many sequences (num)")
+            gdev = generator.device if generator is not None else torch.device(self.device)
+            noise = torch.randn(num, dim, generator=generator, device=gdev).to(self.device)
         blocked = []
         if self.is_protein:  # residues seen in training only: the specials are placed by the length clamp
             from .protein import load_lengths
@@ -149,7 +158,7 @@ class Pipeline:
             blocked = [i for i in (tok.bos_id, tok.eos_id, tok.pad_id, tok.hf.token_to_id("<unk>")) if i is not None]
             blocked += load_lengths(self.run.path).get("unseen_residue_ids", [])
 
-        return SplitDenoiser(model, blocked)
+        return SplitDenoiser(model, blocked, noise)
 
     def protein_clamp(self, num: int, generator: torch.Generator) -> torch.Tensor:
         """Lengths drawn from the run's training histogram, as a BOS/EOS/PAD clamp."""
@@ -220,13 +229,13 @@ class Pipeline:
             elif guided:
                 from .guidance import rgas_sample
 
-                outs.append(rgas_sample(self.denoiser(), self.discriminator(), n, mcfg.length, steps,
+                outs.append(rgas_sample(self.denoiser(n, gen), self.discriminator(), n, mcfg.length, steps,
                                         self.tokenizer.mask_id, rho=rho, h0=h0, h1=h1, candidates=candidates,
                                         clamp=c, temperature=temperature, top_p=top_p, final_step=final_step,
                                         cache=use_cache, generator=gen, device=self.device, progress=progress,
                                         grid_power=grid_power))
             else:
-                outs.append(ancestral_sample(self.denoiser(), n, mcfg.length, steps, self.tokenizer.mask_id,
+                outs.append(ancestral_sample(self.denoiser(n, gen), n, mcfg.length, steps, self.tokenizer.mask_id,
                                              clamp=c, temperature=temperature, top_p=top_p, final_step=final_step,
                                              cache=use_cache, generator=gen, device=self.device, progress=progress,
                                              grid_power=grid_power))

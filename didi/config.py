@@ -23,6 +23,8 @@ class ModelConfig:
     length: int = 128  # model_length in the official configs
     dropout: float = 0.0
     time_conditioning: bool = False  # the official OWT teacher is not time-conditioned
+    noise_dim: int = 0  # > 0: a per-sequence Gaussian input added to the conditioning (a distilled student's own
+    # randomness, `distill.student_noise_dim`); 0 for teachers and every official checkpoint
 
 
 @dataclass
@@ -91,6 +93,7 @@ class RunConfig:
             ("model.hidden_dim", m.n_heads < 1 or m.hidden_dim % m.n_heads == 0,
              f"a multiple of model.n_heads ({m.n_heads})"),
             ("model.length", m.length >= 2, ">= 2"), ("model.dropout", 0.0 <= m.dropout < 1.0, "in [0, 1)"),
+            ("model.noise_dim", m.noise_dim >= 0, ">= 0"),
             ("diffusion.eps", 0.0 < dif.eps < 1.0, "in (0, 1)"), ("diffusion.grid_power", dif.grid_power > 0, "> 0"),
             ("data.valid_fraction", 0.0 <= d.valid_fraction < 1.0, "in [0, 1)"),
             ("data.domain", d.domain in ("text", "protein"), "text or protein"),

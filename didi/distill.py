@@ -66,11 +66,18 @@ class DistillConfig:
     # (each decided token is credited with the discriminator's logit at its own position, baseline per position)
     reward_clip: float = 8.0
     group_norm: bool = True  # False: A = r - mean(r)
+    norm_scope: str = "group"  # group_norm over each group of G rollouts of one real row (paper) or over the whole
+    # global batch ("batch"; every text-row rollout starts from the same state, so the G-groups are arbitrary)
     adv_clip: float = 3.0
     time_weight: bool = True  # w(tau) = -alpha'/(1 - alpha) clamped; False: w = 1
     w_min: float = 0.1
     w_max: float = 10.0
     importance_weight: bool = False  # divide w by the Beta density pi(tau)
+    # the student's own randomness (beyond the paper; 0 = the paper's student): a per-sequence Gaussian input of
+    # this many dimensions (`DIT.add_noise_input`), fixed over a rollout, so tokens revealed in the same step can
+    # agree with each other through it; its map starts at random with scale student_noise_init
+    student_noise_dim: int = 0
+    student_noise_init: float = 0.1
     # regularization (released values conflict: kl_beta 0.05 or 1.0, entropy_beta 0.0005 or 0.02)
     kl_beta: float = 0.05
     kl_step_weight: float = 0.01  # weight of each rollout step's KL(teacher || student)
@@ -109,7 +116,9 @@ class DistillConfig:
                   ("disc_only_steps", self.disc_only_steps >= 0, ">= 0"),
                   ("disc_trainable_blocks", self.disc_trainable_blocks >= 0, ">= 0"),
                   ("tau_a", self.tau_a > 0, "> 0"), ("tau_b", self.tau_b > 0, "> 0"),
-                  ("w_min", 0 < self.w_min <= self.w_max, "> 0 and <= w_max")]
+                  ("w_min", 0 < self.w_min <= self.w_max, "> 0 and <= w_max"),
+                  ("student_noise_dim", self.student_noise_dim >= 0, ">= 0"),
+                  ("student_noise_init", self.student_noise_init >= 0, ">= 0")]
         for name, ok, allowed in ranges:
             if not ok:
                 raise DidiError(f"distill.{name} = {getattr(self, name)!r} is not allowed: it must be {allowed}")
@@ -119,6 +128,9 @@ class DistillConfig:
             if self.batch_size < 1:
                 raise DidiError("distill: batch_size must be >= 1")
             round_schedule(self.sdtt_start_steps, self.sdtt_end_steps, self.max_steps)
+            if self.student_noise_dim:
+                raise DidiError("distill: student_noise_dim is a DiDi-Instruct option (SDTT matches per-token "
+                                "marginals)")
             if self.sdtt_divergence not in ("reverse_kl", "kl"):
                 raise DidiError(f"distill: sdtt_divergence must be 'reverse_kl' or 'kl', not {self.sdtt_divergence!r}")
             return
@@ -136,6 +148,8 @@ class DistillConfig:
             raise DidiError(f"distill: reward_credit must be 'sequence' or 'token', not {self.reward_credit!r}")
         if self.reward_credit == "token" and self.reward_states != "path":
             raise DidiError("distill: reward_credit='token' needs reward_states='path'")
+        if self.norm_scope not in ("group", "batch"):
+            raise DidiError(f"distill: norm_scope must be 'group' or 'batch', not {self.norm_scope!r}")
         if self.reward_states not in ("final", "path"):
             raise DidiError(f"distill: reward_states must be 'final' or 'path', not {self.reward_states!r}")
         if self.rollout_grid not in ("tau", "sampler", "uniform"):
@@ -254,6 +268,10 @@ def distill(teacher: str | Path | None, out: str | Path, dcfg: DistillConfig | N
     dcfg.validate()
     if cfg.model.arch != "dit":
         raise DidiError(f"the teacher must be a masked diffusion model (model.arch dit), not {cfg.model.arch}")
+    if not resume:
+        if cfg.model.noise_dim:
+            raise DidiError("the teacher has a noise input (model.noise_dim > 0): distil a teacher, not a student")
+        cfg.model.noise_dim = dcfg.student_noise_dim  # the student run's model
     _train_from_dcfg(cfg, dcfg)
     cfg.validate()
     teacher = Path(teacher).resolve()
@@ -287,7 +305,11 @@ def distill(teacher: str | Path | None, out: str | Path, dcfg: DistillConfig | N
 
     teacher_model = runs.load_run(teacher, "cpu").model
     torch.manual_seed(cfg.train.seed)  # identical discriminator head on every rank
-    student = copy.deepcopy(teacher_model).train().requires_grad_(True)
+    student = copy.deepcopy(teacher_model)
+    if dcfg.student_noise_dim:
+        student.add_noise_input(dcfg.student_noise_dim, dcfg.student_noise_init,
+                                torch.Generator().manual_seed(cfg.train.seed))
+    student = student.train().requires_grad_(True)
     student_spec = PartSpec(student, lr=dcfg.student_lr, max_steps=dcfg.max_steps, warmup_steps=dcfg.warmup_steps,
                             min_lr_ratio=dcfg.min_lr_ratio, betas=tuple(dcfg.student_betas),
                             weight_decay=dcfg.student_weight_decay, grad_clip=dcfg.student_clip, ema=dcfg.ema,

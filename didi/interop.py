@@ -541,6 +541,9 @@ def export(run, out_dir: str | Path, overwrite: bool = False, repo_id: str | Non
     m = run.config.model
     if m.arch != "dit":
         raise DidiError(f"only DiT runs can be exported in the official layout (this run is '{m.arch}')")
+    if m.noise_dim:
+        raise DidiError("this student has a noise input (model.noise_dim > 0), which the official layouts have no "
+                        "place for; sample it with didi, or distil without distill.student_noise_dim")
     disc = load_discriminator(run.path) if (Path(run.path) / DISC_WEIGHTS).is_file() else None
     out = Path(out_dir)
     _prepare_out(out, overwrite, Path(run.path))

@@ -227,13 +227,26 @@ class SplitDenoiser:
     c [N, cond]: logits [N, V+1]. At the `tiny` English shape (H 256, V 8,193) the projection is about a third of
     the network's work, and an ancestral step draws only the positions it reveals. Calling it gives the full
     logits, like any denoiser. blocked: token ids whose logits are set to -1e6 (never drawn).
+    noise: [B, noise_dim] for a model with a per-sequence noise input (`DIT.add_noise_input`): row i of the batch
+    always sees noise[i] (`per_row`: the samplers pass the indices of the rows they evaluate).
     """
 
-    def __init__(self, model: torch.nn.Module, blocked: list[int] | tuple[int, ...] = ()):
-        self.model, self.blocked = model, list(blocked)
+    def __init__(self, model: torch.nn.Module, blocked: list[int] | tuple[int, ...] = (),
+                 noise: torch.Tensor | None = None):
+        self.model, self.blocked, self.noise = model, list(blocked), noise
 
-    def features(self, z: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.model.hidden_states(z, sigma)
+    @property
+    def per_row(self) -> bool:
+        return self.noise is not None
+
+    def features(self, z: torch.Tensor, sigma: torch.Tensor, rows: torch.Tensor | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.noise is None:
+            return self.model.hidden_states(z, sigma)
+        noise = self.noise if rows is None else self.noise[rows]
+        if noise.shape[0] != z.shape[0]:
+            raise ValueError(f"noise for {noise.shape[0]} rows, the batch has {z.shape[0]}")
+        return self.model.hidden_states(z, sigma, noise.to(z.device))
 
     def head(self, h: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         out = self.model.output_layer(h, c)
@@ -241,8 +254,8 @@ class SplitDenoiser:
             out[..., self.blocked] = -1e6
         return out
 
-    def __call__(self, z: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        return self.head(*self.features(z, sigma))
+    def __call__(self, z: torch.Tensor, sigma: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        return self.head(*self.features(z, sigma, rows))
 
 
 def is_split(denoiser) -> bool:
@@ -278,7 +291,13 @@ class RowCache:
             return
         every = bool(need.all())
         zz, sigma = (z if every else z[need]), self.sigma(int(need.sum()), t)
-        out = tuple(self.denoiser.features(zz, sigma)) if self.split else (self.denoiser(zz, sigma).float(),)
+        kw = {}
+        if getattr(self.denoiser, "per_row", False):  # a denoiser with per-row inputs (noise) is told the rows
+            kw["rows"] = None if every else need.nonzero(as_tuple=True)[0]
+        if self.split:
+            out = tuple(self.denoiser.features(zz, sigma, **kw))
+        else:
+            out = (self.denoiser(zz, sigma, **kw).float(),)
         if every:  # every row evaluated: keep the output itself, no copy
             self.out = out
         else:

@@ -425,3 +425,97 @@ def test_cli_distill_resume_and_guided_sample(teacher, tmp_path, capsys):
     assert "student NFE mean" in report and "total network evaluations mean" in report
     rows = [json.loads(x) for x in samples.read_text().splitlines()]
     assert len(rows) == 2 and all(r["guided"] and r["total_evals"] > r["nfe"] for r in rows)
+
+
+# -- a student with its own randomness (distill.student_noise_dim) ---------------------------------------------
+
+
+def random_dit() -> DIT:
+    """A tiny DiT with every weight random (a fresh DiT's output layer and modulations are zero)."""
+    m = tiny_dit().eval()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.normal_(0, 0.3)
+    return m
+
+
+def test_noise_input_changes_the_output_per_row_and_none_is_the_zero_vector():
+    m = random_dit()
+    z = torch.full((3, 8), 8)
+    sigma = torch.zeros(3)
+    plain = m(z, sigma)
+    with pytest.raises(ValueError, match="no noise input"):
+        m(z, sigma, torch.zeros(3, 4))
+    m.add_noise_input(4, 0.5, torch.Generator().manual_seed(0))
+    assert m.config.noise_dim == 4 and m.noise_map.weight.shape == (m.config.cond_dim, 4)
+    assert torch.allclose(m(z, sigma), plain) and torch.allclose(m(z, sigma, torch.zeros(3, 4)), plain)
+    xi = torch.randn(3, 4, generator=torch.Generator().manual_seed(1))
+    out = m(z, sigma, xi)
+    assert not torch.allclose(out[0], out[1])  # the same input, different noise: different predictions
+    assert torch.allclose(out[2], m(z[2:], sigma[2:], xi[2:])[0], atol=1e-6)
+
+
+def test_split_denoiser_gives_each_row_its_own_noise_whatever_rows_are_evaluated():
+    from didi.sampling import RowCache, SplitDenoiser
+
+    m = random_dit().add_noise_input(4, 0.5, torch.Generator().manual_seed(0))
+    xi = torch.randn(5, 4, generator=torch.Generator().manual_seed(1))
+    den = SplitDenoiser(m, noise=xi)
+    z = torch.randint(0, 8, (5, 8))
+    z[:, ::2] = 8
+    full = den(z, torch.zeros(5))
+    rows = torch.tensor([1, 3])
+    assert torch.allclose(den(z[rows], torch.zeros(2), rows), full[rows], atol=1e-6)
+    # a row cache that evaluates only the rows with masks tells the denoiser which rows they are
+    z[[0, 2, 4]] = 1
+    rc = RowCache(den, 5, 8, LogLinearSchedule(), cache=True, device="cpu", split=True)
+    rc.update(z, 1.0)
+    assert torch.allclose(rc.at(z == 8), full[z == 8], atol=1e-5)
+    with pytest.raises(ValueError, match="noise for 5 rows"):
+        den(z[:2], torch.zeros(2))
+
+
+def test_noise_student_distils_resumes_exactly_and_samples_from_the_seed(teacher, tmp_path):
+    dcfg = small_dcfg(reward_states="path", rollout_grid="uniform", student_steps=3, student_noise_dim=4,
+                      student_noise_init=0.5)
+    extra = ["train.eval_every=2", "train.save_every=0"]
+    a, b = tmp_path / "a", tmp_path / "b"
+    distill(teacher, a, dcfg, overrides=extra, progress=False)
+    distill(teacher, b, dcfg, overrides=extra, until_step=2, progress=False)
+    distill(None, b, resume=True, progress=False)
+    wa, wb = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
+    assert "noise_map.weight" in wa and all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert json.loads((a / "config.json").read_text())["model"]["noise_dim"] == 4
+    pipe = didi.load(a)
+    s1, s2 = pipe.sample(num=6, steps=4, seed=3), pipe.sample(num=6, steps=4, seed=3)
+    assert torch.equal(s1.tokens, s2.tokens)  # the noise comes from the sampling seed
+    assert not (s1.tokens == pipe.tokenizer.mask_id).any() and torch.all(s1.nfe <= 4)
+    g = pipe.sample(num=2, steps=4, guided=True)
+    assert g.tokens.shape == (2, 16)
+    with pytest.raises(DidiError, match="noise input"):
+        from didi.interop import export
+
+        export(a, tmp_path / "exported")
+    with pytest.raises(DidiError, match="DiDi-Instruct option"):
+        DistillConfig(method="sdtt", student_noise_dim=4).validate()
+
+
+def test_batch_scope_normalizes_advantages_over_the_whole_batch():
+    from types import SimpleNamespace
+
+    from didi.methods.didi_instruct import DiDiInstruct
+
+    ctx = SimpleNamespace(all_mean=lambda x: x)
+    r = torch.tensor([0.0, 1.0, 2.0, 3.0, 10.0, 11.0, 12.0, 13.0])
+    valid = torch.ones(8, dtype=torch.bool)
+    batch = SimpleNamespace(dcfg=DistillConfig(group=4, norm_scope="batch", adv_clip=10.0))
+    group = SimpleNamespace(dcfg=DistillConfig(group=4, adv_clip=10.0))
+    a_b, a_g = DiDiInstruct._advantage(batch, ctx, r, valid), DiDiInstruct._advantage(group, ctx, r, valid)
+    assert float(a_b.mean()) == pytest.approx(0, abs=1e-6) and float(a_b.std(unbiased=False)) == pytest.approx(1)
+    assert torch.all(a_b[:4] < 0) and torch.all(a_b[4:] > 0)  # the first group is worse than the second
+    assert torch.allclose(a_g[:4], a_g[4:])  # per group, both look alike
+    valid[0] = False
+    a = DiDiInstruct._advantage(batch, ctx, r, valid)
+    assert a[0] == 0 and float(a[1:].mean()) == pytest.approx(0, abs=1e-6)
+    with pytest.raises(DidiError, match="norm_scope"):
+        DistillConfig(norm_scope="rank").validate()

@@ -135,6 +135,7 @@ class DiDiInstruct:
         noise_fake = torch.rand(n_glob, length, generator=generator)
         noise_real = torch.rand(n_glob, length, generator=generator)
         pick = torch.rand(n_glob, generator=generator)  # reward_states="path": which state the discriminator trains on
+        noise = torch.randn(n_glob, d.student_noise_dim, generator=generator) if d.student_noise_dim else None
         rng = np.random.default_rng(np_seed)
         tau = np.clip(rng.beta(d.tau_a, d.tau_b, size=n_glob), d.tau_min, d.tau_max)
         tau_real = np.clip(rng.beta(d.tau_a, d.tau_b, size=n_glob), d.tau_min, d.tau_max)
@@ -146,7 +147,7 @@ class DiDiInstruct:
             "tau": torch.from_numpy(tau[sl]).float().to(device),
             "tau_real": torch.from_numpy(tau_real[sl]).float().to(device),
             "noise_fake": noise_fake[sl].to(device), "noise_real": noise_real[sl].to(device), "gen": rgen,
-            "pick": pick[sl].to(device),
+            "pick": pick[sl].to(device), "noise": None if noise is None else noise[sl].to(device),
         }
 
     def times(self, tau: torch.Tensor) -> torch.Tensor:
@@ -166,9 +167,10 @@ class DiDiInstruct:
     # -- rollout ---------------------------------------------------------------------------------------
     @torch.no_grad()
     def rollout(self, student, n: int, length: int, grid: torch.Tensor, gen, device,
-                init: torch.Tensor | None = None, shared_first: bool = True):
+                init: torch.Tensor | None = None, shared_first: bool = True, noise: torch.Tensor | None = None):
         """Student ancestral rollout without gradient, from all masks (or from `init`, masks and kept tokens; with
-        `shared_first` every row starts the same, so the first forward runs on one row).
+        `shared_first` every row starts the same, so the first forward runs on one row; noise: the student's
+        per-row noise input, fixed over the rollout).
         Returns x̂0, the pre-step states, and per step the positions whose token this step decided (and whose
         log-prob counts)."""
         mask = self.mask_id
@@ -180,6 +182,8 @@ class DiDiInstruct:
             states.append(z.clone())
             if j == 0 and shared_first:  # every row is the same first state: one row suffices
                 logits = student(z[:1], self.schedule.sigma(t[:1])).float().expand(n, -1, -1)
+            elif noise is not None:
+                logits = student(z, self.schedule.sigma(t), noise).float()
             else:
                 logits = student(z, self.schedule.sigma(t)).float()
             masked = z == mask
@@ -219,9 +223,11 @@ class DiDiInstruct:
         init = None
         if self.kept:  # each real row's kept tokens (BOS, EOS, PAD; the first position), G times
             init = torch.where(self.kept(x), x, torch.full_like(x, mask)).repeat_interleave(G, 0)
-        shared_first = init is None or bool((init == init[:1]).all())  # one all-masked first state for every row
+        noise = draws["noise"]  # the student's own randomness (None: the paper's student)
+        # one all-masked first state for every row (not with noise: then every row's first output differs)
+        shared_first = noise is None and (init is None or bool((init == init[:1]).all()))
         with ctx.autocast():
-            x_hat, states, decided = self.rollout(student, N, L, grid, gen, device, init, shared_first)
+            x_hat, states, decided = self.rollout(student, N, L, grid, gen, device, init, shared_first, noise)
 
         # real side
         if d.real == "teacher":
@@ -256,7 +262,10 @@ class DiDiInstruct:
             inputs = torch.cat(states)
             t_in = torch.cat([grid[:, j] for j in range(len(states))])
         with ctx.autocast():
-            s_logits = student_part.wrapped(inputs, sched.sigma(t_in))
+            if noise is None:
+                s_logits = student_part.wrapped(inputs, sched.sigma(t_in))
+            else:
+                s_logits = student_part.wrapped(inputs, sched.sigma(t_in), noise.repeat(len(states), 1))
         with torch.no_grad(), ctx.autocast():
             t_logits = self.teacher(inputs, sched.sigma(t_in))
         logp_steps = []
@@ -326,9 +335,15 @@ class DiDiInstruct:
 
     def _advantage(self, ctx, r: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         d = self.dcfg
-        if d.group_norm:
-            return group_normalize(r, d.group, d.adv_clip, valid=valid)
-        return (r - ctx.all_mean(r.mean())) * valid
+        if not d.group_norm:
+            return (r - ctx.all_mean(r.mean())) * valid
+        if d.norm_scope == "batch":  # one mean and (population) std over the global batch's valid rows
+            v = valid.double()
+            share = ctx.all_mean(v.mean()).clamp_min(1e-12)
+            mean = ctx.all_mean((r.double() * v).mean()) / share
+            std = (ctx.all_mean(((r.double() - mean) ** 2 * v).mean()) / share).sqrt()
+            return (((r.double() - mean) / (std + 1e-8)).clamp(-d.adv_clip, d.adv_clip) * v).to(r.dtype)
+        return group_normalize(r, d.group, d.adv_clip, valid=valid)
 
     def _final_rewards(self, ctx, x_hat, real, tau, tau_real, noise_fake, noise_real, k: int):
         """The paper's reward: x̂0 and the real rows masked with alpha_tau (coupled time), the discriminator judges

@@ -152,20 +152,44 @@ class DIT(nn.Module):
             [DDiTBlock(cfg.hidden_dim, cfg.n_heads, cfg.cond_dim, dropout=cfg.dropout) for _ in range(cfg.n_blocks)]
         )
         self.output_layer = DDitFinalLayer(cfg.hidden_dim, cfg.vocab_size, cfg.cond_dim)
+        # a student's own randomness (model.noise_dim > 0): xi [B, noise_dim] ~ N(0, I) per sequence, added to the
+        # conditioning through a linear map; every block's modulation sees it (see `add_noise_input`)
+        self.noise_map = nn.Linear(cfg.noise_dim, cfg.cond_dim, bias=False) if cfg.noise_dim else None
 
-    def hidden_states(self, x: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Run embedding + blocks; returns (hidden [B, L, H], conditioning c [B, cond])."""
+    def add_noise_input(self, dim: int, init_std: float, generator: torch.Generator | None = None) -> DIT:
+        """Give this model (a copy of a teacher) a per-sequence noise input of `dim` dimensions, its map drawn with
+        entries N(0, (init_std / sqrt(dim))^2), so each conditioning coordinate moves by about init_std. A zero map
+        would leave the student exactly the teacher but is a stationary point of any objective that averages over
+        the noise (the gradient of the map is E[xi] ... = 0), hence a small random one."""
+        if self.noise_map is not None:
+            raise ValueError("this model already has a noise input")
+        self.config.noise_dim = dim
+        p = next(self.parameters())
+        self.noise_map = nn.Linear(dim, self.config.cond_dim, bias=False).to(device=p.device, dtype=p.dtype)
+        with torch.no_grad():
+            w = torch.randn(self.noise_map.weight.shape, generator=generator) * (init_std / math.sqrt(dim))
+            self.noise_map.weight.copy_(w)
+        return self
+
+    def hidden_states(self, x: torch.Tensor, sigma: torch.Tensor, noise: torch.Tensor | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run embedding + blocks; returns (hidden [B, L, H], conditioning c [B, cond]). noise: [B, noise_dim] for a
+        model with a noise input (None: the zero vector, the noise distribution's mean); refused otherwise."""
         if not self.config.time_conditioning:
             sigma = torch.zeros_like(sigma)
         h = self.vocab_embed(x)
         c = F.silu(self.sigma_map(sigma))
+        if noise is not None:
+            if self.noise_map is None:
+                raise ValueError("this model has no noise input (model.noise_dim = 0)")
+            c = c + self.noise_map(noise.to(c.dtype))
         cos, sin = self.rotary_emb(h.shape[1], h.device)
         for block in self.blocks:
             h = block(h, cos, sin, c)
         return h, c
 
-    def forward(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        h, c = self.hidden_states(x, sigma)
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+        h, c = self.hidden_states(x, sigma, noise)
         return self.output_layer(h, c)
 
     def num_parameters(self) -> int:
