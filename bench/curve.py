@@ -26,7 +26,7 @@ from didi.api import Pipeline
 from didi.evaluation import load_judge
 
 COLUMNS = ["iteration", "steps", "valid_sentences", "valid_texts", "choice_entropy_ratio", "nll_per_word",
-           "disc_acc", "reward_mean", "entropy_metric", "kl"]
+           "disc_acc", "reward_mean", "entropy_metric", "kl", "noise_map_norm"]
 
 
 def snapshots(run: Path) -> list[tuple[int, Path]]:
@@ -48,7 +48,7 @@ def training_metrics(run: Path, every: int) -> dict[int, dict]:
         out.setdefault(end, {}).setdefault("_rows", []).append(r)
     for d in out.values():
         rs = d.pop("_rows")
-        for k in ("disc_acc", "reward_mean", "entropy", "kl", "loss"):
+        for k in ("disc_acc", "reward_mean", "entropy", "kl", "loss", "noise_map_norm"):
             vals = [r[k] for r in rs if k in r]
             if vals:
                 d["entropy_metric" if k == "entropy" else k] = float(np.mean(vals))

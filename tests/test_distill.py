@@ -486,6 +486,8 @@ def test_noise_student_distils_resumes_exactly_and_samples_from_the_seed(teacher
     wa, wb = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
     assert "noise_map.weight" in wa and all(torch.equal(wa[k], wb[k]) for k in wa)
     assert json.loads((a / "config.json").read_text())["model"]["noise_dim"] == 4
+    rows = [json.loads(x) for x in (a / "metrics.jsonl").read_text().splitlines()]
+    assert any(r.get("noise_map_norm", 0) > 0 for r in rows)
     pipe = didi.load(a)
     s1, s2 = pipe.sample(num=6, steps=4, seed=3), pipe.sample(num=6, steps=4, seed=3)
     assert torch.equal(s1.tokens, s2.tokens)  # the noise comes from the sampling seed

@@ -304,6 +304,8 @@ class DiDiInstruct:
         grad_norm = ctx.update("student", loss)
         metrics.update(loss=loss.detach(), pg=pg.detach(), kl=kl_total.detach(), entropy=entropy.detach(),
                        logp=logp_rows.detach().mean(), grad_norm=torch.tensor(grad_norm))
+        if noise is not None:  # how strongly the student's conditioning depends on its noise (Frobenius norm)
+            metrics["noise_map_norm"] = student.noise_map.weight.detach().norm()
         return {k: float(ctx.all_mean(torch.as_tensor(v, device=device).float())) for k, v in metrics.items()}
 
     def _disc_update(self, ctx, z_real, z_fake, sig_r, sig_f, m_real, m_fake) -> dict:
