@@ -100,13 +100,14 @@ def resolve_device(name: str, d: Dist) -> str:
 class Context:
     """What a method's step sees: its parts, the device, DDP facts and the autocast context."""
 
-    def __init__(self, parts: dict[str, Part], device: str, d: Dist, bf16: bool, global_batch: int):
+    def __init__(self, parts: dict[str, Part], device: str, d: Dist, bf16: bool, global_batch: int,
+                 cpu_bf16: bool = False):
         self.parts, self.device, self.dist, self.global_batch = parts, device, d, global_batch
-        self.bf16 = bf16 and device.startswith("cuda")
+        self.bf16 = bf16 and (device.startswith("cuda") or cpu_bf16)
 
     def autocast(self):
         if self.bf16:
-            return torch.autocast("cuda", dtype=torch.bfloat16)
+            return torch.autocast("cuda" if self.device.startswith("cuda") else "cpu", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
     def update(self, name: str, loss: torch.Tensor) -> float:
@@ -199,7 +200,7 @@ class Trainer:
         if t.batch_size % d.world:
             raise DidiError(f"train.batch_size {t.batch_size} must be divisible by the {d.world} processes")
         self.parts = build_parts(specs, device, d, t.compile)
-        self.ctx = Context(self.parts, device, d, t.bf16, t.batch_size)
+        self.ctx = Context(self.parts, device, d, t.bf16, t.batch_size, t.cpu_bf16)
         self.sampler = BlockSampler(len(train_blocks), t.batch_size, t.seed)
         self.step = 0
         self.elapsed = 0.0

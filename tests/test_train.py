@@ -51,6 +51,22 @@ def test_training_lowers_the_loss_and_writes_a_run(corpus, tmp_path):
     assert f.tokens.shape == (2, 32) and not (f.tokens == pipe.tokenizer.mask_id).any()
 
 
+def test_cpu_bf16_autocasts_on_a_cpu_and_still_lowers_the_loss(corpus, tmp_path):
+    from didi.trainer import Context, Dist
+
+    ctx = Context({}, "cpu", Dist(), True, 1, cpu_bf16=True)
+    with ctx.autocast():
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
+    with Context({}, "cpu", Dist(), True, 1).autocast():  # the default: float32 on a CPU
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
+    out = tmp_path / "bf16"
+    didi.train(cfg_for(corpus, tmp_path, "train.max_steps=40", "train.eval_every=20", "train.cpu_bf16=true"), out,
+               progress=False)
+    vals = [m["val_nelbo"] for m in metrics(out) if "val_nelbo" in m]
+    assert len(vals) == 2 and vals[-1] < vals[0]
+    assert all(v.dtype == torch.float32 for v in load_file(out / "model.safetensors").values())
+
+
 def test_resume_is_exact(corpus, tmp_path):
     straight, resumed = tmp_path / "a", tmp_path / "b"
     extra = ("train.max_steps=20", "train.save_every=0", "train.eval_every=10")
