@@ -8,7 +8,7 @@ Rows, each measured fp32 then bf16 in this one process:
   preset feeds the student: 1 + 3 x 32 rollout states), seconds per call, median of `--repeats`;
 - `didi iteration`: seconds per iteration of `didi distill --preset lang` (grid power 3) on the teacher, the mean
   over a whole run of `--iterations` + 5 (set-up included), after a 5-iteration warm-up run;
-- `log-prob error`: mean and max |log p_bf16 - log p_fp32| at masked positions of held-out rows noised to a
+- `log-prob error`: mean and max abs(log p_bf16 - log p_fp32) at masked positions of held-out rows noised to a
   uniform time, and the mean KL(fp32 || bf16) per position.
 Needs the machine otherwise idle.
 """
@@ -96,8 +96,8 @@ def logprob_error(model, cfg, tok) -> list[dict]:
     diff = (lp16 - lp32).abs()[finite & (p32 > 1e-3)]  # tokens with probability above 1e-3
     kl = (p32 * (lp32 - lp16)).nan_to_num(0.0).sum(-1)
     where = "tokens with p > 1e-3"
-    return [{"what": f"mean |log p bf16 - log p fp32|, {where}", "bf16": float(diff.mean()), "unit": "nats"},
-            {"what": f"max |log p bf16 - log p fp32|, {where}", "bf16": float(diff.max()), "unit": "nats"},
+    return [{"what": f"mean abs(log p bf16 - log p fp32), {where}", "bf16": float(diff.mean()), "unit": "nats"},
+            {"what": f"max abs(log p bf16 - log p fp32), {where}", "bf16": float(diff.max()), "unit": "nats"},
             {"what": "KL(fp32 || bf16) per masked position", "bf16": float(kl.mean()), "unit": "nats"}]
 
 
