@@ -9,7 +9,7 @@ Rows, each measured fp32 then bf16 in this one process:
 - `didi iteration`: seconds per iteration of `didi distill --preset lang` (grid power 3) on the teacher, the mean
   over a whole run of `--iterations` + 5 (set-up included), after a 5-iteration warm-up run;
 - `log-prob error`: mean and max abs(log p_bf16 - log p_fp32) at masked positions of held-out rows noised to a
-  uniform time, and the mean KL(fp32 || bf16) per position.
+  uniform time, and the mean KL(p_fp32 ‖ p_bf16) per position.
 Needs the machine otherwise idle.
 """
 
@@ -98,7 +98,7 @@ def logprob_error(model, cfg, tok) -> list[dict]:
     where = "tokens with p > 1e-3"
     return [{"what": f"mean abs(log p bf16 - log p fp32), {where}", "bf16": float(diff.mean()), "unit": "nats"},
             {"what": f"max abs(log p bf16 - log p fp32), {where}", "bf16": float(diff.max()), "unit": "nats"},
-            {"what": "KL(fp32 || bf16) per masked position", "bf16": float(kl.mean()), "unit": "nats"}]
+            {"what": "KL(p_fp32 ‖ p_bf16) per masked position", "bf16": float(kl.mean()), "unit": "nats"}]
 
 
 def main() -> None:
