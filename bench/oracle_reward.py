@@ -7,7 +7,8 @@ and its accuracy is logged) except the rewards: with `reward_states=path` each r
 oracle reward of its final text x̂0 (its reward-to-go, since earlier states get none), normalized per step within
 groups like the discriminator's rewards. Oracle: the share of x̂0's sentences that are valid. It rewards validity
 alone (no term for diversity beyond the recipe's KL and entropy bonus), so it shows how fast this machinery can
-raise validity when the reward is exact, and what that costs in diversity.
+raise validity when the reward is exact, and what that costs in diversity; with `--set entropy_reward=B` the
+method's exact surprisal term joins it as in `didi distill`.
 
 Usage: python bench/oracle_reward.py --teacher runs/lang-teacher --out runs/oracle --grammar stories \
            [--minutes 30] [--steps 1300] [--set KEY=VALUE ...]
@@ -41,14 +42,18 @@ def oracle_method(grammar: Grammar, tokenizer: Tokenizer):
         return torch.tensor(out, dtype=torch.float32, device=x_hat.device)
 
     class Oracle(di.DiDiInstruct):
-        def _path_rewards(self, ctx, states, x_hat, grid, real, noise_real, pick):
+        def _path_rewards(self, ctx, states, x_hat, grid, real, noise_real, pick, surprisal=None):
             _, metrics = super()._path_rewards(ctx, states, x_hat, grid, real, noise_real, pick)  # trains D
             r = valid_share(x_hat)
             metrics["oracle_valid"] = r.mean()
             k, n = len(states), x_hat.shape[0]
+            togo = r[:, None].expand(n, k)  # only the final text is rewarded: every step's reward-to-go
+            if self.dcfg.entropy_reward and surprisal is not None:  # as the method adds it (distill.entropy_reward)
+                metrics["surprisal"] = surprisal.sum(1).mean()
+                togo = togo + self.dcfg.entropy_reward * surprisal.flip(1).cumsum(1).flip(1)
             valid = torch.ones(n, dtype=torch.bool, device=x_hat.device)
-            adv = self._advantage(ctx, r, valid)
-            return adv[:, None].expand(n, k).clone(), metrics
+            adv = torch.stack([self._advantage(ctx, togo[:, s], valid) for s in range(k)], 1)
+            return adv, metrics
 
     return Oracle
 

@@ -53,7 +53,7 @@ def probe(run_dir: str, grammar: Grammar, num: int, seed: int) -> list[dict]:
     init = torch.where(method.kept(real), real, torch.full_like(real, mask)) if method.kept else None
     noise = torch.randn(n, cfg.model.noise_dim, generator=gen) if cfg.model.noise_dim else None
     with torch.no_grad():
-        x_hat, states, _ = method.rollout(student, n, L, grid, gen, "cpu", init, noise is None, noise)
+        x_hat, states, _, _ = method.rollout(student, n, L, grid, gen, "cpu", init, noise is None, noise)
         post = torch.stack(states[1:] + [x_hat])  # [k, n, L]
         t_post = grid[:, 1:].clone()
         t_post[:, -1] = 0.0

@@ -82,6 +82,12 @@ class DistillConfig:
     kl_beta: float = 0.05
     kl_step_weight: float = 0.01  # weight of each rollout step's KL(teacher || student)
     entropy_beta: float = 0.0005
+    # beyond the paper (0 = off): add this times the rollout's own surprisal -log q (the summed log-probabilities of
+    # the tokens it drew, with the rewards' credit: path rewards give step s the surprisal of steps s..k) to the
+    # reward. It is the student-entropy half of the reverse KL, computed exactly, where the discriminator's log-ratio
+    # carries it only as an estimate; unlike entropy_beta it does not penalize sharper marginals at positions a step
+    # leaves masked, only less entropy in what is drawn
+    entropy_reward: float = 0.0
     # student optimizer (lr about 1e-6 to 5e-6 at 169 M; 1e-5 for the tiny CPU scale)
     student_lr: float = 1e-5
     student_betas: tuple[float, float] = (0.9, 0.999)
@@ -118,6 +124,7 @@ class DistillConfig:
                   ("tau_a", self.tau_a > 0, "> 0"), ("tau_b", self.tau_b > 0, "> 0"),
                   ("w_min", 0 < self.w_min <= self.w_max, "> 0 and <= w_max"),
                   ("student_noise_dim", self.student_noise_dim >= 0, ">= 0"),
+                  ("entropy_reward", self.entropy_reward >= 0, ">= 0"),
                   ("student_noise_init", self.student_noise_init >= 0, ">= 0")]
         for name, ok, allowed in ranges:
             if not ok:
@@ -146,6 +153,9 @@ class DistillConfig:
             raise DidiError(f"distill: path_credit must be 'togo' or 'step', not {self.path_credit!r}")
         if self.reward_credit not in ("sequence", "token"):
             raise DidiError(f"distill: reward_credit must be 'sequence' or 'token', not {self.reward_credit!r}")
+        if self.entropy_reward and self.reward_credit == "token":
+            raise DidiError("distill: entropy_reward needs reward_credit='sequence' (a rollout's surprisal is one "
+                            "number per step)")
         if self.reward_credit == "token" and self.reward_states != "path":
             raise DidiError("distill: reward_credit='token' needs reward_states='path'")
         if self.norm_scope not in ("group", "batch"):

@@ -521,3 +521,32 @@ def test_batch_scope_normalizes_advantages_over_the_whole_batch():
     assert a[0] == 0 and float(a[1:].mean()) == pytest.approx(0, abs=1e-6)
     with pytest.raises(DidiError, match="norm_scope"):
         DistillConfig(norm_scope="rank").validate()
+
+
+def test_rollout_log_probs_are_those_the_loss_recomputes_and_entropy_reward_trains(teacher, tmp_path):
+    from didi.diffusion import masked_log_probs
+    from didi.methods.didi_instruct import DiDiInstruct
+
+    m = random_dit()
+    cfg = preset("test")
+    cfg.model = m.config
+    method = DiDiInstruct(cfg, DistillConfig(student_steps=3, rollout_grid="uniform"), 8, m)
+    n = 6
+    grid = method.times(torch.zeros(n))
+    x_hat, states, decided, lp = method.rollout(m, n, 8, grid, torch.Generator().manual_seed(0), "cpu")
+    assert lp.shape == (n, 3) and torch.all(lp <= 0)
+    with torch.no_grad():
+        for j, (z, dec) in enumerate(zip(states, decided)):
+            logp = masked_log_probs(m(z, method.schedule.sigma(grid[:, j])), 8)
+            picked = logp.gather(-1, x_hat[..., None]).squeeze(-1)
+            assert torch.allclose((picked * dec).sum(1), lp[:, j], atol=1e-4)
+    assert torch.stack(decided).sum(0).eq(1).all()  # every position decided exactly once
+    dcfg = small_dcfg(reward_states="path", rollout_grid="uniform", student_steps=3, entropy_reward=0.1, max_steps=3)
+    result = distill(teacher, tmp_path / "ent", dcfg, overrides=["train.eval_every=0", "train.log_every=1"],
+                     progress=False)
+    assert math.isfinite(result["loss"]) and result["surprisal"] > 0
+    result = distill(teacher, tmp_path / "ent-final", small_dcfg(entropy_reward=0.1, max_steps=2),
+                     overrides=["train.eval_every=0", "train.log_every=1"], progress=False)
+    assert math.isfinite(result["loss"]) and result["surprisal"] > 0
+    with pytest.raises(DidiError, match="entropy_reward needs"):
+        DistillConfig(reward_states="path", reward_credit="token", entropy_reward=0.1).validate()

@@ -171,11 +171,12 @@ class DiDiInstruct:
         """Student ancestral rollout without gradient, from all masks (or from `init`, masks and kept tokens; with
         `shared_first` every row starts the same, so the first forward runs on one row; noise: the student's
         per-row noise input, fixed over the rollout).
-        Returns x̂0, the pre-step states, and per step the positions whose token this step decided (and whose
-        log-prob counts)."""
+        Returns x̂0, the pre-step states, per step the positions whose token this step decided (and whose
+        log-prob counts), and per step the summed log-probabilities of those tokens [n, k] (float32)."""
         mask = self.mask_id
         z = torch.full((n, length), mask, dtype=torch.long, device=device) if init is None else init.clone()
         states, decided = [], []
+        logp_steps = torch.zeros(n, grid.shape[1] - 1, device=device)
         k = grid.shape[1] - 1
         for j in range(k):
             t, s = grid[:, j], grid[:, j + 1]
@@ -204,7 +205,9 @@ class DiDiInstruct:
             dec[masked] = newly
             z[masked] = new
             decided.append(dec)
-        return z, states, decided
+            picked = logp[newly].gather(-1, new[newly][:, None]).squeeze(-1)  # what the loss counts (as dec)
+            logp_steps[:, j].index_add_(0, rows[newly], picked.float())
+        return z, states, decided, logp_steps
 
     # -- one iteration ---------------------------------------------------------------------------------
     def step(self, x: torch.Tensor, generator: torch.Generator, ctx) -> dict:
@@ -227,7 +230,11 @@ class DiDiInstruct:
         # one all-masked first state for every row (not with noise: then every row's first output differs)
         shared_first = noise is None and (init is None or bool((init == init[:1]).all()))
         with ctx.autocast():
-            x_hat, states, decided = self.rollout(student, N, L, grid, gen, device, init, shared_first, noise)
+            x_hat, states, decided, logp_steps = self.rollout(student, N, L, grid, gen, device, init, shared_first,
+                                                              noise)
+        # the trajectory's own surprisal -log q per step: with entropy_reward > 0 it joins the reward (the
+        # student-entropy half of the reverse KL, exact where the discriminator's log-ratio is an estimate)
+        surprisal = -logp_steps
 
         # real side
         if d.real == "teacher":
@@ -244,10 +251,11 @@ class DiDiInstruct:
 
         # 4-6. discriminator update and rewards -> advantage of every rollout step's decisions [N, k]
         if d.reward_states == "path":
-            adv_steps, metrics = self._path_rewards(ctx, states, x_hat, grid, real, noise_real, draws["pick"])
+            adv_steps, metrics = self._path_rewards(ctx, states, x_hat, grid, real, noise_real, draws["pick"],
+                                                    surprisal)
         else:
             adv_steps, metrics = self._final_rewards(ctx, x_hat, real, tau, draws["tau_real"], noise_fake, noise_real,
-                                                     len(states))
+                                                     len(states), surprisal)
         done = disc_part.scheduler.last_epoch  # iterations completed so far (the discriminator trains every one)
         if done <= d.disc_only_steps:
             zero = torch.zeros((), device=device)
@@ -347,7 +355,7 @@ class DiDiInstruct:
             return (((r.double() - mean) / (std + 1e-8)).clamp(-d.adv_clip, d.adv_clip) * v).to(r.dtype)
         return group_normalize(r, d.group, d.adv_clip, valid=valid)
 
-    def _final_rewards(self, ctx, x_hat, real, tau, tau_real, noise_fake, noise_real, k: int):
+    def _final_rewards(self, ctx, x_hat, real, tau, tau_real, noise_fake, noise_real, k: int, surprisal=None):
         """The paper's reward: x̂0 and the real rows masked with alpha_tau (coupled time), the discriminator judges
         the masked positions; one advantage per rollout (times w(tau)) for the decisions of every step."""
         d, mask, sched = self.dcfg, self.mask_id, self.schedule
@@ -359,17 +367,22 @@ class DiDiInstruct:
         metrics = self._disc_update(ctx, z_real, z_fake, sched.sigma(tau_r), sig_f, m_real, m_fake)
         r = self._rewards(ctx, z_fake, sig_f, m_fake)
         metrics["reward_mean"] = r.mean()
+        if d.entropy_reward and surprisal is not None:  # the whole rollout's surprisal -log q(x̂0's trajectory)
+            metrics["surprisal"] = surprisal.sum(1).mean()
+            r = r + d.entropy_reward * surprisal.sum(1)
         adv = self._advantage(ctx, r, m_fake.any(1))
         w = time_weight(tau, sched, d.w_min, d.w_max) if d.time_weight else torch.ones_like(tau)
         if d.importance_weight:
             w = w / beta_pdf(tau, d.tau_a, d.tau_b).clamp_min(1e-6)
         return (w * adv)[:, None].expand(-1, k), metrics
 
-    def _path_rewards(self, ctx, states, x_hat, grid, real, noise_real, pick):
+    def _path_rewards(self, ctx, states, x_hat, grid, real, noise_real, pick, surprisal=None):
         """Rewards on the rollout's own states: the state after each step s (z_{t_{s+1}}, the last one x̂0) against
         real rows masked to the same time, every position judged. The discriminator trains on one state per row
         (drawn uniformly); the rewards of all k states give each step's decisions the reward-to-go
-        sum_{s' >= s} r_{s'} (path_credit "togo") or the reward of the state it made ("step"), normalized per step
+        sum_{s' >= s} r_{s'} (path_credit "togo") or the reward of the state it made ("step"), plus entropy_reward
+        times the surprisal -log q of the decisions from step s on (`surprisal` [N, k], the same credit), normalized
+        per step
         within the group."""
         mask, sched = self.mask_id, self.schedule
         post = torch.stack(states[1:] + [x_hat])  # [k, N, L]
@@ -389,6 +402,9 @@ class DiDiInstruct:
         if self.dcfg.reward_credit == "token":
             return self._token_advantage(ctx, r_tok), metrics
         r = r_tok.mean(2)  # [N, k]
+        if self.dcfg.entropy_reward and surprisal is not None:
+            metrics["surprisal"] = surprisal.sum(1).mean()
+            r = r + self.dcfg.entropy_reward * surprisal
         togo = r.flip(1).cumsum(1).flip(1) if self.dcfg.path_credit == "togo" else r
         valid = torch.ones(N, dtype=torch.bool, device=post.device)
         adv = torch.stack([self._advantage(ctx, togo[:, s], valid) for s in range(k)], 1)
