@@ -68,12 +68,14 @@ def main() -> None:
     ap.add_argument("--student-lr", type=float, default=1e-4)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--set", action="append", default=[], help="distill KEY=VALUE")
+    ap.add_argument("--cpu-bf16", action="store_true", help="train.cpu_bf16")
     args = ap.parse_args()
     dcfg = distill_preset("lang", [f"max_steps={args.steps}", f"student_lr={args.student_lr}", *args.set])
     tok = Tokenizer.load(f"{args.teacher}/tokenizer")
     di.DiDiInstruct = oracle_method(Grammar.load(args.grammar), tok)
     distill(args.teacher, args.out, dcfg, overrides=["diffusion.grid_power=3", f"train.max_minutes={args.minutes}",
-                                                      f"train.seed={args.seed}", "train.snapshot_every=100"])
+                                                      f"train.seed={args.seed}", "train.snapshot_every=100",
+                                                      f"train.cpu_bf16={str(args.cpu_bf16).lower()}"])
 
 
 if __name__ == "__main__":
