@@ -176,8 +176,8 @@ class DiDiInstruct:
         mask = self.mask_id
         z = torch.full((n, length), mask, dtype=torch.long, device=device) if init is None else init.clone()
         states, decided = [], []
-        logp_steps = torch.zeros(n, grid.shape[1] - 1, device=device)
         k = grid.shape[1] - 1
+        logp_steps = torch.zeros(n, k, device=device)
         for j in range(k):
             t, s = grid[:, j], grid[:, j + 1]
             states.append(z.clone())
@@ -205,7 +205,7 @@ class DiDiInstruct:
             dec[masked] = newly
             z[masked] = new
             decided.append(dec)
-            picked = logp[newly].gather(-1, new[newly][:, None]).squeeze(-1)  # what the loss counts (as dec)
+            picked = logp.gather(-1, new[:, None]).squeeze(-1)[newly]  # what the loss counts (as dec)
             logp_steps[:, j].index_add_(0, rows[newly], picked.float())
         return z, states, decided, logp_steps
 
@@ -382,8 +382,7 @@ class DiDiInstruct:
         (drawn uniformly); the rewards of all k states give each step's decisions the reward-to-go
         sum_{s' >= s} r_{s'} (path_credit "togo") or the reward of the state it made ("step"), plus entropy_reward
         times the surprisal -log q of the decisions from step s on (`surprisal` [N, k], the same credit), normalized
-        per step
-        within the group."""
+        per step within the group."""
         mask, sched = self.mask_id, self.schedule
         post = torch.stack(states[1:] + [x_hat])  # [k, N, L]
         k, N, L = post.shape
