@@ -78,6 +78,7 @@ class DistillConfig:
     # agree with each other through it; its map starts at random with scale student_noise_init
     student_noise_dim: int = 0
     student_noise_init: float = 0.1
+    noise_lr_mult: float = 1.0  # the noise map's learning rate is student_lr times this (its own optimizer group)
     # regularization (released values conflict: kl_beta 0.05 or 1.0, entropy_beta 0.0005 or 0.02)
     kl_beta: float = 0.05
     kl_step_weight: float = 0.01  # weight of each rollout step's KL(teacher || student)
@@ -125,7 +126,8 @@ class DistillConfig:
                   ("w_min", 0 < self.w_min <= self.w_max, "> 0 and <= w_max"),
                   ("student_noise_dim", self.student_noise_dim >= 0, ">= 0"),
                   ("entropy_reward", self.entropy_reward >= 0, ">= 0"),
-                  ("student_noise_init", self.student_noise_init >= 0, ">= 0")]
+                  ("student_noise_init", self.student_noise_init >= 0, ">= 0"),
+                  ("noise_lr_mult", self.noise_lr_mult > 0, "> 0")]
         for name, ok, allowed in ranges:
             if not ok:
                 raise DidiError(f"distill.{name} = {getattr(self, name)!r} is not allowed: it must be {allowed}")
@@ -323,7 +325,9 @@ def distill(teacher: str | Path | None, out: str | Path, dcfg: DistillConfig | N
     student_spec = PartSpec(student, lr=dcfg.student_lr, max_steps=dcfg.max_steps, warmup_steps=dcfg.warmup_steps,
                             min_lr_ratio=dcfg.min_lr_ratio, betas=tuple(dcfg.student_betas),
                             weight_decay=dcfg.student_weight_decay, grad_clip=dcfg.student_clip, ema=dcfg.ema,
-                            decay="linear")
+                            decay="linear",
+                            lr_scale={"noise_map.": dcfg.noise_lr_mult}
+                            if dcfg.student_noise_dim and dcfg.noise_lr_mult != 1.0 else {})
     n_student = sum(p.numel() for p in student.parameters()) / 1e6
     from .diffusion import Kept
 

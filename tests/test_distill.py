@@ -477,7 +477,7 @@ def test_split_denoiser_gives_each_row_its_own_noise_whatever_rows_are_evaluated
 
 def test_noise_student_distils_resumes_exactly_and_samples_from_the_seed(teacher, tmp_path):
     dcfg = small_dcfg(reward_states="path", rollout_grid="uniform", student_steps=3, student_noise_dim=4,
-                      student_noise_init=0.5)
+                      student_noise_init=0.5, noise_lr_mult=10.0)
     extra = ["train.eval_every=2", "train.save_every=0"]
     a, b = tmp_path / "a", tmp_path / "b"
     distill(teacher, a, dcfg, overrides=extra, progress=False)
@@ -500,6 +500,26 @@ def test_noise_student_distils_resumes_exactly_and_samples_from_the_seed(teacher
         export(a, tmp_path / "exported")
     with pytest.raises(DidiError, match="DiDi-Instruct option"):
         DistillConfig(method="sdtt", student_noise_dim=4).validate()
+
+
+def test_lr_scale_gives_named_parameters_their_own_learning_rate_through_the_schedule():
+    from didi.trainer import Dist, PartSpec, build_parts
+
+    m = random_dit()
+    m.add_noise_input(4, 0.1, torch.Generator().manual_seed(0))
+    spec = PartSpec(m, lr=1e-4, max_steps=10, warmup_steps=2, decay="linear", lr_scale={"noise_map.": 30.0})
+    part = build_parts({"s": spec}, "cpu", Dist(), False)["s"]
+    base, noise = part.optimizer.param_groups
+    assert noise["params"] == [m.noise_map.weight] and len(base["params"]) == len(part.params) - 1
+    for _ in range(4):
+        part.optimizer.step()
+        part.scheduler.step()
+        assert noise["lr"] == pytest.approx(30 * base["lr"]) and 0 < base["lr"] <= 1e-4
+    assert base["lr"] == pytest.approx(1e-4 * (0.1 + 0.9 * 0.75))  # linear decay to 0.1: 2 of its 8 steps done
+    with pytest.raises(DidiError, match="no trainable parameter is named nothing"):
+        build_parts({"s": PartSpec(m, lr=1e-4, max_steps=10, lr_scale={"nothing": 2.0})}, "cpu", Dist(), False)
+    with pytest.raises(DidiError, match="noise_lr_mult"):
+        DistillConfig(noise_lr_mult=0).validate()
 
 
 def test_batch_scope_normalizes_advantages_over_the_whole_batch():
