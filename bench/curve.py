@@ -4,7 +4,7 @@ and mean reward).
 
 Usage:
   python bench/curve.py runs/ref/student --judge grammar:stories --steps 4,8 --num 256 --teacher runs/ref/teacher
-      [--name curve_student] [--out bench/results]
+      [--name curve_student] [--grid-power P] [--out bench/results]
 
 The teacher (the distillation's starting point) is iteration 0. Rows are cached in `<run>/curve.rows.jsonl`, so
 adding snapshots or step counts only samples what is new. Writes NAME.json, NAME.md and NAME.png.
@@ -64,6 +64,7 @@ def main() -> None:
     ap.add_argument("--num", type=int, default=256)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--every", type=int, default=1, help="use every k-th snapshot")
+    ap.add_argument("--grid-power", type=float, help="the sampler's time grid (default: the run's own)")
     ap.add_argument("--name", help="result name (default curve_<run name>)")
     ap.add_argument("--out", default=str(RESULTS))
     args = ap.parse_args()
@@ -83,6 +84,8 @@ def main() -> None:
     plan = ([(0, None)] if args.teacher else []) + points
     base = runs.load_run(run, "cpu", weights=str(points[0][1].relative_to(run))) if points else None
     grid = base.config.diffusion.grid_power if base is not None else 1.0  # the teacher samples on the student's grid
+    if args.grid_power is not None:
+        grid = args.grid_power
     rows = []
     for it, path in plan:
         pipe = None

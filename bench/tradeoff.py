@@ -61,7 +61,7 @@ def plot(rows: list[dict], steps: list[int], path: Path) -> None:
         ax.axvline(0.95, color="gray", ls=":", lw=1)
         ax.set_xlabel("choice entropy / true (diversity)")
         ax.set_ylabel(f"valid sentences at {k} steps")
-        ax.set_title(f"{k} steps (dots: snapshots every 100 iterations, o: last)")
+        ax.set_title(f"{k} steps (dots: a run's snapshots, o: its last)")
         ax.legend(fontsize=6, loc="lower left")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
