@@ -22,6 +22,7 @@ from common import RESULTS, write_results
 from curve import snapshots
 
 from didi import fileio, runs
+from didi.api import Pipeline
 from didi.diffusion import LogLinearSchedule, masked_log_probs
 from didi.distill import load_distill_config
 from didi.methods.didi_instruct import DiDiInstruct
@@ -31,15 +32,16 @@ COLUMNS = ["iteration", "step", "t", "masked_share", "noise_mi", "mean_entropy"]
 
 
 @torch.no_grad()
-def noise_use(model, cfg, dcfg, mask_id: int, eos_id: int | None, steps: int, num: int, draws: int,
+def noise_use(model, cfg, dcfg, mask_id: int, clamp: torch.Tensor | None, steps: int, num: int, draws: int,
               seed: int) -> list[dict]:
+    """clamp: the sampler's clamped ids [num, L] (-1 where free; text rows clamp their anchor EOS), or None."""
     gen = torch.Generator().manual_seed(seed)
     L, dim = cfg.model.length, cfg.model.noise_dim
     method = DiDiInstruct(cfg, dcfg, mask_id, model)
     grid = time_grid(steps, dcfg.t_end, cfg.diffusion.grid_power).float().expand(num, -1).clone()
     init = torch.full((num, L), mask_id, dtype=torch.long)
-    if cfg.data.layout == "rows" and eos_id is not None:
-        init[:, 0] = eos_id  # text rows: the first position is the anchor EOS, never masked
+    if clamp is not None:
+        init = torch.where(clamp >= 0, clamp, init)
     noise = torch.randn(num, dim, generator=gen)
     _, states, _, _ = method.rollout(model, num, L, grid, gen, "cpu", init, False, noise)
     sched = LogLinearSchedule(cfg.diffusion.eps)
@@ -79,7 +81,7 @@ def main() -> None:
     cfg, dcfg = run.config, load_distill_config(run_dir)
     if not cfg.model.noise_dim:
         raise SystemExit(f"{run_dir} has no noise input (model.noise_dim = 0)")
-    tok = run.tokenizer
+    mask_id, clamp = run.tokenizer.mask_id, Pipeline(run).clamp_from_text(args.num, None, None)
     plan = [(0, None)] + [(it, p) for it, p in points] + ([("final", run_dir / runs.WEIGHTS)] if done else [])
     rows = []
     for it, path in plan:
@@ -93,8 +95,7 @@ def main() -> None:
             weights = fileio.load_weights(path)
         run.model.load_state_dict(weights, strict=False)
         run.model.eval()
-        for r in noise_use(run.model, cfg, dcfg, tok.mask_id, tok.eos_id, args.steps, args.num, args.draws,
-                           args.seed):
+        for r in noise_use(run.model, cfg, dcfg, mask_id, clamp, args.steps, args.num, args.draws, args.seed):
             rows.append({"iteration": it, **r})
             print(rows[-1], flush=True)
     note = (f"Along {args.num} rollouts of {args.steps} steps (grid power {cfg.diffusion.grid_power:g}), at each "
