@@ -156,7 +156,7 @@ def cmd_distill(args) -> None:
 
     dopts = {"max_steps": args.steps, "batch_size": args.batch_size, "group": args.group,
              "student_steps": args.student_steps, "real": args.real, "student_lr": args.student_lr,
-             "disc_lr": args.disc_lr}
+             "disc_lr": args.disc_lr, "student_init": args.student_init}
     d_over = [f"{k}={v}" for k, v in dopts.items() if v is not None]
     d_over += [o.split(".", 1)[1] for o in args.overrides if o.startswith("distill.")]
     run_over = [o for o in args.overrides if not o.startswith("distill.")]
@@ -346,6 +346,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--real", choices=["data", "teacher"], help="the discriminator's real side (distill.real)")
     p.add_argument("--student-lr", type=POS_FLOAT)
     p.add_argument("--disc-lr", type=POS_FLOAT)
+    p.add_argument("--student-init", metavar="RUN", help="start the student from this run's weights (e.g. an SDTT "
+                                                        "student) instead of a copy of the teacher")
     p.add_argument("--device", help="cpu, cuda, or auto")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="distill.KEY=VALUE (any DistillConfig field) or train.seed=..., train.log_every=... "

@@ -79,6 +79,10 @@ class DistillConfig:
     student_noise_dim: int = 0
     student_noise_init: float = 0.1
     noise_lr_mult: float = 1.0  # the noise map's learning rate is student_lr times this (its own optimizer group)
+    # where the student starts: "" = a copy of the teacher (paper); or a run directory of the same model shape and
+    # tokenizer (an SDTT student, say) whose sampling weights start it. The teacher stays the KL reference and the
+    # discriminator's backbone either way
+    student_init: str = ""
     # regularization (released values conflict: kl_beta 0.05 or 1.0, entropy_beta 0.0005 or 0.02)
     kl_beta: float = 0.05
     kl_step_weight: float = 0.01  # weight of each rollout step's KL(teacher || student)
@@ -134,6 +138,8 @@ class DistillConfig:
         if self.method == "sdtt":
             from .methods.sdtt import round_schedule
 
+            if self.student_init:
+                raise DidiError("distill: student_init is a DiDi-Instruct option")
             if self.batch_size < 1:
                 raise DidiError("distill: batch_size must be >= 1")
             round_schedule(self.sdtt_start_steps, self.sdtt_end_steps, self.max_steps)
@@ -287,6 +293,8 @@ def distill(teacher: str | Path | None, out: str | Path, dcfg: DistillConfig | N
     _train_from_dcfg(cfg, dcfg)
     cfg.validate()
     teacher = Path(teacher).resolve()
+    if dcfg.student_init and not resume:  # saved as an absolute path, so the run can resume from anywhere
+        dcfg = dataclasses.replace(dcfg, student_init=str(runs.check_run_dir(dcfg.student_init).resolve()))
 
     d = init_distributed(cfg.train.device)
     device = resolve_device(cfg.train.device, d)
@@ -318,6 +326,8 @@ def distill(teacher: str | Path | None, out: str | Path, dcfg: DistillConfig | N
     teacher_model = runs.load_run(teacher, "cpu").model
     torch.manual_seed(cfg.train.seed)  # identical discriminator head on every rank
     student = copy.deepcopy(teacher_model)
+    if dcfg.student_init:
+        student.load_state_dict(_student_init_weights(dcfg.student_init, cfg, teacher))
     if dcfg.student_noise_dim:
         student.add_noise_input(dcfg.student_noise_dim, dcfg.student_noise_init,
                                 torch.Generator().manual_seed(cfg.train.seed))
@@ -365,6 +375,20 @@ def distill(teacher: str | Path | None, out: str | Path, dcfg: DistillConfig | N
     if resume:
         trainer.resume()
     return trainer.train(until_step=until_step)
+
+
+def _student_init_weights(path: str, cfg: RunConfig, teacher: Path) -> dict:
+    """The sampling weights of run `path`, checked to fit the teacher's model and tokenizer."""
+    init = runs.check_run_dir(path)
+    icfg = RunConfig.load(init / runs.CONFIG)
+    mine, theirs = asdict(icfg.model), {**asdict(cfg.model), "noise_dim": 0}
+    if mine != theirs:
+        diff = [k for k in mine if mine[k] != theirs.get(k)]
+        raise DidiError(f"distill.student_init {init}: its model differs from the teacher's ({', '.join(diff)})")
+    tok = runs.TOKENIZER_DIR
+    if (init / tok / "tokenizer.json").read_bytes() != (teacher / tok / "tokenizer.json").read_bytes():
+        raise DidiError(f"distill.student_init {init}: its tokenizer is not the teacher's")
+    return runs.load_run(init, "cpu").model.state_dict()
 
 
 def load_distill_config(run_dir: str | Path) -> DistillConfig | None:

@@ -570,3 +570,33 @@ def test_rollout_log_probs_are_those_the_loss_recomputes_and_entropy_reward_trai
     assert math.isfinite(result["loss"]) and result["surprisal"] > 0
     with pytest.raises(DidiError, match="entropy_reward needs"):
         DistillConfig(reward_states="path", reward_credit="token", entropy_reward=0.1).validate()
+
+
+def test_student_init_starts_the_student_from_another_run_and_refuses_a_mismatch(teacher, tmp_path):
+    from didi.fileio import load_weights, save_weights
+
+    init = tmp_path / "init"
+    shutil.copytree(teacher, init)
+    gen = torch.Generator().manual_seed(0)
+    moved = {k: v + 0.01 * torch.randn(v.shape, generator=gen) if v.is_floating_point() else v
+             for k, v in load_weights(init / "model.safetensors").items()}
+    save_weights(moved, init / "model.safetensors")
+    # only the discriminator trains, so the saved student is exactly where it started
+    distill(teacher, tmp_path / "s", small_dcfg(max_steps=2, disc_only_steps=2, student_init=str(init)),
+            overrides=["train.eval_every=0"], progress=False)
+    got = load_file(tmp_path / "s" / "model.safetensors")
+    assert all(torch.equal(got[k], moved[k]) for k in moved)
+    tw = load_weights(teacher / "model.safetensors")
+    assert not all(torch.equal(got[k], tw[k]) for k in tw)
+    saved = json.loads((tmp_path / "s" / "config.json").read_text())["distill"]
+    assert saved["student_init"] == str(init.resolve())
+
+    cfg = json.loads((init / "config.json").read_text())
+    cfg["model"]["length"] += 1
+    (init / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(DidiError, match="model differs from the teacher's .*length"):
+        distill(teacher, tmp_path / "s2", small_dcfg(student_init=str(init)), progress=False)
+    with pytest.raises(DidiError, match="does not exist"):
+        distill(teacher, tmp_path / "s3", small_dcfg(student_init=str(tmp_path / "nope")), progress=False)
+    with pytest.raises(DidiError, match="student_init is a DiDi-Instruct option"):
+        distill(teacher, tmp_path / "s4", small_dcfg(method="sdtt", student_init=str(teacher)), progress=False)
