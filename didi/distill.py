@@ -326,7 +326,7 @@ def distill(teacher: str | Path | None, out: str | Path, dcfg: DistillConfig | N
     teacher_model = runs.load_run(teacher, "cpu").model
     torch.manual_seed(cfg.train.seed)  # identical discriminator head on every rank
     student = copy.deepcopy(teacher_model)
-    if dcfg.student_init:
+    if dcfg.student_init and not resume:  # on resume the checkpoint holds the student
         student.load_state_dict(_student_init_weights(dcfg.student_init, cfg, teacher))
     if dcfg.student_noise_dim:
         student.add_noise_input(dcfg.student_noise_dim, dcfg.student_noise_init,
@@ -379,16 +379,15 @@ def distill(teacher: str | Path | None, out: str | Path, dcfg: DistillConfig | N
 
 def _student_init_weights(path: str, cfg: RunConfig, teacher: Path) -> dict:
     """The sampling weights of run `path`, checked to fit the teacher's model and tokenizer."""
-    init = runs.check_run_dir(path)
-    icfg = RunConfig.load(init / runs.CONFIG)
-    mine, theirs = asdict(icfg.model), {**asdict(cfg.model), "noise_dim": 0}
+    init = runs.load_run(path, "cpu")
+    mine, theirs = asdict(init.config.model), {**asdict(cfg.model), "noise_dim": 0}
     if mine != theirs:
         diff = [k for k in mine if mine[k] != theirs.get(k)]
-        raise DidiError(f"distill.student_init {init}: its model differs from the teacher's ({', '.join(diff)})")
-    tok = runs.TOKENIZER_DIR
-    if (init / tok / "tokenizer.json").read_bytes() != (teacher / tok / "tokenizer.json").read_bytes():
-        raise DidiError(f"distill.student_init {init}: its tokenizer is not the teacher's")
-    return runs.load_run(init, "cpu").model.state_dict()
+        raise DidiError(f"distill.student_init {init.path}: its model differs from the teacher's ({', '.join(diff)})")
+    tok = Path(runs.TOKENIZER_DIR, "tokenizer.json")
+    if (init.path / tok).read_bytes() != (teacher / tok).read_bytes():
+        raise DidiError(f"distill.student_init {init.path}: its tokenizer is not the teacher's")
+    return init.model.state_dict()
 
 
 def load_distill_config(run_dir: str | Path) -> DistillConfig | None:

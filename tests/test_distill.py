@@ -594,6 +594,7 @@ def test_student_init_starts_the_student_from_another_run_and_refuses_a_mismatch
     cfg = json.loads((init / "config.json").read_text())
     cfg["model"]["length"] += 1
     (init / "config.json").write_text(json.dumps(cfg))
+    distill(None, tmp_path / "s", resume=True, progress=False)  # the checkpoint holds the student: init not read
     with pytest.raises(DidiError, match="model differs from the teacher's .*length"):
         distill(teacher, tmp_path / "s2", small_dcfg(student_init=str(init)), progress=False)
     with pytest.raises(DidiError, match="does not exist"):
