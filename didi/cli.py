@@ -184,7 +184,7 @@ def cmd_distill(args) -> None:
             teacher_preset = RunConfig.load(check_run_dir(args.teacher) / CONFIG).preset
             small = teacher_preset in ("tiny", "test")
             if teacher_preset == "lang-tiny":
-                name = "sdtt-lang" if args.method == "sdtt" else "lang"
+                name = {"sdtt": "sdtt-lang", "latent": "latent-lang"}.get(args.method, "lang")
             elif args.method == "sdtt":
                 name = "sdtt-tiny" if small else "sdtt"
             else:
@@ -330,8 +330,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("distill", help="distil a few-step student from a teacher run (DiDi-Instruct, or SDTT)")
-    p.add_argument("--method", choices=["didi-instruct", "sdtt"],
-                   help="didi-instruct (default) or the SDTT baseline (presets sdtt / sdtt-tiny)")
+    p.add_argument("--method", choices=["didi-instruct", "sdtt", "latent"],
+                   help="didi-instruct (default), the SDTT baseline (presets sdtt / sdtt-tiny), or latent: a "
+                        "latent-variable student to start DiDi from (preset latent-lang)")
     p.add_argument("--teacher", help="teacher run directory (not needed with --resume)")
     p.add_argument("--data", help="real data for the discriminator (default: the teacher's training data)")
     p.add_argument("--out", required=True, help="student run directory to create (or to continue with --resume)")

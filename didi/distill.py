@@ -29,7 +29,7 @@ class DistillConfig:
     """Every knob of DiDi-Instruct (and of the SDTT baseline, `method="sdtt"`, spec §6); DiDi-Instruct
     defaults follow the authors' final config (spec §3) unless noted."""
 
-    method: str = "didi-instruct"  # or "sdtt"
+    method: str = "didi-instruct"  # or "sdtt", or "latent" (a latent-variable student, `methods.latent`)
     # run length and batch (B real sequences per step, global; N = B * group rollouts)
     max_steps: int = 10_000
     batch_size: int = 32
@@ -106,6 +106,11 @@ class DistillConfig:
     sdtt_start_steps: int = 1024
     sdtt_end_steps: int = 8
     sdtt_divergence: str = "reverse_kl"  # or "kl" (forward: teacher || student)
+    # latent (method="latent", beyond the paper): the student as the decoder of a VAE over its noise input, trained
+    # on the data with loss NELBO(x0 | xi) + latent_beta * KL(q(xi | x0) || N(0, I)) (per token); the encoder is the
+    # teacher's embedding and first latent_encoder_blocks blocks. Needs student_noise_dim > 0
+    latent_beta: float = 1.0
+    latent_encoder_blocks: int = 2
 
     @classmethod
     def from_dict(cls, d: dict) -> DistillConfig:
@@ -114,8 +119,8 @@ class DistillConfig:
         return cls(**kw)
 
     def validate(self) -> None:
-        if self.method not in ("didi-instruct", "sdtt"):
-            raise DidiError(f"distill: method must be 'didi-instruct' or 'sdtt', not {self.method!r}")
+        if self.method not in ("didi-instruct", "sdtt", "latent"):
+            raise DidiError(f"distill: method must be 'didi-instruct', 'sdtt' or 'latent', not {self.method!r}")
         ranges = [("student_lr", self.student_lr > 0, "> 0"), ("disc_lr", self.disc_lr > 0, "> 0"),
                   ("ema", 0.0 <= self.ema < 1.0, "in [0, 1)"), ("warmup_steps", self.warmup_steps >= 0, ">= 0"),
                   ("min_lr_ratio", 0.0 <= self.min_lr_ratio <= 1.0, "in [0, 1]"),
@@ -131,10 +136,19 @@ class DistillConfig:
                   ("student_noise_dim", self.student_noise_dim >= 0, ">= 0"),
                   ("entropy_reward", self.entropy_reward >= 0, ">= 0"),
                   ("student_noise_init", self.student_noise_init >= 0, ">= 0"),
-                  ("noise_lr_mult", self.noise_lr_mult > 0, "> 0")]
+                  ("noise_lr_mult", self.noise_lr_mult > 0, "> 0"), ("latent_beta", self.latent_beta >= 0, ">= 0"),
+                  ("latent_encoder_blocks", self.latent_encoder_blocks >= 1, ">= 1")]
         for name, ok, allowed in ranges:
             if not ok:
                 raise DidiError(f"distill.{name} = {getattr(self, name)!r} is not allowed: it must be {allowed}")
+        if self.method == "latent":
+            if not self.student_noise_dim:
+                raise DidiError("distill: method 'latent' needs student_noise_dim > 0 (the latent's dimensions)")
+            if self.student_init:
+                raise DidiError("distill: student_init is a DiDi-Instruct option")
+            if self.batch_size < 1 or self.max_steps < 1:
+                raise DidiError("distill: batch_size and max_steps must be >= 1")
+            return
         if self.method == "sdtt":
             from .methods.sdtt import round_schedule
 
@@ -199,6 +213,11 @@ DISTILL_PRESETS: dict[str, dict] = {
     # SDTT for lang-tiny teachers: 5 rounds 128 -> 4 steps (the language's teacher needs 128 steps).
     "sdtt-lang": dict(method="sdtt", max_steps=5000, batch_size=16, student_lr=1e-4, warmup_steps=20, ema=0.95,
                       min_lr_ratio=1.0, sdtt_start_steps=128, sdtt_end_steps=4),
+    # A latent-variable student for lang-tiny teachers (README, reference language): the teacher's batch, a
+    # fine-tuning learning rate, a 16-dimensional latent.
+    "latent-lang": dict(method="latent", max_steps=3000, batch_size=64, student_lr=3e-4, warmup_steps=100, ema=0.99,
+                        min_lr_ratio=0.1, student_clip=1.0, student_noise_dim=16, student_noise_init=0.1,
+                        latent_beta=1.0, latent_encoder_blocks=2),
 }
 
 
@@ -326,11 +345,16 @@ def distill(teacher: str | Path | None, out: str | Path, dcfg: DistillConfig | N
     teacher_model = runs.load_run(teacher, "cpu").model
     torch.manual_seed(cfg.train.seed)  # identical discriminator head on every rank
     student = copy.deepcopy(teacher_model)
-    if dcfg.student_init and not resume:  # on resume the checkpoint holds the student
-        student.load_state_dict(_student_init_weights(dcfg.student_init, cfg, teacher))
+    init_weights = (_student_init_weights(dcfg.student_init, cfg, teacher)  # on resume the checkpoint holds it
+                    if dcfg.student_init and not resume else None)
+    init_has_noise = init_weights is not None and "noise_map.weight" in init_weights
+    if init_weights is not None and not init_has_noise:
+        student.load_state_dict(init_weights)
     if dcfg.student_noise_dim:
         student.add_noise_input(dcfg.student_noise_dim, dcfg.student_noise_init,
                                 torch.Generator().manual_seed(cfg.train.seed))
+    if init_has_noise:  # a latent student (method "latent"): its noise map comes with it
+        student.load_state_dict(init_weights)
     student = student.train().requires_grad_(True)
     student_spec = PartSpec(student, lr=dcfg.student_lr, max_steps=dcfg.max_steps, warmup_steps=dcfg.warmup_steps,
                             min_lr_ratio=dcfg.min_lr_ratio, betas=tuple(dcfg.student_betas),
@@ -342,7 +366,26 @@ def distill(teacher: str | Path | None, out: str | Path, dcfg: DistillConfig | N
     from .diffusion import Kept
 
     keep = Kept.for_run(cfg.data, tok)  # protein BOS/EOS/PAD (the length is given), the first position of text rows
-    if dcfg.method == "sdtt":
+    if dcfg.method == "latent":
+        from .methods.latent import LatentMDLM
+        from .nn.encoder import SequenceEncoder
+
+        if dcfg.latent_encoder_blocks > len(teacher_model.blocks):
+            raise DidiError(f"distill.latent_encoder_blocks = {dcfg.latent_encoder_blocks}: the teacher has only "
+                            f"{len(teacher_model.blocks)} blocks")
+        encoder = SequenceEncoder(teacher_model, dcfg.student_noise_dim, dcfg.latent_encoder_blocks)
+        torch.manual_seed(cfg.train.seed + d.rank)
+        method = LatentMDLM(cfg, dcfg, tok.mask_id, keep)
+        specs = {"student": student_spec,
+                 "encoder": PartSpec(encoder, lr=dcfg.student_lr, max_steps=dcfg.max_steps,
+                                     warmup_steps=dcfg.warmup_steps, min_lr_ratio=dcfg.min_lr_ratio,
+                                     betas=tuple(dcfg.student_betas), weight_decay=dcfg.student_weight_decay,
+                                     grad_clip=dcfg.student_clip, ema=0.0, decay="linear")}
+        n_enc = sum(p.numel() for p in encoder.parameters()) / 1e6
+        banner = (f"didi: latent student from {teacher} ({n_student:.2f} M parameters, a {dcfg.student_noise_dim}-"
+                  f"dimensional latent, encoder {n_enc:.2f} M), beta {dcfg.latent_beta}, batch {dcfg.batch_size}, "
+                  f"device {device}, {d.world} process(es)")
+    elif dcfg.method == "sdtt":
         from .methods.sdtt import SDTT
 
         frozen = teacher_model.to(device).eval().requires_grad_(False)
@@ -380,7 +423,10 @@ def distill(teacher: str | Path | None, out: str | Path, dcfg: DistillConfig | N
 def _student_init_weights(path: str, cfg: RunConfig, teacher: Path) -> dict:
     """The sampling weights of run `path`, checked to fit the teacher's model and tokenizer."""
     init = runs.load_run(path, "cpu")
+    # an init without a noise input (SDTT) gets the student's fresh one; a latent student's must be the student's
     mine, theirs = asdict(init.config.model), {**asdict(cfg.model), "noise_dim": 0}
+    if init.config.model.noise_dim:
+        theirs["noise_dim"] = cfg.model.noise_dim
     if mine != theirs:
         diff = [k for k in mine if mine[k] != theirs.get(k)]
         raise DidiError(f"distill.student_init {init.path}: its model differs from the teacher's ({', '.join(diff)})")

@@ -111,19 +111,24 @@ class Context:
             return torch.autocast("cuda" if self.device.startswith("cuda") else "cpu", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def update(self, name: str, loss: torch.Tensor) -> float:
-        """Backward, clip, optimizer and schedule step, EMA update. Returns the pre-clip grad norm."""
-        part = self.parts[name]
-        part.optimizer.zero_grad(set_to_none=True)
+    def update(self, name: str | tuple[str, ...], loss: torch.Tensor) -> float:
+        """Backward, clip, optimizer and schedule step, EMA update. Returns the pre-clip grad norm (of the first
+        part). A tuple of names steps several parts on one backward of a loss they share (each clipped alone)."""
+        names = (name,) if isinstance(name, str) else tuple(name)
+        for n in names:
+            self.parts[n].optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        clip = part.spec.grad_clip if part.spec.grad_clip > 0 else float("inf")
-        norm = torch.nn.utils.clip_grad_norm_(part.params, clip)
-        part.optimizer.step()
-        part.scheduler.step()
-        if part.ema is not None:
-            with torch.no_grad():
-                torch._foreach_lerp_(part.ema, [p.detach() for p in part.params], 1 - part.spec.ema)
-        return float(norm)
+        norms = []
+        for n in names:
+            part = self.parts[n]
+            clip = part.spec.grad_clip if part.spec.grad_clip > 0 else float("inf")
+            norms.append(torch.nn.utils.clip_grad_norm_(part.params, clip))
+            part.optimizer.step()
+            part.scheduler.step()
+            if part.ema is not None:
+                with torch.no_grad():
+                    torch._foreach_lerp_(part.ema, [p.detach() for p in part.params], 1 - part.spec.ema)
+        return float(norms[0])
 
     @contextlib.contextmanager
     def ema_weights(self, name: str):

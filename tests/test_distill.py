@@ -601,3 +601,43 @@ def test_student_init_starts_the_student_from_another_run_and_refuses_a_mismatch
         distill(teacher, tmp_path / "s3", small_dcfg(student_init=str(tmp_path / "nope")), progress=False)
     with pytest.raises(DidiError, match="student_init is a DiDi-Instruct option"):
         distill(teacher, tmp_path / "s4", small_dcfg(method="sdtt", student_init=str(teacher)), progress=False)
+
+
+def test_latent_student_learns_to_read_its_code_resumes_exactly_and_starts_a_didi_run(teacher, tmp_path):
+    """method 'latent': the encoder's code moves off the prior (KL > 0) and the student reads it (two codes give
+    different predictions); resume is exact; the result starts a DiDi run with its noise map; bad configs refuse."""
+    from didi.fileio import load_weights
+
+    lat = dict(method="latent", student_noise_dim=4, max_steps=8, batch_size=4, warmup_steps=1, student_lr=3e-3,
+               ema=0.0, latent_beta=0.1)
+    extra = ["train.eval_every=4", "train.save_every=0"]
+    a, b = tmp_path / "a", tmp_path / "b"
+    distill(teacher, a, DistillConfig(**lat), overrides=extra, progress=False)
+    distill(teacher, b, DistillConfig(**lat), overrides=extra, until_step=4, progress=False)
+    distill(None, b, resume=True, progress=False)
+    for name in ("model.safetensors", "encoder.safetensors"):
+        wa, wb = load_file(a / name), load_file(b / name)
+        assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa), name
+    log = [json.loads(x) for x in (a / "metrics.jsonl").read_text().splitlines()]
+    rows = [r for r in log if "kl" in r]
+    assert 0 < rows[0]["kl"] < rows[-1]["kl"]  # q starts as the prior (KL 0), then carries more and more
+    assert any("val_nelbo_prior_xi" in r for r in log)
+    run = didi.load(a)
+    assert run.config.model.noise_dim == 4
+    x = torch.full((2, 16), run.tokenizer.mask_id)
+    sigma = torch.full((2,), 5.0)
+    with torch.no_grad():
+        p0 = run.model(x, sigma, torch.zeros(2, 4))
+        p1 = run.model(x, sigma, torch.full((2, 4), 2.0))
+    assert not torch.allclose(p0, p1)
+    # a DiDi run started from it keeps its noise map (only the discriminator trains here)
+    distill(teacher, tmp_path / "d", small_dcfg(max_steps=2, disc_only_steps=2, student_noise_dim=4,
+                                                student_init=str(a)), overrides=["train.eval_every=0"], progress=False)
+    got, want = load_file(tmp_path / "d" / "model.safetensors"), load_weights(a / "model.safetensors")
+    assert "noise_map.weight" in got and all(torch.equal(got[k], want[k]) for k in want)
+    with pytest.raises(DidiError, match="noise_dim"):
+        distill(teacher, tmp_path / "d2", small_dcfg(student_init=str(a)), progress=False)
+    with pytest.raises(DidiError, match="needs student_noise_dim"):
+        DistillConfig(method="latent").validate()
+    with pytest.raises(DidiError, match="latent_encoder_blocks"):
+        distill(teacher, tmp_path / "l2", DistillConfig(**{**lat, "latent_encoder_blocks": 99}), progress=False)
