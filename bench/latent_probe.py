@@ -61,8 +61,7 @@ def main() -> None:
         raise SystemExit(f"{run_dir} is not a latent student (no noise input or no encoder.safetensors)")
     saved = fileio.read_json(run_dir / runs.CONFIG)["distill"]
     enc_weights = fileio.load_weights(run_dir / "encoder.safetensors")
-    blocks = 1 + max(int(k.split(".")[1]) for k in enc_weights if k.startswith("blocks."))
-    encoder = SequenceEncoder(run.model, dim, blocks)
+    encoder = SequenceEncoder(run.model, dim, saved["latent_encoder_blocks"])
     encoder.load_state_dict(enc_weights)
     pipe = Pipeline(run)
     x = heldout_tokens(pipe, args.num)

@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import torch
 
-from ..diffusion import Kept, LogLinearSchedule, nelbo_terms, nelbo_to_ppl, sample_times
+from ..diffusion import Kept, nelbo_to_ppl
 from ..nn.encoder import gaussian_kl
+from .mdlm import MDLM
 
 
 class LatentMDLM:
@@ -29,31 +30,25 @@ class LatentMDLM:
     progress_keys = ("loss", "nelbo", "kl")
 
     def __init__(self, cfg, dcfg, mask_id: int, kept: Kept | None = None):
-        self.cfg, self.dcfg, self.mask_id = cfg, dcfg, mask_id
-        self.kept = kept or Kept()
-        self.schedule = LogLinearSchedule(cfg.diffusion.eps)
+        self.cfg, self.dcfg = cfg, dcfg
+        self.mdlm = MDLM(cfg, mask_id, kept)
 
-    def _draw(self, n: int, length: int, generator: torch.Generator):
-        t = sample_times(n, self.cfg.diffusion.eps, self.cfg.diffusion.antithetic, generator)
-        return t, torch.rand(n, length, generator=generator), torch.randn(n, self.dcfg.student_noise_dim,
-                                                                           generator=generator)
+    def _draw(self, n: int, length: int, generator: torch.Generator, rank: int, world: int, device):
+        """MDLM's times and masking noise for the global batch, then the latent's eps, each sliced to this rank."""
+        t, noise = self.mdlm.draw(n, length, generator, rank, world, device)
+        per = n // world
+        eps = torch.randn(n, self.dcfg.student_noise_dim, generator=generator)
+        return t, noise, eps[rank * per:(rank + 1) * per].to(device)
 
     def _terms(self, student, x, t, noise, xi):
-        if self.kept:
-            keep = self.kept(x)
-            noise = noise.masked_fill(keep, 0.0)  # noise 0 < alpha_t: the token stays
-            count = int((~keep).sum())
-        else:
-            count = x.numel()
-        terms = nelbo_terms(lambda z, s: student(z, s, xi), x, t, noise, self.schedule, self.mask_id)
-        return terms, count
+        """MDLM's per-token NELBO terms (kept positions unscored) with xi as the student's extra input."""
+        return self.mdlm.terms(lambda z, s: student(z, s, xi), x, t, noise)
 
     def step(self, x: torch.Tensor, generator: torch.Generator, ctx) -> dict:
         B, L = x.shape
-        device, rank = x.device, ctx.dist.rank
-        t, noise, eps = self._draw(ctx.global_batch, L, generator)  # global draws: a DDP step equals one process
-        sl = slice(rank * B, (rank + 1) * B)
-        t, noise, eps = t[sl].to(device), noise[sl].to(device), eps[sl].to(device)
+        device = x.device
+        # global draws: a DDP step equals one process
+        t, noise, eps = self._draw(ctx.global_batch, L, generator, ctx.dist.rank, ctx.dist.world, device)
         student, encoder = ctx.parts["student"], ctx.parts["encoder"]
         with ctx.autocast():
             mu, logvar = encoder.wrapped(x)
@@ -76,8 +71,8 @@ class LatentMDLM:
         gen = torch.Generator().manual_seed(seed)
         total, count = 0.0, 0
         for x in batches:
-            t, noise, xi = self._draw(x.shape[0], x.shape[1], gen)
-            terms, n = self._terms(model, x, t.to(x.device), noise.to(x.device), xi.to(x.device))
+            t, noise, xi = self._draw(x.shape[0], x.shape[1], gen, 0, 1, x.device)
+            terms, n = self._terms(model, x, t, noise, xi)
             total += float(terms.double().sum())
             count += n
         nelbo = total / max(count, 1)
