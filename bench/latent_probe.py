@@ -4,7 +4,9 @@ loses: the k-step sampler's output judged with the noise input set three ways.
 - prior: xi ~ N(0, I), as `didi sample` and `didi eval` draw it;
 - posterior: xi = the encoder's mean for held-out texts (the codes training decoded from), an upper bound on
   what the latent can give the parallel steps;
-- zero: xi = 0, the prior's mean.
+- zero: xi = 0, the prior's mean;
+- fitted: xi ~ N(m, C), a full-covariance Gaussian fitted to the aggregate posterior (draws xi ~ q(xi | x0) for
+  every held-out text), the cheapest learned prior.
 
 If posterior rows are far more valid than prior rows, the prior has holes the decoder never trained on; if prior
 rows are as valid as posterior rows but less diverse than the data, the code collapsed.
@@ -64,12 +66,19 @@ def main() -> None:
     encoder = SequenceEncoder(run.model, dim, saved["latent_encoder_blocks"])
     encoder.load_state_dict(enc_weights)
     pipe = Pipeline(run)
-    x = heldout_tokens(pipe, args.num)
+    x_all = heldout_tokens(pipe, 10**9)
     with torch.inference_mode():
-        mu, logvar = encoder.eval()(x)
+        mu_all, logvar_all = encoder.eval()(x_all)
+    x, mu, logvar = x_all[:args.num], mu_all[:args.num], logvar_all[:args.num]
     n = mu.shape[0]
+    gen = torch.Generator().manual_seed(args.seed)
+    # aggregate posterior: 8 draws per held-out text
+    draws = (mu_all.repeat(8, 1) + (0.5 * logvar_all).exp().repeat(8, 1) * torch.randn(8 * len(mu_all), dim,
+                                                                                        generator=gen)).double()
+    m, cov = draws.mean(0), torch.cov(draws.T)
+    fitted = (m + torch.randn(n, dim, generator=gen, dtype=torch.float64) @ torch.linalg.cholesky(cov).T).float()
     codes = {"prior": torch.randn(n, dim, generator=torch.Generator().manual_seed(args.seed)), "posterior": mu,
-             "zero": torch.zeros(n, dim)}
+             "zero": torch.zeros(n, dim), "fitted": fitted}
     judge = load_judge(args.judge)
     rows = [{"xi": "data (held-out)", "steps": 0, **judge.score(pipe.decode(x))}]
     for name, xi in codes.items():
@@ -82,9 +91,10 @@ def main() -> None:
     meta = {"run": str(run_dir), "latent_beta": saved.get("latent_beta"), "num": n, "seed": args.seed,
             "grid_power": args.grid_power or run.config.diffusion.grid_power,
             "judge": args.judge, "posterior_std_mean": float((0.5 * logvar).exp().mean()),
-            "posterior_mean_rms": float(mu.square().mean().sqrt())}
+            "posterior_mean_rms": float(mu.square().mean().sqrt()), "fit_texts": len(mu_all),
+            "aggregate_mean_norm": float(m.norm()), "aggregate_cov_eigenvalues": torch.linalg.eigvalsh(cov).tolist()}
     notes = (f"Latent probe of {run_dir.name}: the sampler with its code from the prior, the encoder's mean for "
-             f"held-out texts (posterior), or 0; the first row judges those held-out texts themselves.")
+             f"held-out texts (posterior), 0, or a Gaussian fitted to the aggregate posterior; the first row judges those held-out texts themselves.")
     write_results(args.name or f"latent_probe_{run_dir.name}", rows, meta, COLUMNS, notes, out_dir=Path(args.out))
 
 
