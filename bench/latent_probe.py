@@ -94,7 +94,8 @@ def main() -> None:
             "posterior_mean_rms": float(mu.square().mean().sqrt()), "fit_texts": len(mu_all),
             "aggregate_mean_norm": float(m.norm()), "aggregate_cov_eigenvalues": torch.linalg.eigvalsh(cov).tolist()}
     notes = (f"Latent probe of {run_dir.name}: the sampler with its code from the prior, the encoder's mean for "
-             f"held-out texts (posterior), 0, or a Gaussian fitted to the aggregate posterior; the first row judges those held-out texts themselves.")
+             f"held-out texts (posterior), 0, or a Gaussian fitted to the aggregate posterior; the first row judges "
+             f"those held-out texts themselves.")
     write_results(args.name or f"latent_probe_{run_dir.name}", rows, meta, COLUMNS, notes, out_dir=Path(args.out))
 
 
