@@ -1,5 +1,5 @@
 """What the code of a latent student (`didi distill --method latent`) carries, and what sampling from the prior
-loses: the k-step sampler's output judged with the noise input set three ways.
+loses: the k-step sampler's output judged with the noise input set four ways.
 
 - prior: xi ~ N(0, I), as `didi sample` and `didi eval` draw it;
 - posterior: xi = the encoder's mean for held-out texts (the codes training decoded from), an upper bound on
