@@ -80,9 +80,13 @@ class DistillConfig:
     student_noise_init: float = 0.1
     noise_lr_mult: float = 1.0  # the noise map's learning rate is student_lr times this (its own optimizer group)
     # where the student starts: "" = a copy of the teacher (paper); or a run directory of the same model shape and
-    # tokenizer (an SDTT student, say) whose sampling weights start it. The teacher stays the KL reference and the
-    # discriminator's backbone either way
+    # tokenizer (an SDTT student, say) whose sampling weights start it. The teacher stays the discriminator's backbone
+    # either way, and the KL reference unless kl_reference says otherwise
     student_init: str = ""
+    # what the KL term pulls the student toward: "teacher" (paper: KL(teacher || student) on the rollout's states) or
+    # "init" (beyond the paper: a frozen copy of the student as it started, its noise map and xi included), an anchor
+    # that keeps a student started from a better point (student_init) near that point rather than pulling it back
+    kl_reference: str = "teacher"
     # regularization (released values conflict: kl_beta 0.05 or 1.0, entropy_beta 0.0005 or 0.02)
     kl_beta: float = 0.05
     kl_step_weight: float = 0.01  # weight of each rollout step's KL(teacher || student)
@@ -146,6 +150,8 @@ class DistillConfig:
                 raise DidiError("distill: method 'latent' needs student_noise_dim > 0 (the latent's dimensions)")
             if self.student_init:
                 raise DidiError("distill: student_init is a DiDi-Instruct option")
+            if self.kl_reference != "teacher":
+                raise DidiError("distill: kl_reference is a DiDi-Instruct option")
             if self.batch_size < 1 or self.max_steps < 1:
                 raise DidiError("distill: batch_size and max_steps must be >= 1")
             return
@@ -154,6 +160,8 @@ class DistillConfig:
 
             if self.student_init:
                 raise DidiError("distill: student_init is a DiDi-Instruct option")
+            if self.kl_reference != "teacher":
+                raise DidiError("distill: kl_reference is a DiDi-Instruct option")
             if self.batch_size < 1:
                 raise DidiError("distill: batch_size must be >= 1")
             round_schedule(self.sdtt_start_steps, self.sdtt_end_steps, self.max_steps)
@@ -165,6 +173,8 @@ class DistillConfig:
             return
         if self.group < 1 or self.batch_size < 1 or self.max_steps < 1:
             raise DidiError("distill: group, batch_size and max_steps must be >= 1")
+        if self.kl_reference not in ("teacher", "init"):
+            raise DidiError(f"distill: kl_reference must be 'teacher' or 'init', not {self.kl_reference!r}")
         if self.real not in ("data", "teacher"):
             raise DidiError(f"distill: real must be 'data' or 'teacher', not {self.real!r}")
         if self.final_fill not in ("sample", "argmax"):
@@ -345,8 +355,9 @@ def distill(teacher: str | Path | None, out: str | Path, dcfg: DistillConfig | N
     teacher_model = runs.load_run(teacher, "cpu").model
     torch.manual_seed(cfg.train.seed)  # identical discriminator head on every rank
     student = copy.deepcopy(teacher_model)
-    init_weights = (_student_init_weights(dcfg.student_init, cfg, teacher)  # on resume the checkpoint holds it
-                    if dcfg.student_init and not resume else None)
+    # on resume the checkpoint holds the student; the init is read again only when it is the KL reference
+    init_weights = (_student_init_weights(dcfg.student_init, cfg, teacher)
+                    if dcfg.student_init and (not resume or dcfg.kl_reference == "init") else None)
     init_has_noise = init_weights is not None and "noise_map.weight" in init_weights
     if init_weights is not None and not init_has_noise:
         student.load_state_dict(init_weights)
@@ -355,6 +366,7 @@ def distill(teacher: str | Path | None, out: str | Path, dcfg: DistillConfig | N
                                 torch.Generator().manual_seed(cfg.train.seed))
     if init_has_noise:  # a latent student (method "latent"): its noise map comes with it
         student.load_state_dict(init_weights)
+    kl_ref = copy.deepcopy(student).eval().requires_grad_(False) if dcfg.kl_reference == "init" else None
     student = student.train().requires_grad_(True)
     student_spec = PartSpec(student, lr=dcfg.student_lr, max_steps=dcfg.max_steps, warmup_steps=dcfg.warmup_steps,
                             min_lr_ratio=dcfg.min_lr_ratio, betas=tuple(dcfg.student_betas),
@@ -399,7 +411,8 @@ def distill(teacher: str | Path | None, out: str | Path, dcfg: DistillConfig | N
         disc = Discriminator.from_teacher(teacher_model, dcfg.disc_trainable_blocks, dcfg.disc_time_conditioning)
         frozen = teacher_model.to(device).eval().requires_grad_(False)
         torch.manual_seed(cfg.train.seed + d.rank)  # dropout differs per rank
-        method = DiDiInstruct(cfg, dcfg, tok.mask_id, frozen, keep)
+        method = DiDiInstruct(cfg, dcfg, tok.mask_id, frozen, keep,
+                              kl_ref=kl_ref.to(device) if kl_ref is not None else None)
         specs = {
             "student": student_spec,
             "discriminator": PartSpec(disc, lr=dcfg.disc_lr, max_steps=dcfg.max_steps,

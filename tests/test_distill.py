@@ -641,3 +641,36 @@ def test_latent_student_learns_to_read_its_code_resumes_exactly_and_starts_a_did
         DistillConfig(method="latent").validate()
     with pytest.raises(DidiError, match="latent_encoder_blocks"):
         distill(teacher, tmp_path / "l2", DistillConfig(**{**lat, "latent_encoder_blocks": 99}), progress=False)
+
+
+def test_kl_reference_init_anchors_the_kl_to_the_starting_student_and_resumes_exactly(teacher, tmp_path):
+    """kl_reference 'init': at the first student update the student is its own reference (KL 0 up to dropout),
+    where the teacher reference sees the distance the init moved; resume re-reads the init and is exact."""
+    from didi.fileio import load_weights, save_weights
+
+    init = tmp_path / "init"
+    shutil.copytree(teacher, init)
+    gen = torch.Generator().manual_seed(0)
+    moved = {k: v + 0.05 * torch.randn(v.shape, generator=gen) if v.is_floating_point() else v
+             for k, v in load_weights(init / "model.safetensors").items()}
+    save_weights(moved, init / "model.safetensors")
+    extra = ["train.eval_every=0", "train.save_every=0"]
+    first_kl = {}
+    for ref in ("teacher", "init"):
+        out = tmp_path / f"ref-{ref}"
+        distill(teacher, out, small_dcfg(max_steps=1, disc_only_steps=0, student_init=str(init), kl_reference=ref),
+                overrides=extra, progress=False)
+        rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+        first_kl[ref] = next(r["kl"] for r in rows if "kl" in r)
+    assert first_kl["init"] < 1e-6 < first_kl["teacher"], first_kl
+    a, b = tmp_path / "a", tmp_path / "b"
+    dcfg = small_dcfg(student_init=str(init), kl_reference="init", kl_beta=1.0)
+    distill(teacher, a, dcfg, overrides=extra, progress=False)
+    distill(teacher, b, dcfg, overrides=extra, until_step=2, progress=False)
+    distill(None, b, resume=True, progress=False)
+    wa, wb = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    with pytest.raises(DidiError, match="kl_reference must be"):
+        small_dcfg(kl_reference="student").validate()
+    with pytest.raises(DidiError, match="kl_reference is a DiDi-Instruct option"):
+        small_dcfg(method="sdtt", kl_reference="init").validate()

@@ -117,12 +117,15 @@ class DiDiInstruct:
     eval_part = "student"
     progress_keys = ("disc_loss", "reward_mean", "loss", "kl", "tokens_per_s")
 
-    def __init__(self, cfg, dcfg, mask_id: int, teacher: torch.nn.Module, kept: Kept | None = None):
+    def __init__(self, cfg, dcfg, mask_id: int, teacher: torch.nn.Module, kept: Kept | None = None,
+                 kl_ref: torch.nn.Module | None = None):
         """kept: what is never masked (protein BOS/EOS/PAD, the first position of text rows): rollouts then start
-        from each real row's kept tokens (a protein row's G rollouts have its length)."""
+        from each real row's kept tokens (a protein row's G rollouts have its length). kl_ref: the KL term's
+        reference when it is not the teacher (dcfg.kl_reference "init": the frozen starting student)."""
         self.cfg, self.dcfg, self.mask_id = cfg, dcfg, mask_id
         self.kept = kept or Kept()
         self.teacher = teacher.eval().requires_grad_(False)
+        self.kl_ref = kl_ref.eval().requires_grad_(False) if kl_ref is not None else None
         self.schedule = LogLinearSchedule(cfg.diffusion.eps)
         dcfg.validate()
 
@@ -275,7 +278,12 @@ class DiDiInstruct:
             else:
                 s_logits = student_part.wrapped(inputs, sched.sigma(t_in), noise.repeat(len(states), 1))
         with torch.no_grad(), ctx.autocast():
-            t_logits = self.teacher(inputs, sched.sigma(t_in))
+            if self.kl_ref is None:
+                t_logits = self.teacher(inputs, sched.sigma(t_in))
+            elif noise is None:
+                t_logits = self.kl_ref(inputs, sched.sigma(t_in))
+            else:  # the starting student reads the same xi as the student
+                t_logits = self.kl_ref(inputs, sched.sigma(t_in), noise.repeat(len(states), 1))
         logp_steps = []
         kl_total = torch.zeros((), device=device)
         ent_sum, ent_count = torch.zeros((), device=device), 0.0
