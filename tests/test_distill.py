@@ -572,15 +572,23 @@ def test_rollout_log_probs_are_those_the_loss_recomputes_and_entropy_reward_trai
         DistillConfig(reward_states="path", reward_credit="token", entropy_reward=0.1).validate()
 
 
-def test_student_init_starts_the_student_from_another_run_and_refuses_a_mismatch(teacher, tmp_path):
+def moved_copy(teacher, init, scale: float) -> dict:
+    """A copy of the teacher run at `init` whose weights are moved by Gaussian noise of std `scale`."""
     from didi.fileio import load_weights, save_weights
 
-    init = tmp_path / "init"
     shutil.copytree(teacher, init)
     gen = torch.Generator().manual_seed(0)
-    moved = {k: v + 0.01 * torch.randn(v.shape, generator=gen) if v.is_floating_point() else v
+    moved = {k: v + scale * torch.randn(v.shape, generator=gen) if v.is_floating_point() else v
              for k, v in load_weights(init / "model.safetensors").items()}
     save_weights(moved, init / "model.safetensors")
+    return moved
+
+
+def test_student_init_starts_the_student_from_another_run_and_refuses_a_mismatch(teacher, tmp_path):
+    from didi.fileio import load_weights
+
+    init = tmp_path / "init"
+    moved = moved_copy(teacher, init, 0.01)
     # only the discriminator trains, so the saved student is exactly where it started
     distill(teacher, tmp_path / "s", small_dcfg(max_steps=2, disc_only_steps=2, student_init=str(init)),
             overrides=["train.eval_every=0"], progress=False)
@@ -646,14 +654,8 @@ def test_latent_student_learns_to_read_its_code_resumes_exactly_and_starts_a_did
 def test_kl_reference_init_anchors_the_kl_to_the_starting_student_and_resumes_exactly(teacher, tmp_path):
     """kl_reference 'init': at the first student update the student is its own reference (KL 0 up to dropout),
     where the teacher reference sees the distance the init moved; resume re-reads the init and is exact."""
-    from didi.fileio import load_weights, save_weights
-
     init = tmp_path / "init"
-    shutil.copytree(teacher, init)
-    gen = torch.Generator().manual_seed(0)
-    moved = {k: v + 0.05 * torch.randn(v.shape, generator=gen) if v.is_floating_point() else v
-             for k, v in load_weights(init / "model.safetensors").items()}
-    save_weights(moved, init / "model.safetensors")
+    moved_copy(teacher, init, 0.05)
     extra = ["train.eval_every=0", "train.save_every=0"]
     first_kl = {}
     for ref in ("teacher", "init"):
