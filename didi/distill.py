@@ -145,13 +145,15 @@ class DistillConfig:
         for name, ok, allowed in ranges:
             if not ok:
                 raise DidiError(f"distill.{name} = {getattr(self, name)!r} is not allowed: it must be {allowed}")
+        if self.kl_reference not in ("teacher", "init"):
+            raise DidiError(f"distill: kl_reference must be 'teacher' or 'init', not {self.kl_reference!r}")
+        if self.kl_reference != "teacher" and self.method != "didi-instruct":
+            raise DidiError("distill: kl_reference is a DiDi-Instruct option")
         if self.method == "latent":
             if not self.student_noise_dim:
                 raise DidiError("distill: method 'latent' needs student_noise_dim > 0 (the latent's dimensions)")
             if self.student_init:
                 raise DidiError("distill: student_init is a DiDi-Instruct option")
-            if self.kl_reference != "teacher":
-                raise DidiError("distill: kl_reference is a DiDi-Instruct option")
             if self.batch_size < 1 or self.max_steps < 1:
                 raise DidiError("distill: batch_size and max_steps must be >= 1")
             return
@@ -160,8 +162,6 @@ class DistillConfig:
 
             if self.student_init:
                 raise DidiError("distill: student_init is a DiDi-Instruct option")
-            if self.kl_reference != "teacher":
-                raise DidiError("distill: kl_reference is a DiDi-Instruct option")
             if self.batch_size < 1:
                 raise DidiError("distill: batch_size must be >= 1")
             round_schedule(self.sdtt_start_steps, self.sdtt_end_steps, self.max_steps)
@@ -173,8 +173,6 @@ class DistillConfig:
             return
         if self.group < 1 or self.batch_size < 1 or self.max_steps < 1:
             raise DidiError("distill: group, batch_size and max_steps must be >= 1")
-        if self.kl_reference not in ("teacher", "init"):
-            raise DidiError(f"distill: kl_reference must be 'teacher' or 'init', not {self.kl_reference!r}")
         if self.real not in ("data", "teacher"):
             raise DidiError(f"distill: real must be 'data' or 'teacher', not {self.real!r}")
         if self.final_fill not in ("sample", "argmax"):
@@ -366,7 +364,7 @@ def distill(teacher: str | Path | None, out: str | Path, dcfg: DistillConfig | N
                                 torch.Generator().manual_seed(cfg.train.seed))
     if init_has_noise:  # a latent student (method "latent"): its noise map comes with it
         student.load_state_dict(init_weights)
-    kl_ref = copy.deepcopy(student).eval().requires_grad_(False) if dcfg.kl_reference == "init" else None
+    kl_ref = copy.deepcopy(student) if dcfg.kl_reference == "init" else None  # frozen by DiDiInstruct
     student = student.train().requires_grad_(True)
     student_spec = PartSpec(student, lr=dcfg.student_lr, max_steps=dcfg.max_steps, warmup_steps=dcfg.warmup_steps,
                             min_lr_ratio=dcfg.min_lr_ratio, betas=tuple(dcfg.student_betas),

@@ -272,18 +272,15 @@ class DiDiInstruct:
         else:
             inputs = torch.cat(states)
             t_in = torch.cat([grid[:, j] for j in range(len(states))])
+        sigma_in = sched.sigma(t_in)
+        noise_in = () if noise is None else (noise.repeat(len(states), 1),)
         with ctx.autocast():
-            if noise is None:
-                s_logits = student_part.wrapped(inputs, sched.sigma(t_in))
-            else:
-                s_logits = student_part.wrapped(inputs, sched.sigma(t_in), noise.repeat(len(states), 1))
-        with torch.no_grad(), ctx.autocast():
+            s_logits = student_part.wrapped(inputs, sigma_in, *noise_in)
+        with torch.no_grad(), ctx.autocast():  # the KL's reference: the teacher, or the starting student with its xi
             if self.kl_ref is None:
-                t_logits = self.teacher(inputs, sched.sigma(t_in))
-            elif noise is None:
-                t_logits = self.kl_ref(inputs, sched.sigma(t_in))
-            else:  # the starting student reads the same xi as the student
-                t_logits = self.kl_ref(inputs, sched.sigma(t_in), noise.repeat(len(states), 1))
+                t_logits = self.teacher(inputs, sigma_in)
+            else:
+                t_logits = self.kl_ref(inputs, sigma_in, *noise_in)
         logp_steps = []
         kl_total = torch.zeros((), device=device)
         ent_sum, ent_count = torch.zeros((), device=device), 0.0
