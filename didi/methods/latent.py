@@ -3,7 +3,7 @@
 A few-step sampler draws the tokens of one step independently given the state, so a student can make them
 agree only by sharpening what they share (the template collapse the reference language shows). A student
 with a per-sequence noise input xi (`DIT.add_noise_input`) can make them agree through xi instead, but the
-policy gradient never taught it to (README, E11-E14). This method teaches it directly, as a variational
+policy gradient never taught it to (docs/reference-log.md, E11-E14). This method teaches it directly, as a variational
 autoencoder whose decoder is the student:
 
     loss = NELBO(x0 | xi) / tokens + beta * KL(q(xi | x0) || N(0, I)) / tokens,   xi ~ q(xi | x0)
