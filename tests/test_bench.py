@@ -1,0 +1,72 @@
+"""The bench scripts that the reference-language results rest on (curve.py, latent_probe.py) run end to end on a
+tiny grammar and write rows that the code produced: one per snapshot and step count, scores in range."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import didi
+from didi.config import preset
+from didi.distill import DistillConfig, distill
+from didi.language import Grammar, write_corpus
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+
+GRAMMAR = """
+start text
+sentences hello, walk, bye
+let a = name
+text -> hello walk bye
+hello -> "Hi $a." [2] | "$a came."
+walk -> "$a went to" place "." | "$a ran."
+bye -> "Bye, $a!"
+name -> "Ann" [3] | "Bo" | "Cy"
+place -> "the park" | "town" [2]
+"""
+
+
+def bench(*args: str) -> subprocess.CompletedProcess:
+    r = subprocess.run([sys.executable, *args], cwd=BENCH, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return r
+
+
+def test_curve_and_latent_probe_run_on_a_latent_student(tmp_path):
+    g = tmp_path / "tiny.grammar"
+    g.write_text(GRAMMAR)
+    corpus = tmp_path / "c.jsonl"
+    write_corpus(Grammar.load(str(g)), 200, 0, corpus)
+    cfg = preset("test", [f"data.source={corpus}", "data.layout=rows", f"data.cache_dir={tmp_path / 'cache'}",
+                          "model.length=20", "train.max_steps=10", "train.eval_every=0", "data.tokenizer=bpe:300"])
+    didi.train(cfg, tmp_path / "teacher", progress=False)
+    lat = DistillConfig(method="latent", student_noise_dim=4, max_steps=4, batch_size=4, warmup_steps=1,
+                        student_lr=1e-3, ema=0.0, latent_beta=0.1)
+    distill(tmp_path / "teacher", tmp_path / "lat", lat, overrides=["train.eval_every=0", "train.snapshot_every=2"],
+            progress=False)
+    judge = f"grammar:{g}"
+    out = tmp_path / "results"
+
+    bench("curve.py", str(tmp_path / "lat"), "--teacher", str(tmp_path / "teacher"), "--judge", judge, "--steps",
+          "2,4", "--num", "8", "--grid-power", "3", "--name", "c", "--out", str(out))
+    rows = json.loads((out / "c.json").read_text())["rows"]
+    assert sorted((r["iteration"], r["steps"]) for r in rows) == [(i, s) for i in (0, 2, 4) for s in (2, 4)]
+    assert all(0.0 <= r["valid_sentences"] <= 1.0 and r["grid_power"] == 3.0 for r in rows)
+    assert (out / "c.md").is_file() and (out / "c.png").is_file()
+    cached = (tmp_path / "lat" / "curve.rows.jsonl").read_text().splitlines()
+    bench("curve.py", str(tmp_path / "lat"), "--teacher", str(tmp_path / "teacher"), "--judge", judge, "--steps",
+          "2,4", "--num", "8", "--grid-power", "3", "--name", "c", "--out", str(out))
+    assert (tmp_path / "lat" / "curve.rows.jsonl").read_text().splitlines() == cached  # nothing sampled twice
+
+    bench("latent_probe.py", str(tmp_path / "lat"), "--judge", judge, "--steps", "2", "--num", "8", "--name", "p",
+          "--out", str(out))
+    rows = json.loads((out / "p.json").read_text())["rows"]
+    assert [r["xi"] for r in rows] == ["data (held-out)", "prior", "posterior", "zero", "fitted"]
+    assert rows[0]["valid_sentences"] == 1.0  # the held-out texts are the grammar's own
+    assert all(0.0 <= r["valid_sentences"] <= 1.0 for r in rows)
+
+    r = subprocess.run([sys.executable, "latent_probe.py", str(tmp_path / "teacher"), "--judge", judge], cwd=BENCH,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0 and "is not a latent student" in r.stderr
