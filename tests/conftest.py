@@ -14,3 +14,25 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"shared corpora not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+@pytest.fixture
+def grammar_teacher(tmp_path):
+    """A factory: grammar text -> (grammar path, teacher run) trained for a few steps on a corpus of that grammar,
+    one text per row (the reference-language layout), at the test preset."""
+    import didi
+    from didi.config import preset
+    from didi.language import Grammar, write_corpus
+
+    def build(text: str, texts: int = 300, length: int = 24, steps: int = 20) -> tuple[Path, Path]:
+        g = tmp_path / "tiny.grammar"
+        g.write_text(text)
+        corpus = tmp_path / "c.jsonl"
+        write_corpus(Grammar.load(str(g)), texts, 0, corpus)
+        cfg = preset("test", [f"data.source={corpus}", "data.layout=rows", f"data.cache_dir={tmp_path / 'cache'}",
+                              f"model.length={length}", f"train.max_steps={steps}", "train.eval_every=0",
+                              "data.tokenizer=bpe:300"])
+        didi.train(cfg, tmp_path / "teacher", progress=False)
+        return g, tmp_path / "teacher"
+
+    return build

@@ -8,10 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import didi
-from didi.config import preset
 from didi.distill import DistillConfig, distill
-from didi.language import Grammar, write_corpus
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 
@@ -34,14 +31,8 @@ def bench(*args: str) -> subprocess.CompletedProcess:
     return r
 
 
-def test_curve_and_latent_probe_run_on_a_latent_student(tmp_path):
-    g = tmp_path / "tiny.grammar"
-    g.write_text(GRAMMAR)
-    corpus = tmp_path / "c.jsonl"
-    write_corpus(Grammar.load(str(g)), 200, 0, corpus)
-    cfg = preset("test", [f"data.source={corpus}", "data.layout=rows", f"data.cache_dir={tmp_path / 'cache'}",
-                          "model.length=20", "train.max_steps=10", "train.eval_every=0", "data.tokenizer=bpe:300"])
-    didi.train(cfg, tmp_path / "teacher", progress=False)
+def test_curve_and_latent_probe_run_on_a_latent_student(tmp_path, grammar_teacher):
+    g, _ = grammar_teacher(GRAMMAR, texts=200, length=20, steps=10)
     lat = DistillConfig(method="latent", student_noise_dim=4, max_steps=4, batch_size=4, warmup_steps=1,
                         student_lr=1e-3, ema=0.0, latent_beta=0.1)
     distill(tmp_path / "teacher", tmp_path / "lat", lat, overrides=["train.eval_every=0", "train.snapshot_every=2"],

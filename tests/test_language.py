@@ -214,7 +214,7 @@ def test_cli_write_check_score(tmp_path):
     assert r.returncode == 0 and json.loads(r.stdout)["ok"]
 
 
-def test_end_to_end_write_train_distil_score(tmp_path):
+def test_end_to_end_write_train_distil_score(tmp_path, grammar_teacher):
     """The reference-language path at test size: a corpus from a grammar, a teacher on text rows, a few DiDi
     iterations with the `lang` recipe (path rewards; here with token credit), judged exactly by the grammar."""
     import didi
@@ -222,15 +222,7 @@ def test_end_to_end_write_train_distil_score(tmp_path):
     from didi.distill import distill, distill_preset
     from didi.evaluation.evaluate import evaluate
 
-    g = tmp_path / "tiny.grammar"
-    g.write_text(TINY)
-    corpus = tmp_path / "c.jsonl"
-    from didi.language import write_corpus
-
-    write_corpus(Grammar.load(str(g)), 300, 0, corpus)
-    cfg = preset("test", [f"data.source={corpus}", "data.layout=rows", f"data.cache_dir={tmp_path / 'cache'}",
-                          "model.length=24", "train.max_steps=20", "train.eval_every=0", "data.tokenizer=bpe:300"])
-    didi.train(cfg, tmp_path / "teacher", progress=False)
+    g, _ = grammar_teacher(TINY)
     assert preset("lang-tiny").data.layout == "rows"
     dcfg = distill_preset("lang", ["max_steps=3", "batch_size=2", "group=2", "disc_only_steps=1",
                                    "reward_credit=token"])
