@@ -25,39 +25,39 @@ place -> "the park" | "town" [2]
 """
 
 
-def bench(*args: str) -> subprocess.CompletedProcess:
+def bench(*args: str, ok: bool = True) -> subprocess.CompletedProcess:
     r = subprocess.run([sys.executable, *args], cwd=BENCH, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-2000:]
+    if ok:
+        assert r.returncode == 0, r.stderr[-2000:]
     return r
 
 
 def test_curve_and_latent_probe_run_on_a_latent_student(tmp_path, grammar_teacher):
-    g, _ = grammar_teacher(GRAMMAR, texts=200, length=20, steps=10)
+    g, teacher = grammar_teacher(GRAMMAR, texts=200, length=20, steps=10)
     lat = DistillConfig(method="latent", student_noise_dim=4, max_steps=4, batch_size=4, warmup_steps=1,
                         student_lr=1e-3, ema=0.0, latent_beta=0.1)
-    distill(tmp_path / "teacher", tmp_path / "lat", lat, overrides=["train.eval_every=0", "train.snapshot_every=2"],
-            progress=False)
+    student = tmp_path / "lat"
+    distill(teacher, student, lat, overrides=["train.eval_every=0", "train.snapshot_every=2"], progress=False)
     judge = f"grammar:{g}"
     out = tmp_path / "results"
+    curve = ("curve.py", str(student), "--teacher", str(teacher), "--judge", judge, "--steps", "2,4", "--num", "8",
+             "--grid-power", "3", "--name", "c", "--out", str(out))
 
-    bench("curve.py", str(tmp_path / "lat"), "--teacher", str(tmp_path / "teacher"), "--judge", judge, "--steps",
-          "2,4", "--num", "8", "--grid-power", "3", "--name", "c", "--out", str(out))
+    bench(*curve)
     rows = json.loads((out / "c.json").read_text())["rows"]
     assert sorted((r["iteration"], r["steps"]) for r in rows) == [(i, s) for i in (0, 2, 4) for s in (2, 4)]
     assert all(0.0 <= r["valid_sentences"] <= 1.0 and r["grid_power"] == 3.0 for r in rows)
     assert (out / "c.md").is_file() and (out / "c.png").is_file()
-    cached = (tmp_path / "lat" / "curve.rows.jsonl").read_text().splitlines()
-    bench("curve.py", str(tmp_path / "lat"), "--teacher", str(tmp_path / "teacher"), "--judge", judge, "--steps",
-          "2,4", "--num", "8", "--grid-power", "3", "--name", "c", "--out", str(out))
-    assert (tmp_path / "lat" / "curve.rows.jsonl").read_text().splitlines() == cached  # nothing sampled twice
+    cached = (student / "curve.rows.jsonl").read_text().splitlines()
+    bench(*curve)
+    assert (student / "curve.rows.jsonl").read_text().splitlines() == cached  # nothing sampled twice
 
-    bench("latent_probe.py", str(tmp_path / "lat"), "--judge", judge, "--steps", "2", "--num", "8", "--name", "p",
+    bench("latent_probe.py", str(student), "--judge", judge, "--steps", "2", "--num", "8", "--name", "p",
           "--out", str(out))
     rows = json.loads((out / "p.json").read_text())["rows"]
     assert [r["xi"] for r in rows] == ["data (held-out)", "prior", "posterior", "zero", "fitted"]
     assert rows[0]["valid_sentences"] == 1.0  # the held-out texts are the grammar's own
     assert all(0.0 <= r["valid_sentences"] <= 1.0 for r in rows)
 
-    r = subprocess.run([sys.executable, "latent_probe.py", str(tmp_path / "teacher"), "--judge", judge], cwd=BENCH,
-                       capture_output=True, text=True, timeout=300)
+    r = bench("latent_probe.py", str(teacher), "--judge", judge, ok=False)
     assert r.returncode != 0 and "is not a latent student" in r.stderr

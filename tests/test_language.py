@@ -222,12 +222,12 @@ def test_end_to_end_write_train_distil_score(tmp_path, grammar_teacher):
     from didi.distill import distill, distill_preset
     from didi.evaluation.evaluate import evaluate
 
-    g, _ = grammar_teacher(TINY)
+    g, teacher = grammar_teacher(TINY)
     assert preset("lang-tiny").data.layout == "rows"
     dcfg = distill_preset("lang", ["max_steps=3", "batch_size=2", "group=2", "disc_only_steps=1",
                                    "reward_credit=token"])
     assert (dcfg.reward_states, dcfg.rollout_grid, dcfg.student_steps) == ("path", "uniform", 4)
-    result = distill(tmp_path / "teacher", tmp_path / "student", dcfg,
+    result = distill(teacher, tmp_path / "student", dcfg,
                      overrides=["train.eval_every=0", "diffusion.grid_power=2"], progress=False)
     assert math.isfinite(result["loss"]) and result["pg"] != 0
     student = didi.load(tmp_path / "student")  # trained on the power-2 grid, it samples on it by default
