@@ -65,6 +65,12 @@ class DistillConfig:
     reward_credit: str = "sequence"  # path: "sequence" (a row's mean logit credits all its decisions) or "token"
     # (each decided token is credited with the discriminator's logit at its own position, baseline per position)
     reward_clip: float = 8.0
+    # where the reward comes from: "discriminator" (paper) or "teacher" (beyond the paper: no discriminator; each
+    # rollout's reward is the teacher's evidence bound -NELBO(x̂0) in nats, over reward_repeats noise draws stratified
+    # in t, so with entropy_reward=1 it is a one-sample estimate of -KL(student || teacher) of the clean texts; with
+    # reward_states=path every step gets the final text's reward as its reward-to-go)
+    reward_source: str = "discriminator"
+    reward_repeats: int = 8
     group_norm: bool = True  # False: A = r - mean(r)
     norm_scope: str = "group"  # group_norm over each group of G rollouts of one real row (paper) or over the whole
     # global batch ("batch"; every text-row rollout starts from the same state, so the G-groups are arbitrary)
@@ -139,12 +145,15 @@ class DistillConfig:
                   ("w_min", 0 < self.w_min <= self.w_max, "> 0 and <= w_max"),
                   ("student_noise_dim", self.student_noise_dim >= 0, ">= 0"),
                   ("entropy_reward", self.entropy_reward >= 0, ">= 0"),
+                  ("reward_repeats", self.reward_repeats >= 1, ">= 1"),
                   ("student_noise_init", self.student_noise_init >= 0, ">= 0"),
                   ("noise_lr_mult", self.noise_lr_mult > 0, "> 0"), ("latent_beta", self.latent_beta >= 0, ">= 0"),
                   ("latent_encoder_blocks", self.latent_encoder_blocks >= 1, ">= 1")]
         for name, ok, allowed in ranges:
             if not ok:
                 raise DidiError(f"distill.{name} = {getattr(self, name)!r} is not allowed: it must be {allowed}")
+        if self.reward_source not in ("discriminator", "teacher"):
+            raise DidiError(f"distill: reward_source must be 'discriminator' or 'teacher', not {self.reward_source!r}")
         if self.kl_reference not in ("teacher", "init"):
             raise DidiError(f"distill: kl_reference must be 'teacher' or 'init', not {self.kl_reference!r}")
         if self.kl_reference != "teacher" and self.method != "didi-instruct":

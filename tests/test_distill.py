@@ -676,3 +676,52 @@ def test_kl_reference_init_anchors_the_kl_to_the_starting_student_and_resumes_ex
         small_dcfg(kl_reference="student").validate()
     with pytest.raises(DidiError, match="kl_reference is a DiDi-Instruct option"):
         small_dcfg(method="sdtt", kl_reference="init").validate()
+
+
+def test_teacher_evidence_is_the_nelbo_bound_stratified_in_time():
+    """reward_source 'teacher': the reward -NELBO(x), t stratified per row, has the expectation of the NELBO with
+    independent uniform t, is a bound (<= 0), and kept positions add nothing."""
+    from didi.diffusion import nelbo_terms, sample_times
+    from didi.methods.didi_instruct import teacher_evidence
+
+    m = random_dit()
+    sched = LogLinearSchedule(1e-3)
+    x = torch.randint(0, 8, (3, 8), generator=torch.Generator().manual_seed(0))
+    gen = torch.Generator().manual_seed(1)
+    strat = torch.stack([teacher_evidence(m, x, sched, 8, 1e-3, 4, gen) for _ in range(300)])  # [300, 3]
+    plain = []
+    with torch.no_grad():
+        for _ in range(300):
+            t = sample_times(12, 1e-3, False, gen)
+            terms = nelbo_terms(m, x.repeat_interleave(4, 0), t, torch.rand(12, 8, generator=gen), sched, 8)
+            plain.append(-terms.double().sum(1).reshape(3, 4).mean(1))
+    plain = torch.stack(plain).float()
+    se = (strat.var(0) / 300 + plain.var(0) / 300).sqrt()
+    assert torch.all((strat.mean(0) - plain.mean(0)).abs() < 4 * se), (strat.mean(0), plain.mean(0))
+    assert torch.all(strat <= 0)
+    keep = torch.zeros_like(x, dtype=torch.bool)
+    keep[:, 1:] = True  # only position 0 may be masked: the evidence is that position's term alone
+    one = teacher_evidence(m, x, sched, 8, 1e-3, 4, torch.Generator().manual_seed(2), keep)
+    assert torch.all(one <= 0) and torch.all(one > strat.mean(0))
+    assert torch.all(teacher_evidence(m, x, sched, 8, 1e-3, 4, gen, torch.ones_like(keep)) == 0)
+
+
+def test_teacher_reward_trains_without_the_discriminator_and_resumes_exactly(teacher, tmp_path):
+    extra = ["train.eval_every=0", "train.save_every=0", "train.log_every=1"]
+    dcfg = small_dcfg(reward_source="teacher", reward_repeats=2, entropy_reward=1.0, reward_states="path",
+                      rollout_grid="uniform", student_steps=3, disc_only_steps=2)
+    a, b = tmp_path / "a", tmp_path / "b"
+    distill(teacher, a, dcfg, overrides=extra, progress=False)
+    distill(teacher, b, dcfg, overrides=extra, until_step=2, progress=False)
+    distill(None, b, resume=True, progress=False)
+    wa, wb = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    rows = [json.loads(x) for x in (a / "metrics.jsonl").read_text().splitlines() if "reward_mean" in x]
+    assert len(rows) == 4 and all("disc_loss" not in r and r["surprisal"] > 0 and r["teacher_nelbo"] > 0 for r in rows)
+    assert all(r["grad_norm"] > 0 for r in rows)  # disc_only_steps does not hold the student back: no discriminator
+    wt = load_file(teacher / "model.safetensors")
+    assert any(not torch.equal(wt[k], wa[k]) for k in wt)
+    with pytest.raises(DidiError, match="reward_source must be"):
+        small_dcfg(reward_source="oracle").validate()
+    with pytest.raises(DidiError, match="reward_repeats"):
+        small_dcfg(reward_source="teacher", reward_repeats=0).validate()

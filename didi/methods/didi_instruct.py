@@ -109,6 +109,25 @@ def row_step_probs(logp: torch.Tensor, alpha_t: torch.Tensor, alpha_s: torch.Ten
     return q
 
 
+@torch.no_grad()
+def teacher_evidence(teacher, x: torch.Tensor, schedule: LogLinearSchedule, mask_id: int, eps: float, repeats: int,
+                     gen: torch.Generator, keep: torch.Tensor | None = None) -> torch.Tensor:
+    """-NELBO of each row of x [N, L] under `teacher`, summed over positions (nats; a lower bound on log p(x)),
+    averaged over `repeats` draws of (t, mask) with t stratified per row: t_r = (u + r / R) mod 1, u ~ U[0, 1).
+    keep [N, L]: positions never masked (they add nothing). One teacher forward over N * R rows -> float32 [N]."""
+    n, length = x.shape
+    dev = x.device
+    u = torch.rand(n, 1, generator=gen, dtype=torch.float64, device=gen.device).to(dev)
+    r = (u + torch.arange(repeats, dtype=torch.float64, device=dev)[None] / repeats) % 1.0
+    t = ((1 - eps) * r + eps).float().reshape(-1)
+    rows = x.repeat_interleave(repeats, 0)
+    noise = torch.rand(n * repeats, length, generator=gen, device=gen.device).to(dev)
+    if keep is not None:
+        noise = noise.masked_fill(keep.repeat_interleave(repeats, 0), 0)
+    terms = nelbo_terms(teacher, rows, t, noise, schedule, mask_id)
+    return -terms.double().sum(1).reshape(n, repeats).mean(1).float()
+
+
 # -- the method ----------------------------------------------------------------------------------------
 
 
@@ -253,14 +272,16 @@ class DiDiInstruct:
             noise_real = noise_real.masked_fill(self.kept(real), 0)
 
         # 4-6. discriminator update and rewards -> advantage of every rollout step's decisions [N, k]
-        if d.reward_states == "path":
+        if d.reward_source == "teacher":
+            adv_steps, metrics = self._teacher_rewards(ctx, x_hat, len(states), gen, surprisal)
+        elif d.reward_states == "path":
             adv_steps, metrics = self._path_rewards(ctx, states, x_hat, grid, real, noise_real, draws["pick"],
                                                     surprisal)
         else:
             adv_steps, metrics = self._final_rewards(ctx, x_hat, real, tau, draws["tau_real"], noise_fake, noise_real,
                                                      len(states), surprisal)
         done = disc_part.scheduler.last_epoch  # iterations completed so far (the discriminator trains every one)
-        if done <= d.disc_only_steps:
+        if d.reward_source == "discriminator" and done <= d.disc_only_steps:
             zero = torch.zeros((), device=device)
             metrics.update(loss=zero, pg=zero, kl=zero, entropy=zero, logp=zero, grad_norm=zero)
             return {k: float(ctx.all_mean(torch.as_tensor(v, device=device).float())) for k, v in metrics.items()}
@@ -411,6 +432,29 @@ class DiDiInstruct:
             r = r + self.dcfg.entropy_reward * surprisal
         togo = r.flip(1).cumsum(1).flip(1) if self.dcfg.path_credit == "togo" else r
         valid = torch.ones(N, dtype=torch.bool, device=post.device)
+        adv = torch.stack([self._advantage(ctx, togo[:, s], valid) for s in range(k)], 1)
+        return adv, metrics
+
+    def _teacher_rewards(self, ctx, x_hat, k: int, gen, surprisal=None):
+        """reward_source="teacher": r = the teacher's evidence bound -NELBO(x̂0) (nats, `teacher_evidence`), plus
+        entropy_reward times the surprisal of the decisions from each step on; every step's decisions get the final
+        text's reward as their reward-to-go (with reward_states="final": the whole rollout's surprisal, one
+        advantage), normalized per step like the discriminator's rewards. No discriminator trains."""
+        d = self.dcfg
+        keep = self.kept(x_hat) if self.kept else None
+        with ctx.autocast():
+            r = teacher_evidence(self.teacher, x_hat, self.schedule, self.mask_id, self.cfg.diffusion.eps,
+                                 d.reward_repeats, gen, keep)
+        n = x_hat.shape[0]
+        metrics = {"reward_mean": r.mean(), "teacher_nelbo": -r.mean() / x_hat.shape[1]}
+        togo = r[:, None].expand(n, k)
+        if d.entropy_reward and surprisal is not None:
+            metrics["surprisal"] = surprisal.sum(1).mean()
+            if d.reward_states == "path":
+                togo = togo + d.entropy_reward * surprisal.flip(1).cumsum(1).flip(1)
+            else:
+                togo = togo + d.entropy_reward * surprisal.sum(1, keepdim=True)
+        valid = torch.ones(n, dtype=torch.bool, device=x_hat.device)
         adv = torch.stack([self._advantage(ctx, togo[:, s], valid) for s in range(k)], 1)
         return adv, metrics
 
