@@ -63,7 +63,8 @@ class DistillConfig:
     path_credit: str = "togo"  # path: a step's decisions get the rewards of every later state ("togo") or of the
     # state right after the step ("step")
     reward_credit: str = "sequence"  # path: "sequence" (a row's mean logit credits all its decisions) or "token"
-    # (each decided token is credited with the discriminator's logit at its own position, baseline per position)
+    # (each decided token is credited with the discriminator's logit at its own position, baseline per position;
+    # with reward_source="teacher": with its own position's term of the teacher's bound)
     reward_clip: float = 8.0
     # where the reward comes from: "discriminator" (paper) or "teacher" (beyond the paper: no discriminator; each
     # rollout's reward is the teacher's evidence bound -NELBO(x̂0) in nats, over reward_repeats noise draws stratified

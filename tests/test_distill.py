@@ -704,6 +704,9 @@ def test_teacher_evidence_is_the_nelbo_bound_stratified_in_time():
     one = teacher_evidence(m, x, sched, 8, 1e-3, 4, torch.Generator().manual_seed(2), keep)
     assert torch.all(one <= 0) and torch.all(one > strat.mean(0))
     assert torch.all(teacher_evidence(m, x, sched, 8, 1e-3, 4, gen, torch.ones_like(keep)) == 0)
+    g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    pos = teacher_evidence(m, x, sched, 8, 1e-3, 4, g1, per_position=True)
+    assert pos.shape == x.shape and torch.allclose(pos.sum(1), teacher_evidence(m, x, sched, 8, 1e-3, 4, g2), atol=1e-3)
 
 
 def test_teacher_reward_trains_without_the_discriminator_and_resumes_exactly(teacher, tmp_path):
@@ -721,6 +724,10 @@ def test_teacher_reward_trains_without_the_discriminator_and_resumes_exactly(tea
     assert all(r["grad_norm"] > 0 for r in rows)  # disc_only_steps does not hold the student back: no discriminator
     wt = load_file(teacher / "model.safetensors")
     assert any(not torch.equal(wt[k], wa[k]) for k in wt)
+    tok = distill(teacher, tmp_path / "token", small_dcfg(reward_source="teacher", reward_repeats=2, reward_credit="token",
+                                                          reward_states="path", rollout_grid="uniform", student_steps=3,
+                                                          max_steps=2), overrides=extra, progress=False)
+    assert math.isfinite(tok["loss"]) and tok["grad_norm"] > 0
     with pytest.raises(DidiError, match="reward_source must be"):
         small_dcfg(reward_source="oracle").validate()
     with pytest.raises(DidiError, match="reward_repeats"):

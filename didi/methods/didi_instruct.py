@@ -111,10 +111,11 @@ def row_step_probs(logp: torch.Tensor, alpha_t: torch.Tensor, alpha_s: torch.Ten
 
 @torch.no_grad()
 def teacher_evidence(teacher, x: torch.Tensor, schedule: LogLinearSchedule, mask_id: int, eps: float, repeats: int,
-                     gen: torch.Generator, keep: torch.Tensor | None = None) -> torch.Tensor:
+                     gen: torch.Generator, keep: torch.Tensor | None = None, per_position: bool = False) -> torch.Tensor:
     """-NELBO of each row of x [N, L] under `teacher`, summed over positions (nats; a lower bound on log p(x)),
     averaged over `repeats` draws of (t, mask) with t stratified per row: t_r = (u + r / R) mod 1, u ~ U[0, 1).
-    keep [N, L]: positions never masked (they add nothing). One teacher forward over N * R rows -> float32 [N]."""
+    keep [N, L]: positions never masked (they add nothing). One teacher forward over N * R rows -> float32 [N]
+    (per_position: the terms of each position, averaged over the draws, [N, L]; their sum over positions is [N])."""
     n, length = x.shape
     dev = x.device
     u = torch.rand(n, 1, generator=gen, dtype=torch.float64, device=gen.device).to(dev)
@@ -124,8 +125,8 @@ def teacher_evidence(teacher, x: torch.Tensor, schedule: LogLinearSchedule, mask
     noise = torch.rand(n * repeats, length, generator=gen, device=gen.device).to(dev)
     if keep is not None:
         noise = noise.masked_fill(keep.repeat_interleave(repeats, 0), 0)
-    terms = nelbo_terms(teacher, rows, t, noise, schedule, mask_id)
-    return -terms.double().sum(1).reshape(n, repeats).mean(1).float()
+    terms = -nelbo_terms(teacher, rows, t, noise, schedule, mask_id).double().reshape(n, repeats, length).mean(1)
+    return (terms if per_position else terms.sum(1)).float()
 
 
 # -- the method ----------------------------------------------------------------------------------------
@@ -439,14 +440,19 @@ class DiDiInstruct:
         """reward_source="teacher": r = the teacher's evidence bound -NELBO(x̂0) (nats, `teacher_evidence`), plus
         entropy_reward times the surprisal of the decisions from each step on; every step's decisions get the final
         text's reward as their reward-to-go (with reward_states="final": the whole rollout's surprisal, one
-        advantage), normalized per step like the discriminator's rewards. No discriminator trains."""
+        advantage), normalized per step like the discriminator's rewards; with reward_credit="token" each decided
+        token gets its own position's term of the bound instead, normalized per position over the rollouts
+        (`_token_advantage`). No discriminator trains."""
         d = self.dcfg
         keep = self.kept(x_hat) if self.kept else None
         with ctx.autocast():
-            r = teacher_evidence(self.teacher, x_hat, self.schedule, self.mask_id, self.cfg.diffusion.eps,
-                                 d.reward_repeats, gen, keep)
+            r_pos = teacher_evidence(self.teacher, x_hat, self.schedule, self.mask_id, self.cfg.diffusion.eps,
+                                     d.reward_repeats, gen, keep, per_position=True)
+        r = r_pos.sum(1)
         n = x_hat.shape[0]
         metrics = {"reward_mean": r.mean(), "teacher_nelbo": -r.mean() / x_hat.shape[1]}
+        if d.reward_credit == "token":  # each decided token gets its own position's term (every step: one state)
+            return self._token_advantage(ctx, r_pos[:, None, :].expand(n, k, -1).contiguous(), "step"), metrics
         togo = r[:, None].expand(n, k)
         if d.entropy_reward and surprisal is not None:
             metrics["surprisal"] = surprisal.sum(1).mean()
@@ -458,11 +464,11 @@ class DiDiInstruct:
         adv = torch.stack([self._advantage(ctx, togo[:, s], valid) for s in range(k)], 1)
         return adv, metrics
 
-    def _token_advantage(self, ctx, r_tok: torch.Tensor) -> torch.Tensor:
+    def _token_advantage(self, ctx, r_tok: torch.Tensor, credit: str | None = None) -> torch.Tensor:
         """Token credit [N, k, L]: the token decided at step s and position i gets the discriminator's logit at i in
         the states from s on ("togo") or in the state s made ("step"), minus that (step, position)'s mean over all
         rollouts (every rollout starts from the same state, so all N rows are one group), over the step's std."""
-        c = r_tok.flip(1).cumsum(1).flip(1) if self.dcfg.path_credit == "togo" else r_tok
+        c = r_tok.flip(1).cumsum(1).flip(1) if (credit or self.dcfg.path_credit) == "togo" else r_tok
         c = c.double()
         mean = ctx.all_mean(c.mean(0, keepdim=True))
         centered = c - mean
