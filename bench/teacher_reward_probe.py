@@ -1,8 +1,9 @@
 """Diagnostic: how well does the teacher's own NELBO of a student text track the text's exact validity?
 
 The reward of `distill.reward_source=teacher`, which needs no discriminator: r(x̂0) = -NELBO_teacher(x̂0) (a
-Monte-Carlo bound on log p_teacher, R noise draws stratified in t), optionally minus the student's log-probability of its own trajectory (then r is
-a one-sample estimate of -KL(q || p_teacher) at t = 0). This probe draws `--num` texts from a student run with the
+Monte-Carlo bound on log p_teacher, R noise draws stratified in t), optionally minus the student's log-probability
+of its own trajectory (then r is a one-sample estimate of -KL(q || p_teacher) at t = 0).
+This probe draws `--num` texts from a student run with the
 k-step sampler, scores each with the teacher's NELBO at several R, and reports the correlation of each score with
 the text's share of valid sentences (Pearson and Spearman), beside the held-out data's NELBO for scale.
 `bench/reward_probe.py` does the same for a DiDi run's discriminator.
@@ -84,7 +85,9 @@ def main() -> None:
                          "valid_share": float(share.mean())})
             print(rows[-1], flush=True)
     note = (f"{args.num} texts of {args.run} (the k-step sampler, grid power {args.grid_power}), each scored by the "
-            f"teacher {args.teacher}'s NELBO per token with R noise draws stratified in t (`teacher_evidence`, the reward of `distill.reward_source=teacher`); correlations of -NELBO with the text's share "
+            f"teacher {args.teacher}'s NELBO per token with R noise draws stratified in t "
+            "(`teacher_evidence`, the reward "
+            "of `distill.reward_source=teacher`); correlations of -NELBO with the text's share "
             "of valid sentences (`bench/reward_probe.py` gives the discriminator's, for comparison).")
     path = write_results(args.name, rows, vars(args), COLUMNS, note)
     print(path.read_text())

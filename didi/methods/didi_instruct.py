@@ -111,7 +111,8 @@ def row_step_probs(logp: torch.Tensor, alpha_t: torch.Tensor, alpha_s: torch.Ten
 
 @torch.no_grad()
 def teacher_evidence(teacher, x: torch.Tensor, schedule: LogLinearSchedule, mask_id: int, eps: float, repeats: int,
-                     gen: torch.Generator, keep: torch.Tensor | None = None, per_position: bool = False) -> torch.Tensor:
+                     gen: torch.Generator, keep: torch.Tensor | None = None,
+                     per_position: bool = False) -> torch.Tensor:
     """-NELBO of each row of x [N, L] under `teacher`, summed over positions (nats; a lower bound on log p(x)),
     averaged over `repeats` draws of (t, mask) with t stratified per row: t_r = (u + r / R) mod 1, u ~ U[0, 1).
     keep [N, L]: positions never masked (they add nothing). One teacher forward over N * R rows -> float32 [N]
