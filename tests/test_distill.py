@@ -321,16 +321,22 @@ def test_every_part_can_be_switched_off(teacher, tmp_path):
     assert math.isfinite(result["loss"])
 
 
-@pytest.mark.parametrize("credit", ["sequence", "token"])
-def test_path_rewards_on_the_sampler_grid_train_and_resume_exactly(teacher, tmp_path, credit):
-    dcfg = small_dcfg(reward_states="path", rollout_grid="uniform", student_steps=3, reward_credit=credit)
-    extra = ["train.eval_every=0", "train.save_every=0", "train.log_every=1"]
+def distill_twice_and_resume(teacher, tmp_path, dcfg, extra):
+    """One run of dcfg straight through (a), one stopped at step 2 and resumed (b); asserts the weights equal."""
     a, b = tmp_path / "a", tmp_path / "b"
     distill(teacher, a, dcfg, overrides=extra, progress=False)
     distill(teacher, b, dcfg, overrides=extra, until_step=2, progress=False)
     distill(None, b, resume=True, progress=False)
     wa, wb = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    return a, wa
+
+
+@pytest.mark.parametrize("credit", ["sequence", "token"])
+def test_path_rewards_on_the_sampler_grid_train_and_resume_exactly(teacher, tmp_path, credit):
+    dcfg = small_dcfg(reward_states="path", rollout_grid="uniform", student_steps=3, reward_credit=credit)
+    extra = ["train.eval_every=0", "train.save_every=0", "train.log_every=1"]
+    a, _ = distill_twice_and_resume(teacher, tmp_path, dcfg, extra)
     rows = [json.loads(x) for x in (a / "metrics.jsonl").read_text().splitlines()]
     rows = [r for r in rows if "disc_loss" in r]
     assert len(rows) == 4 and all(math.isfinite(r["loss"]) and math.isfinite(r["reward_mean"]) for r in rows)
@@ -713,12 +719,7 @@ def test_teacher_reward_trains_without_the_discriminator_and_resumes_exactly(tea
     extra = ["train.eval_every=0", "train.save_every=0", "train.log_every=1"]
     dcfg = small_dcfg(reward_source="teacher", reward_repeats=2, entropy_reward=1.0, reward_states="path",
                       rollout_grid="uniform", student_steps=3, disc_only_steps=2)
-    a, b = tmp_path / "a", tmp_path / "b"
-    distill(teacher, a, dcfg, overrides=extra, progress=False)
-    distill(teacher, b, dcfg, overrides=extra, until_step=2, progress=False)
-    distill(None, b, resume=True, progress=False)
-    wa, wb = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
-    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    a, wa = distill_twice_and_resume(teacher, tmp_path, dcfg, extra)
     rows = [json.loads(x) for x in (a / "metrics.jsonl").read_text().splitlines() if "reward_mean" in x]
     assert len(rows) == 4 and all("disc_loss" not in r and r["surprisal"] > 0 and r["teacher_nelbo"] > 0 for r in rows)
     assert all(r["grad_norm"] > 0 for r in rows)  # disc_only_steps does not hold the student back: no discriminator

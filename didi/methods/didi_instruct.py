@@ -260,28 +260,17 @@ class DiDiInstruct:
         # student-entropy half of the reverse KL, exact where the discriminator's log-ratio is an estimate)
         surprisal = -logp_steps
 
-        # real side
-        if d.real == "teacher":
-            real = ancestral_sample(lambda z, sg: self.teacher(z, sg), B, L, d.teacher_steps, mask,
-                                    schedule=sched, cache=not self.cfg.model.time_conditioning,
-                                    generator=gen, device=device).tokens.to(device)
-        else:
-            real = x
-        real = real.repeat_interleave(G, 0)
-        noise_fake, noise_real = draws["noise_fake"], draws["noise_real"]
-        if self.kept:  # noise 0 < alpha: kept tokens stay
-            noise_fake = noise_fake.masked_fill(self.kept(x_hat), 0)
-            noise_real = noise_real.masked_fill(self.kept(real), 0)
-
         # 4-6. discriminator update and rewards -> advantage of every rollout step's decisions [N, k]
-        if d.reward_source == "teacher":
+        if d.reward_source == "teacher":  # no discriminator, so no real side
             adv_steps, metrics = self._teacher_rewards(ctx, x_hat, len(states), gen, surprisal)
-        elif d.reward_states == "path":
-            adv_steps, metrics = self._path_rewards(ctx, states, x_hat, grid, real, noise_real, draws["pick"],
-                                                    surprisal)
         else:
-            adv_steps, metrics = self._final_rewards(ctx, x_hat, real, tau, draws["tau_real"], noise_fake, noise_real,
-                                                     len(states), surprisal)
+            real, noise_fake, noise_real = self._real_side(x, x_hat, draws, gen)
+            if d.reward_states == "path":
+                adv_steps, metrics = self._path_rewards(ctx, states, x_hat, grid, real, noise_real, draws["pick"],
+                                                        surprisal)
+            else:
+                adv_steps, metrics = self._final_rewards(ctx, x_hat, real, tau, draws["tau_real"], noise_fake,
+                                                         noise_real, len(states), surprisal)
         done = disc_part.scheduler.last_epoch  # iterations completed so far (the discriminator trains every one)
         if d.reward_source == "discriminator" and done <= d.disc_only_steps:
             zero = torch.zeros((), device=device)
@@ -343,6 +332,24 @@ class DiDiInstruct:
         if noise is not None:  # how strongly the student's conditioning depends on its noise (Frobenius norm)
             metrics["noise_map_norm"] = student.noise_map.weight.detach().norm()
         return {k: float(ctx.all_mean(torch.as_tensor(v, device=device).float())) for k, v in metrics.items()}
+
+    def _real_side(self, x, x_hat, draws, gen):
+        """The discriminator's real rows (the data, or teacher samples), G times each, and both sides' masking noise
+        with kept tokens never masked."""
+        d, mask = self.dcfg, self.mask_id
+        B, L = x.shape
+        if d.real == "teacher":
+            real = ancestral_sample(lambda z, sg: self.teacher(z, sg), B, L, d.teacher_steps, mask,
+                                    schedule=self.schedule, cache=not self.cfg.model.time_conditioning,
+                                    generator=gen, device=x.device).tokens.to(x.device)
+        else:
+            real = x
+        real = real.repeat_interleave(d.group, 0)
+        noise_fake, noise_real = draws["noise_fake"], draws["noise_real"]
+        if self.kept:  # noise 0 < alpha: kept tokens stay
+            noise_fake = noise_fake.masked_fill(self.kept(x_hat), 0)
+            noise_real = noise_real.masked_fill(self.kept(real), 0)
+        return real, noise_fake, noise_real
 
     def _disc_update(self, ctx, z_real, z_fake, sig_r, sig_f, m_real, m_fake) -> dict:
         """One discriminator step on the two sides (BCE with label smoothing over the counted positions)."""
@@ -466,7 +473,8 @@ class DiDiInstruct:
         return adv, metrics
 
     def _token_advantage(self, ctx, r_tok: torch.Tensor, credit: str | None = None) -> torch.Tensor:
-        """Token credit [N, k, L]: the token decided at step s and position i gets the discriminator's logit at i in
+        """Token credit [N, k, L] (`credit` overrides path_credit): the token decided at step s and position i gets the
+        per-position reward (the discriminator's logit, or the teacher's term) at i in
         the states from s on ("togo") or in the state s made ("step"), minus that (step, position)'s mean over all
         rollouts (every rollout starts from the same state, so all N rows are one group), over the step's std."""
         c = r_tok.flip(1).cumsum(1).flip(1) if (credit or self.dcfg.path_credit) == "togo" else r_tok
