@@ -86,6 +86,10 @@ class DistillConfig:
     student_noise_dim: int = 0
     student_noise_init: float = 0.1
     noise_lr_mult: float = 1.0  # the noise map's learning rate is student_lr times this (its own optimizer group)
+    # "independent" (every rollout draws its own xi) or "shared" (beyond the paper: the G rollouts of a group share one
+    # xi, so the group's mean reward is a baseline per code: the same gradient with the between-code spread of the
+    # reward taken out, and what the advantage ranks is how well the student decodes a given code)
+    group_noise: str = "independent"
     # where the student starts: "" = a copy of the teacher (paper); or a run directory of the same model shape and
     # tokenizer (an SDTT student, say) whose sampling weights start it. The teacher stays the discriminator's backbone
     # either way, and the KL reference unless kl_reference says otherwise
@@ -198,6 +202,12 @@ class DistillConfig:
                             "number per step)")
         if self.reward_credit == "token" and self.reward_states != "path":
             raise DidiError("distill: reward_credit='token' needs reward_states='path'")
+        if self.group_noise not in ("independent", "shared"):
+            raise DidiError(f"distill: group_noise must be 'independent' or 'shared', not {self.group_noise!r}")
+        if self.group_noise == "shared" and not self.student_noise_dim:
+            raise DidiError("distill: group_noise='shared' needs a student with a noise input (student_noise_dim > 0)")
+        if self.group_noise == "shared" and self.norm_scope != "group":
+            raise DidiError("distill: group_noise='shared' needs norm_scope='group' (the baseline per code)")
         if self.norm_scope not in ("group", "batch"):
             raise DidiError(f"distill: norm_scope must be 'group' or 'batch', not {self.norm_scope!r}")
         if self.reward_states not in ("final", "path"):

@@ -508,6 +508,50 @@ def test_noise_student_distils_resumes_exactly_and_samples_from_the_seed(teacher
         DistillConfig(method="sdtt", student_noise_dim=4).validate()
 
 
+def test_group_noise_shared_gives_a_group_one_code_and_a_baseline_per_code(teacher, tmp_path):
+    """group_noise 'shared': the G rollouts of a group see one xi (groups differ); 'independent' keeps the draws of
+    before (every row its own xi, the same numbers); within_group_share measures what a per-group baseline leaves."""
+    from didi.methods.didi_instruct import DiDiInstruct, within_group_share
+
+    cfg = preset("test")
+    codes = {}
+    for mode in ("independent", "shared"):
+        d = DistillConfig(group=3, student_noise_dim=4, group_noise=mode)
+        m = DiDiInstruct(cfg, d, mask_id=9, teacher=torch.nn.Identity())
+        codes[mode] = m.draw(torch.Generator().manual_seed(0), 4, 8, 0, 1, "cpu")["noise"]  # 4 groups of 3 rows
+    shared, indep = codes["shared"].reshape(4, 3, 4), codes["independent"].reshape(4, 3, 4)
+    assert torch.equal(shared, shared[:, :1].expand(-1, 3, -1))  # one code per group
+    assert len({tuple(g[0].tolist()) for g in shared}) == 4  # different codes across groups
+    assert len({tuple(r.tolist()) for r in codes["independent"]}) == 12
+    want = torch.randn(12, 4, generator=_after_draws(torch.Generator().manual_seed(0), 4 * 3, 8))
+    assert torch.equal(indep.reshape(12, 4), want)  # the draws of runs made before the option
+    r = torch.tensor([1.0, 1.0, 5.0, 5.0])
+    assert float(within_group_share(r, 2)) == 0.0 and abs(float(within_group_share(r, 4)) - 1.0) < 1e-6
+    assert 0 < float(within_group_share(torch.tensor([0.0, 2.0, 4.0, 4.0]), 2)) < 1
+    # a run with shared codes trains, logs the share, and resumes exactly
+    dcfg = small_dcfg(reward_states="path", rollout_grid="uniform", student_steps=3, student_noise_dim=4,
+                      student_noise_init=0.5, group_noise="shared", reward_source="teacher", reward_repeats=2)
+    a, _ = distill_twice_and_resume(teacher, tmp_path, dcfg, ["train.eval_every=0", "train.save_every=0"])
+    rows = [json.loads(x) for x in (a / "metrics.jsonl").read_text().splitlines()]
+    shares = [r["reward_within_share"] for r in rows if "reward_within_share" in r]
+    assert shares and all(0.0 <= v <= 1.0 + 1e-6 for v in shares)
+    for bad, match in ((dict(group_noise="shared"), "needs a student with a noise input"),
+                       (dict(group_noise="shared", student_noise_dim=4, norm_scope="batch"), "norm_scope='group'"),
+                       (dict(group_noise="same"), "group_noise must be")):
+        with pytest.raises(DidiError, match=match):
+            DistillConfig(**bad).validate()
+
+
+def _after_draws(gen: torch.Generator, n: int, length: int) -> torch.Generator:
+    """`gen` advanced past what DiDiInstruct.draw takes before the student's noise."""
+    torch.randint(0, 2**62, (1,), generator=gen)
+    torch.randint(0, 2**62, (1,), generator=gen)
+    for _ in range(2):
+        torch.rand(n, length, generator=gen)
+    torch.rand(n, generator=gen)
+    return gen
+
+
 def test_lr_scale_gives_named_parameters_their_own_learning_rate_through_the_schedule():
     from didi.trainer import Dist, PartSpec, build_parts
 

@@ -72,6 +72,14 @@ def group_normalize(r: torch.Tensor, group: int, clip: float = 3.0, eps: float =
     return a.reshape(r.shape).to(r.dtype)
 
 
+def within_group_share(r: torch.Tensor, group: int) -> torch.Tensor:
+    """The share of r's variance [N] that lies within consecutive groups of `group` rows (1: the groups' means are
+    equal; 0: every group is constant): what a per-group baseline leaves of the reward's spread."""
+    rg = r.reshape(-1, group).double()
+    total = rg.var(unbiased=False)
+    return (rg.var(1, unbiased=False).mean() / total.clamp_min(1e-12)).float()
+
+
 def time_weight(tau: torch.Tensor, schedule: LogLinearSchedule, lo: float = 0.1, hi: float = 10.0) -> torch.Tensor:
     """w(tau) = -alpha'(tau) / (1 - alpha(tau)), clamped to [lo, hi] (about 1/tau for log-linear)."""
     return (-schedule.loss_weight(tau)).clamp(lo, hi)
@@ -159,7 +167,11 @@ class DiDiInstruct:
         noise_fake = torch.rand(n_glob, length, generator=generator)
         noise_real = torch.rand(n_glob, length, generator=generator)
         pick = torch.rand(n_glob, generator=generator)  # reward_states="path": which state the discriminator trains on
-        noise = torch.randn(n_glob, d.student_noise_dim, generator=generator) if d.student_noise_dim else None
+        noise = None
+        if d.student_noise_dim:  # group_noise "shared": one xi per group of G consecutive rollouts
+            per_draw = d.group if d.group_noise == "shared" else 1
+            noise = torch.randn(n_glob // per_draw, d.student_noise_dim, generator=generator)
+            noise = noise.repeat_interleave(per_draw, 0)
         rng = np.random.default_rng(np_seed)
         tau = np.clip(rng.beta(d.tau_a, d.tau_b, size=n_glob), d.tau_min, d.tau_max)
         tau_real = np.clip(rng.beta(d.tau_a, d.tau_b, size=n_glob), d.tau_min, d.tau_max)
@@ -402,6 +414,7 @@ class DiDiInstruct:
         metrics = self._disc_update(ctx, z_real, z_fake, sched.sigma(tau_r), sig_f, m_real, m_fake)
         r = self._rewards(ctx, z_fake, sig_f, m_fake)
         metrics["reward_mean"] = r.mean()
+        metrics["reward_within_share"] = within_group_share(r, d.group)
         if d.entropy_reward and surprisal is not None:  # the whole rollout's surprisal -log q(x̂0's trajectory)
             metrics["surprisal"] = surprisal.sum(1).mean()
             r = r + d.entropy_reward * surprisal.sum(1)
@@ -436,6 +449,7 @@ class DiDiInstruct:
         if self.dcfg.reward_credit == "token":
             return self._token_advantage(ctx, r_tok), metrics
         r = r_tok.mean(2)  # [N, k]
+        metrics["reward_within_share"] = within_group_share(r.sum(1), self.dcfg.group)
         if self.dcfg.entropy_reward and surprisal is not None:
             metrics["surprisal"] = surprisal.sum(1).mean()
             r = r + self.dcfg.entropy_reward * surprisal
@@ -458,7 +472,8 @@ class DiDiInstruct:
                                      d.reward_repeats, gen, keep, per_position=True)
         r = r_pos.sum(1)
         n = x_hat.shape[0]
-        metrics = {"reward_mean": r.mean(), "teacher_nelbo": -r.mean() / x_hat.shape[1]}
+        metrics = {"reward_mean": r.mean(), "teacher_nelbo": -r.mean() / x_hat.shape[1],
+                   "reward_within_share": within_group_share(r, d.group)}
         if d.reward_credit == "token":  # each decided token gets its own position's term (every step: one state)
             return self._token_advantage(ctx, r_pos[:, None, :].expand(n, k, -1).contiguous(), "step"), metrics
         togo = r[:, None].expand(n, k)
