@@ -26,7 +26,7 @@ from didi.api import Pipeline
 from didi.evaluation import load_judge
 
 COLUMNS = ["iteration", "steps", "valid_sentences", "valid_texts", "choice_entropy_ratio", "nll_per_word",
-           "disc_acc", "reward_mean", "entropy_metric", "kl", "noise_map_norm"]
+           "disc_acc", "reward_mean", "teacher_nelbo", "reward_within_share", "entropy_metric", "kl", "noise_map_norm"]
 
 
 def snapshots(run: Path) -> list[tuple[int, Path]]:
@@ -48,7 +48,8 @@ def training_metrics(run: Path, every: int) -> dict[int, dict]:
         out.setdefault(end, {}).setdefault("_rows", []).append(r)
     for d in out.values():
         rs = d.pop("_rows")
-        for k in ("disc_acc", "reward_mean", "entropy", "kl", "loss", "noise_map_norm"):
+        for k in ("disc_acc", "reward_mean", "teacher_nelbo", "reward_within_share", "entropy", "kl", "loss",
+                  "noise_map_norm"):
             vals = [r[k] for r in rs if k in r]
             if vals:
                 d["entropy_metric" if k == "entropy" else k] = float(np.mean(vals))
@@ -131,10 +132,15 @@ def plot(rows: list[dict], steps: list[int], path: Path, title: str) -> None:
     a1.grid(alpha=0.3)
     a1.legend(fontsize=8)
     a1.set_title(title)
-    first = sorted((r for r in rows if r["steps"] == steps[0] and "disc_acc" in r), key=lambda r: r["iteration"])
-    if first:
-        a2.plot([r["iteration"] for r in first], [r["disc_acc"] for r in first], label="discriminator accuracy")
-        a2.plot([r["iteration"] for r in first], [r["reward_mean"] for r in first], label="mean reward")
+    first = sorted((r for r in rows if r["steps"] == steps[0] and "reward_mean" in r), key=lambda r: r["iteration"])
+    its = [r["iteration"] for r in first]
+    if first and "disc_acc" in first[0]:
+        a2.plot(its, [r["disc_acc"] for r in first], label="discriminator accuracy")
+        a2.plot(its, [r["reward_mean"] for r in first], label="mean reward")
+        a2.legend(fontsize=8)
+    elif first:  # reward_source=teacher: no discriminator; the reward is the teacher's bound in nats per text
+        a2.plot(its, [r["reward_mean"] for r in first], label="mean reward (teacher's -NELBO, nats per text)")
+        a2.set_ylabel("nats")
         a2.legend(fontsize=8)
     a2.set_xlabel("distillation iteration")
     a2.grid(alpha=0.3)
