@@ -9,7 +9,6 @@ import torch
 from . import runs
 from .config import RunConfig
 from .errors import DidiError
-from .fileio import read_json
 from .sampling import SampleOutput, SplitDenoiser, ancestral_sample
 
 # what --resume may change: run length, logging and where things are; everything else is the trajectory
@@ -263,12 +262,13 @@ class Pipeline:
     def discriminator(self) -> torch.nn.Module:
         """The discriminator saved beside a distilled student (loaded once)."""
         if getattr(self, "_disc", None) is None:
+            from .distill import load_distill_config
             from .interop import load_discriminator
 
             if self.run.path is None:
                 raise DidiError("guided sampling needs a run directory with discriminator.safetensors")
-            saved = read_json(self.run.path / runs.CONFIG) if (self.run.path / runs.CONFIG).is_file() else {}
-            if isinstance(saved, dict) and (saved.get("distill") or {}).get("reward_source") == "teacher":
+            dcfg = load_distill_config(self.run.path) if (self.run.path / runs.CONFIG).is_file() else None
+            if dcfg is not None and dcfg.reward_source == "teacher":
                 raise DidiError(f"{self.run.path} was distilled with distill.reward_source=teacher: its discriminator "
                                 "never trained, so guided sampling has nothing to follow; sample without --guided")
             self._disc = load_discriminator(self.run.path, self.device)
