@@ -6,7 +6,11 @@ loses: the k-step sampler's output judged with the noise input set four ways.
   what the latent can give the parallel steps;
 - zero: xi = 0, the prior's mean;
 - fitted: xi ~ N(m, C), a full-covariance Gaussian fitted to the aggregate posterior (draws xi ~ q(xi | x0) for
-  every held-out text), the cheapest learned prior.
+  every held-out text), the cheapest learned prior;
+- aggregate: xi ~ q(xi | x0) for a training text x0 drawn at random, the aggregate posterior itself: the limit any
+  learned prior approaches (`--train-texts` of them);
+- mog-K (`--mog K`): xi from a K-component diagonal Gaussian mixture fitted by EM to 4 draws of q(xi | x0) per
+  training text, a learned prior that can have holes where the aggregate posterior has them.
 
 If posterior rows are far more valid than prior rows, the prior has holes the decoder never trained on; if prior
 rows are as valid as posterior rows but less diverse than the data, the code collapsed.
@@ -19,6 +23,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 import torch
@@ -26,6 +31,7 @@ from common import RESULTS, write_results
 
 from didi import fileio, runs
 from didi.api import Pipeline
+from didi.data import prepare_data
 from didi.evaluation import load_judge
 from didi.evaluation.evaluate import heldout_tokens
 from didi.nn.encoder import SequenceEncoder
@@ -45,6 +51,28 @@ class FixedNoise(Pipeline):
         return SplitDenoiser(self.model, [], self.noise[:num])
 
 
+def fit_mixture(x: torch.Tensor, k: int, iters: int, generator: torch.Generator):
+    """EM for a k-component diagonal Gaussian mixture on x [N, D] -> (means, variances, log weights, mean log-lik)."""
+    n = x.shape[0]
+    mu = x[torch.randperm(n, generator=generator)[:k]].clone()
+    var = x.var(0, keepdim=True).repeat(k, 1)
+    logw = torch.full((k,), -math.log(k), dtype=x.dtype)
+    for _ in range(iters):
+        lp = logw - 0.5 * ((x[:, None] - mu) ** 2 / var + var.log() + math.log(2 * math.pi)).sum(-1)
+        r = torch.softmax(lp, 1)
+        nk = r.sum(0) + 1e-8
+        mu = r.T @ x / nk[:, None]
+        var = r.T @ (x * x) / nk[:, None] - mu**2 + 1e-4
+        logw = (nk / n).log()
+    return mu, var, logw, float(torch.logsumexp(lp, 1).mean())
+
+
+def encode(encoder, x: torch.Tensor, batch: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
+    with torch.inference_mode():
+        parts = [encoder(x[i:i + batch]) for i in range(0, len(x), batch)]
+    return torch.cat([m for m, _ in parts]), torch.cat([v for _, v in parts])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("run")
@@ -53,6 +81,8 @@ def main() -> None:
     ap.add_argument("--num", type=int, default=512)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--grid-power", type=float, help="the sampler's time grid (default: the run's own)")
+    ap.add_argument("--mog", type=int, default=0, help="also draw xi from a K-component mixture fitted by EM")
+    ap.add_argument("--train-texts", type=int, default=8192, help="training texts for the aggregate and mixture rows")
     ap.add_argument("--name")
     ap.add_argument("--out", default=str(RESULTS))
     args = ap.parse_args()
@@ -67,8 +97,7 @@ def main() -> None:
     encoder.load_state_dict(enc_weights)
     pipe = Pipeline(run)
     x_all = heldout_tokens(pipe, 10**9)
-    with torch.inference_mode():
-        mu_all, logvar_all = encoder.eval()(x_all)
+    mu_all, logvar_all = encode(encoder.eval(), x_all)
     x, mu, logvar = x_all[:args.num], mu_all[:args.num], logvar_all[:args.num]
     n = mu.shape[0]
     gen = torch.Generator().manual_seed(args.seed)
@@ -79,6 +108,20 @@ def main() -> None:
     fitted = (m + torch.randn(n, dim, generator=gen, dtype=torch.float64) @ torch.linalg.cholesky(cov).T).float()
     codes = {"prior": torch.randn(n, dim, generator=torch.Generator().manual_seed(args.seed)), "posterior": mu,
              "zero": torch.zeros(n, dim), "fitted": fitted}
+    train, _ = prepare_data(run.config.data, pipe.tokenizer, run.config.model.length, show_progress=False)
+    mu_tr, logvar_tr = (v.double() for v in encode(encoder, train.get(torch.arange(min(args.train_texts, len(train))))))
+    pick = torch.randint(len(mu_tr), (n,), generator=gen)
+    codes["aggregate"] = (mu_tr[pick] + (0.5 * logvar_tr[pick]).exp() * torch.randn(n, dim, generator=gen,
+                                                                                  dtype=torch.float64)).float()
+    mixture = {}
+    if args.mog:
+        eps = torch.randn(4 * len(mu_tr), dim, generator=gen, dtype=torch.float64)
+        fit = mu_tr.repeat(4, 1) + (0.5 * logvar_tr).exp().repeat(4, 1) * eps
+        means, var, logw, loglik = fit_mixture(fit, args.mog, 60, gen)
+        k = torch.multinomial(logw.exp(), n, replacement=True, generator=gen)
+        codes[f"mog-{args.mog}"] = (means[k] + var[k].sqrt() * torch.randn(n, dim, generator=gen,
+                                                                         dtype=torch.float64)).float()
+        mixture = {"mog_components": args.mog, "mog_fit_loglik": loglik}
     judge = load_judge(args.judge)
     rows = [{"xi": "data (held-out)", "steps": 0, **judge.score(pipe.decode(x))}]
     for name, xi in codes.items():
@@ -92,9 +135,11 @@ def main() -> None:
             "grid_power": args.grid_power or run.config.diffusion.grid_power,
             "judge": args.judge, "posterior_std_mean": float((0.5 * logvar).exp().mean()),
             "posterior_mean_rms": float(mu.square().mean().sqrt()), "fit_texts": len(mu_all),
+            "train_texts": len(mu_tr), **mixture,
             "aggregate_mean_norm": float(m.norm()), "aggregate_cov_eigenvalues": torch.linalg.eigvalsh(cov).tolist()}
     notes = (f"Latent probe of {run_dir.name}: the sampler with its code from the prior, the encoder's mean for "
-             f"held-out texts (posterior), 0, or a Gaussian fitted to the aggregate posterior; the first row judges "
+             f"held-out texts (posterior), 0, a Gaussian fitted to the aggregate posterior, a draw of q(xi | x0) for a "
+             f"training text (aggregate) or a fitted mixture (mog-K); the first row judges "
              f"those held-out texts themselves.")
     write_results(args.name or f"latent_probe_{run_dir.name}", rows, meta, COLUMNS, notes, out_dir=Path(args.out))
 

@@ -242,10 +242,11 @@ DISTILL_PRESETS: dict[str, dict] = {
     "sdtt-lang": dict(method="sdtt", max_steps=5000, batch_size=16, student_lr=1e-4, warmup_steps=20, ema=0.95,
                       min_lr_ratio=1.0, sdtt_start_steps=128, sdtt_end_steps=4),
     # A latent-variable student for lang-tiny teachers (README, reference language): the teacher's batch, a
-    # fine-tuning learning rate, a 16-dimensional latent.
+    # fine-tuning learning rate, a 16-dimensional latent, beta 0.03 (the best of 0.3 / 0.1 / 0.03 / 0.01 on
+    # `stories`, docs/reference-log.md E19-E21, E37).
     "latent-lang": dict(method="latent", max_steps=3000, batch_size=64, student_lr=3e-4, warmup_steps=100, ema=0.99,
                         min_lr_ratio=0.1, student_clip=1.0, student_noise_dim=16, student_noise_init=0.1,
-                        latent_beta=1.0, latent_encoder_blocks=2),
+                        latent_beta=0.03, latent_encoder_blocks=2),
 }
 
 

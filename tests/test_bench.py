@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+
 from didi.distill import DistillConfig, distill
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
@@ -52,12 +54,30 @@ def test_curve_and_latent_probe_run_on_a_latent_student(tmp_path, grammar_teache
     bench(*curve)
     assert (student / "curve.rows.jsonl").read_text().splitlines() == cached  # nothing sampled twice
 
-    bench("latent_probe.py", str(student), "--judge", judge, "--steps", "2", "--num", "8", "--name", "p",
+    bench("latent_probe.py", str(student), "--judge", judge, "--steps", "2", "--num", "8", "--mog", "3", "--name", "p",
           "--out", str(out))
-    rows = json.loads((out / "p.json").read_text())["rows"]
-    assert [r["xi"] for r in rows] == ["data (held-out)", "prior", "posterior", "zero", "fitted"]
+    result = json.loads((out / "p.json").read_text())
+    rows = result["rows"]
+    assert [r["xi"] for r in rows] == ["data (held-out)", "prior", "posterior", "zero", "fitted", "aggregate", "mog-3"]
+    assert result["settings"]["mog_components"] == 3 and result["settings"]["train_texts"] > 8
     assert rows[0]["valid_sentences"] == 1.0  # the held-out texts are the grammar's own
     assert all(0.0 <= r["valid_sentences"] <= 1.0 for r in rows)
 
     r = bench("latent_probe.py", str(teacher), "--judge", judge, ok=False)
     assert r.returncode != 0 and "is not a latent student" in r.stderr
+
+
+def test_latent_probe_mixture_fit_recovers_two_separated_clusters():
+    sys.path.insert(0, str(BENCH))
+    try:
+        from latent_probe import fit_mixture
+    finally:
+        sys.path.remove(str(BENCH))
+    gen = torch.Generator().manual_seed(0)
+    x = torch.cat([torch.randn(300, 2, generator=gen, dtype=torch.float64) * 0.5 - 4,
+                   torch.randn(100, 2, generator=gen, dtype=torch.float64) * 0.5 + 4])
+    means, var, logw, _ = fit_mixture(x, 2, 30, torch.Generator().manual_seed(1))
+    order = means[:, 0].argsort()
+    assert torch.allclose(means[order], torch.tensor([[-4.0, -4.0], [4.0, 4.0]], dtype=torch.float64), atol=0.2)
+    assert torch.allclose(logw[order].exp(), torch.tensor([0.75, 0.25], dtype=torch.float64), atol=0.02)
+    assert torch.allclose(var, torch.full_like(var, 0.25), atol=0.06)
