@@ -12,6 +12,8 @@ loses: the k-step sampler's output judged with the noise input set four ways.
 - mog-K (`--mog K`): xi from a K-component diagonal Gaussian mixture fitted by EM to 4 draws of q(xi | x0) per
   training text, a learned prior that can have holes where the aggregate posterior has them.
 
+Column in_train: the share of a row's texts that are exactly a training text (copies, not new texts).
+
 If posterior rows are far more valid than prior rows, the prior has holes the decoder never trained on; if prior
 rows are as valid as posterior rows but less diverse than the data, the code collapsed.
 
@@ -37,7 +39,7 @@ from didi.evaluation.evaluate import heldout_tokens
 from didi.nn.encoder import SequenceEncoder
 from didi.sampling import SplitDenoiser
 
-COLUMNS = ["xi", "steps", "valid_sentences", "valid_texts", "choice_entropy_ratio", "nll_per_word"]
+COLUMNS = ["xi", "steps", "valid_sentences", "valid_texts", "choice_entropy_ratio", "nll_per_word", "in_train"]
 
 
 class FixedNoise(Pipeline):
@@ -123,13 +125,19 @@ def main() -> None:
                                                                          dtype=torch.float64)).float()
         mixture = {"mog_components": args.mog, "mog_fit_loglik": loglik}
     judge = load_judge(args.judge)
-    rows = [{"xi": "data (held-out)", "steps": 0, **judge.score(pipe.decode(x))}]
+    seen = set(pipe.decode(train.get(torch.arange(len(train)))))  # every training text: what a sample may copy
+
+    def in_train(texts: list[str]) -> float:
+        return sum(t in seen for t in texts) / len(texts)
+
+    held = pipe.decode(x)
+    rows = [{"xi": "data (held-out)", "steps": 0, **judge.score(held), "in_train": in_train(held)}]
     for name, xi in codes.items():
         p = FixedNoise(run, xi)
         for s in [int(v) for v in args.steps.split(",")]:
             with torch.inference_mode():
                 out = p.sample(num=n, steps=s, seed=args.seed, batch_size=n, grid_power=args.grid_power)
-            rows.append({"xi": name, "steps": s, **judge.score(out.text)})
+            rows.append({"xi": name, "steps": s, **judge.score(out.text), "in_train": in_train(out.text)})
             print({k: rows[-1].get(k) for k in COLUMNS}, flush=True)
     meta = {"run": str(run_dir), "latent_beta": saved.get("latent_beta"), "num": n, "seed": args.seed,
             "grid_power": args.grid_power or run.config.diffusion.grid_power,

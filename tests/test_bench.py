@@ -60,6 +60,7 @@ def test_curve_and_latent_probe_run_on_a_latent_student(tmp_path, grammar_teache
     rows = result["rows"]
     assert [r["xi"] for r in rows] == ["data (held-out)", "prior", "posterior", "zero", "fitted", "aggregate", "mog-3"]
     assert result["settings"]["mog_components"] == 3 and result["settings"]["train_texts"] > 8
+    assert all(0.0 <= r["in_train"] <= 1.0 for r in rows)
     assert rows[0]["valid_sentences"] == 1.0  # the held-out texts are the grammar's own
     assert all(0.0 <= r["valid_sentences"] <= 1.0 for r in rows)
 
