@@ -13,6 +13,8 @@ loses: the k-step sampler's output judged with the noise input set four ways.
   training text, a learned prior that can have holes where the aggregate posterior has them.
 
 Column in_train: the share of a row's texts that are exactly a training text (copies, not new texts).
+Column source_similarity (aggregate row): the mean word-sequence similarity (difflib ratio) of a text to the training
+text whose code it decoded; the settings give the same for random pairs of training texts, the level of no copying.
 
 If posterior rows are far more valid than prior rows, the prior has holes the decoder never trained on; if prior
 rows are as valid as posterior rows but less diverse than the data, the code collapsed.
@@ -25,6 +27,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import difflib
 import math
 from pathlib import Path
 
@@ -39,7 +42,13 @@ from didi.evaluation.evaluate import heldout_tokens
 from didi.nn.encoder import SequenceEncoder
 from didi.sampling import SplitDenoiser
 
-COLUMNS = ["xi", "steps", "valid_sentences", "valid_texts", "choice_entropy_ratio", "nll_per_word", "in_train"]
+COLUMNS = ["xi", "steps", "valid_sentences", "valid_texts", "choice_entropy_ratio", "nll_per_word", "in_train",
+           "source_similarity"]
+
+
+def similarity(a: list[str], b: list[str]) -> float:
+    """Mean word-sequence similarity of paired texts (difflib's ratio: 1 = the same words in the same order)."""
+    return sum(difflib.SequenceMatcher(None, x.split(), y.split()).ratio() for x, y in zip(a, b)) / len(a)
 
 
 class FixedNoise(Pipeline):
@@ -115,7 +124,9 @@ def main() -> None:
     pick = torch.randint(len(mu_tr), (n,), generator=gen)
     codes["aggregate"] = (mu_tr[pick] + (0.5 * logvar_tr[pick]).exp() * torch.randn(n, dim, generator=gen,
                                                                                   dtype=torch.float64)).float()
-    mixture = {}
+    sources = pipe.decode(train.get(pick))  # the training texts whose codes the aggregate row decodes
+    others = pipe.decode(train.get(torch.randint(len(mu_tr), (n,), generator=gen)))
+    mixture = {"random_pair_similarity": similarity(sources, others)}
     if args.mog:
         eps = torch.randn(4 * len(mu_tr), dim, generator=gen, dtype=torch.float64)
         fit = mu_tr.repeat(4, 1) + (0.5 * logvar_tr).exp().repeat(4, 1) * eps
@@ -123,7 +134,7 @@ def main() -> None:
         k = torch.multinomial(logw.exp(), n, replacement=True, generator=gen)
         codes[f"mog-{args.mog}"] = (means[k] + var[k].sqrt() * torch.randn(n, dim, generator=gen,
                                                                          dtype=torch.float64)).float()
-        mixture = {"mog_components": args.mog, "mog_fit_loglik": loglik}
+        mixture |= {"mog_components": args.mog, "mog_fit_loglik": loglik}
     judge = load_judge(args.judge)
     seen = set(pipe.decode(train.get(torch.arange(len(train)))))  # every training text: what a sample may copy
 
@@ -138,6 +149,8 @@ def main() -> None:
             with torch.inference_mode():
                 out = p.sample(num=n, steps=s, seed=args.seed, batch_size=n, grid_power=args.grid_power)
             rows.append({"xi": name, "steps": s, **judge.score(out.text), "in_train": in_train(out.text)})
+            if name == "aggregate":
+                rows[-1]["source_similarity"] = similarity(out.text, sources)
             print({k: rows[-1].get(k) for k in COLUMNS}, flush=True)
     meta = {"run": str(run_dir), "latent_beta": saved.get("latent_beta"), "num": n, "seed": args.seed,
             "grid_power": args.grid_power or run.config.diffusion.grid_power,

@@ -61,6 +61,9 @@ def test_curve_and_latent_probe_run_on_a_latent_student(tmp_path, grammar_teache
     assert [r["xi"] for r in rows] == ["data (held-out)", "prior", "posterior", "zero", "fitted", "aggregate", "mog-3"]
     assert result["settings"]["mog_components"] == 3 and result["settings"]["train_texts"] > 8
     assert all(0.0 <= r["in_train"] <= 1.0 for r in rows)
+    aggregate = [r for r in rows if r["xi"] == "aggregate"]
+    assert aggregate and all(0.0 <= r["source_similarity"] <= 1.0 for r in aggregate)
+    assert 0.0 < result["settings"]["random_pair_similarity"] <= 1.0
     assert rows[0]["valid_sentences"] == 1.0  # the held-out texts are the grammar's own
     assert all(0.0 <= r["valid_sentences"] <= 1.0 for r in rows)
 
