@@ -37,8 +37,8 @@ from common import RESULTS, write_results
 from didi import fileio, runs
 from didi.api import Pipeline
 from didi.data import prepare_data
+from didi.errors import DidiError
 from didi.evaluation import load_judge
-from didi.evaluation.evaluate import heldout_tokens
 from didi.nn.encoder import SequenceEncoder
 from didi.sampling import SplitDenoiser
 
@@ -78,6 +78,11 @@ def fit_mixture(x: torch.Tensor, k: int, iters: int, generator: torch.Generator)
     return mu, var, logw, float(torch.logsumexp(lp, 1).mean())
 
 
+def posterior_draws(mu: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """xi ~ q(xi | x0) = N(mu, exp(logvar)) per row, in mu's dtype."""
+    return mu + (0.5 * logvar).exp() * torch.randn(mu.shape, generator=generator, dtype=mu.dtype)
+
+
 def encode(encoder, x: torch.Tensor, batch: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
     with torch.inference_mode():
         parts = [encoder(x[i:i + batch]) for i in range(0, len(x), batch)]
@@ -107,7 +112,10 @@ def main() -> None:
     encoder = SequenceEncoder(run.model, dim, saved["latent_encoder_blocks"])
     encoder.load_state_dict(enc_weights)
     pipe = Pipeline(run)
-    x_all = heldout_tokens(pipe, 10**9)
+    train, valid = prepare_data(run.config.data, pipe.tokenizer, run.config.model.length, show_progress=False)
+    if len(valid) == 0:
+        raise DidiError(f"{run_dir}'s data has no held-out blocks to encode")
+    x_all = valid.get(torch.arange(len(valid)))
     mu_all, logvar_all = encode(encoder.eval(), x_all)
     x, mu, logvar = x_all[:args.num], mu_all[:args.num], logvar_all[:args.num]
     n = mu.shape[0]
@@ -119,22 +127,19 @@ def main() -> None:
     fitted = (m + torch.randn(n, dim, generator=gen, dtype=torch.float64) @ torch.linalg.cholesky(cov).T).float()
     codes = {"prior": torch.randn(n, dim, generator=torch.Generator().manual_seed(args.seed)), "posterior": mu,
              "zero": torch.zeros(n, dim), "fitted": fitted}
-    train, _ = prepare_data(run.config.data, pipe.tokenizer, run.config.model.length, show_progress=False)
     mu_tr, logvar_tr = (v.double() for v in encode(encoder, train.get(torch.arange(min(args.train_texts, len(train))))))
     pick = torch.randint(len(mu_tr), (n,), generator=gen)
-    codes["aggregate"] = (mu_tr[pick] + (0.5 * logvar_tr[pick]).exp() * torch.randn(n, dim, generator=gen,
-                                                                                  dtype=torch.float64)).float()
+    codes["aggregate"] = posterior_draws(mu_tr[pick], logvar_tr[pick], gen).float()
     sources = pipe.decode(train.get(pick))  # the training texts whose codes the aggregate row decodes
     others = pipe.decode(train.get(torch.randint(len(mu_tr), (n,), generator=gen)))
-    mixture = {"random_pair_similarity": similarity(sources, others)}
+    extra = {"random_pair_similarity": similarity(sources, others)}
     if args.mog:
-        eps = torch.randn(4 * len(mu_tr), dim, generator=gen, dtype=torch.float64)
-        fit = mu_tr.repeat(4, 1) + (0.5 * logvar_tr).exp().repeat(4, 1) * eps
+        fit = posterior_draws(mu_tr.repeat(4, 1), logvar_tr.repeat(4, 1), gen)
         means, var, logw, loglik = fit_mixture(fit, args.mog, 60, gen)
         k = torch.multinomial(logw.exp(), n, replacement=True, generator=gen)
         codes[f"mog-{args.mog}"] = (means[k] + var[k].sqrt() * torch.randn(n, dim, generator=gen,
                                                                          dtype=torch.float64)).float()
-        mixture |= {"mog_components": args.mog, "mog_fit_loglik": loglik}
+        extra |= {"mog_components": args.mog, "mog_fit_loglik": loglik}
     judge = load_judge(args.judge)
     seen = set(pipe.decode(train.get(torch.arange(len(train)))))  # every training text: what a sample may copy
 
@@ -156,7 +161,7 @@ def main() -> None:
             "grid_power": args.grid_power or run.config.diffusion.grid_power,
             "judge": args.judge, "posterior_std_mean": float((0.5 * logvar).exp().mean()),
             "posterior_mean_rms": float(mu.square().mean().sqrt()), "fit_texts": len(mu_all),
-            "train_texts": len(mu_tr), **mixture,
+            "train_texts": len(mu_tr), **extra,
             "aggregate_mean_norm": float(m.norm()), "aggregate_cov_eigenvalues": torch.linalg.eigvalsh(cov).tolist()}
     notes = (f"Latent probe of {run_dir.name}: the sampler with its code from the prior, the encoder's mean for "
              f"held-out texts (posterior), 0, a Gaussian fitted to the aggregate posterior, a draw of q(xi | x0) for a "

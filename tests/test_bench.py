@@ -71,12 +71,14 @@ def test_curve_and_latent_probe_run_on_a_latent_student(tmp_path, grammar_teache
     assert r.returncode != 0 and "is not a latent student" in r.stderr
 
 
-def test_latent_probe_mixture_fit_recovers_two_separated_clusters():
+def test_latent_probe_mixture_fit_recovers_two_separated_clusters_and_similarity_scores_word_order():
     sys.path.insert(0, str(BENCH))
     try:
-        from latent_probe import fit_mixture
+        from latent_probe import fit_mixture, similarity
     finally:
         sys.path.remove(str(BENCH))
+    assert similarity(["the cat ran", "a b"], ["the cat ran", "c d"]) == 0.5  # identical 1, disjoint 0
+    assert similarity(["the cat ran away"], ["the dog ran away"]) == 0.75  # 2 * 3 matching words / 8
     gen = torch.Generator().manual_seed(0)
     x = torch.cat([torch.randn(300, 2, generator=gen, dtype=torch.float64) * 0.5 - 4,
                    torch.randn(100, 2, generator=gen, dtype=torch.float64) * 0.5 + 4])
