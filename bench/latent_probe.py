@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import difflib
-import math
 from pathlib import Path
 
 import torch
@@ -40,6 +39,7 @@ from didi.data import prepare_data
 from didi.errors import DidiError
 from didi.evaluation import load_judge
 from didi.nn.encoder import SequenceEncoder
+from didi.prior import encode, fit_mixture, posterior_draws
 from didi.sampling import SplitDenoiser
 
 COLUMNS = ["xi", "steps", "valid_sentences", "valid_texts", "choice_entropy_ratio", "nll_per_word", "in_train",
@@ -60,33 +60,6 @@ class FixedNoise(Pipeline):
 
     def denoiser(self, num: int = 0, generator=None):
         return SplitDenoiser(self.model, [], self.noise[:num])
-
-
-def fit_mixture(x: torch.Tensor, k: int, iters: int, generator: torch.Generator):
-    """EM for a k-component diagonal Gaussian mixture on x [N, D] -> (means, variances, log weights, mean log-lik)."""
-    n = x.shape[0]
-    mu = x[torch.randperm(n, generator=generator)[:k]].clone()
-    var = x.var(0, keepdim=True).repeat(k, 1)
-    logw = torch.full((k,), -math.log(k), dtype=x.dtype)
-    for _ in range(iters):
-        lp = logw - 0.5 * ((x[:, None] - mu) ** 2 / var + var.log() + math.log(2 * math.pi)).sum(-1)
-        r = torch.softmax(lp, 1)
-        nk = r.sum(0) + 1e-8
-        mu = r.T @ x / nk[:, None]
-        var = r.T @ (x * x) / nk[:, None] - mu**2 + 1e-4
-        logw = (nk / n).log()
-    return mu, var, logw, float(torch.logsumexp(lp, 1).mean())
-
-
-def posterior_draws(mu: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """xi ~ q(xi | x0) = N(mu, exp(logvar)) per row, in mu's dtype."""
-    return mu + (0.5 * logvar).exp() * torch.randn(mu.shape, generator=generator, dtype=mu.dtype)
-
-
-def encode(encoder, x: torch.Tensor, batch: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
-    with torch.inference_mode():
-        parts = [encoder(x[i:i + batch]) for i in range(0, len(x), batch)]
-    return torch.cat([m for m, _ in parts]), torch.cat([v for _, v in parts])
 
 
 def main() -> None:

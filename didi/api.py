@@ -106,8 +106,13 @@ def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, until_step: 
 class Pipeline:
     """A loaded model with its tokenizer: `pipe.sample(num=8, steps=64)`."""
 
-    def __init__(self, run: runs.Run, device: str = "cpu"):
-        self.run, self.device = run, device
+    def __init__(self, run: runs.Run, device: str = "cpu", noise_prior: str = "run"):
+        """noise_prior (a student with a noise input): "run" draws xi from the run's saved prior (`didi prior`,
+        `noise_prior.safetensors`) when it has one and from N(0, I) otherwise; "normal" always from N(0, I)."""
+        if noise_prior not in ("run", "normal"):
+            raise DidiError(f"noise_prior must be 'run' or 'normal', not {noise_prior!r}")
+        self.run, self.device, self.noise_prior = run, device, noise_prior
+        self._prior = None
 
     @property
     def config(self) -> RunConfig:
@@ -139,9 +144,23 @@ class Pipeline:
             self.model.hidden_states = torch.compile(self.model.hidden_states, dynamic=True)
         return self
 
+    def prior(self):
+        """The `NoisePrior` xi is drawn from, or None for N(0, I) (see `noise_prior`)."""
+        if self.noise_prior == "normal" or getattr(self.run, "path", None) is None:
+            return None
+        if self._prior is None:
+            from .prior import load_prior
+
+            self._prior = load_prior(self.run.path) or False
+            if self._prior and self._prior.dim != getattr(self.config.model, "noise_dim", 0):
+                raise DidiError(f"{self.run.path}'s noise prior has {self._prior.dim} dimensions, the model's noise "
+                                f"input {self.config.model.noise_dim}")
+        return self._prior or None
+
     def denoiser(self, num: int = 0, generator: torch.Generator | None = None):
         """The model as a `SplitDenoiser`. A model with a noise input (a student distilled with
-        `distill.student_noise_dim`) gets one draw xi ~ N(0, I) per sequence for `num` sequences from `generator`."""
+        `distill.student_noise_dim`) gets one draw of xi per sequence for `num` sequences from `generator`:
+        from the run's saved prior (`prior()`), else xi ~ N(0, I)."""
         model = self.model
         noise = None
         dim = getattr(self.config.model, "noise_dim", 0)
@@ -149,7 +168,14 @@ class Pipeline:
             if num < 1:
                 raise DidiError("this model takes a noise input per sequence: say how many sequences (num)")
             gdev = generator.device if generator is not None else torch.device(self.device)
-            noise = torch.randn(num, dim, generator=generator, device=gdev).to(self.device)
+            prior = self.prior()
+            if prior is not None:
+                if generator is None:
+                    generator = torch.Generator(gdev)
+                    generator.seed()
+                noise = prior.sample(num, generator).to(self.device)
+            else:
+                noise = torch.randn(num, dim, generator=generator, device=gdev).to(self.device)
         blocked = []
         if self.is_protein:  # residues seen in training only: the specials are placed by the length clamp
             from .protein import load_lengths
@@ -295,11 +321,12 @@ class Pipeline:
         return SampleOutput(tokens=tokens, nfe=nfe, seconds=time.perf_counter() - start, total_evals=nfe.clone())
 
 
-def load(source: str | Path, device: str = "cpu") -> Pipeline:
-    """Load a didi run directory, or an official checkpoint (`hf:REPO`, a directory, a .ckpt) converted on the fly."""
+def load(source: str | Path, device: str = "cpu", noise_prior: str = "run") -> Pipeline:
+    """Load a didi run directory, or an official checkpoint (`hf:REPO`, a directory, a .ckpt) converted on the fly.
+    noise_prior: see `Pipeline`."""
     path = Path(source)
     if path.is_dir() and (path / runs.CONFIG).is_file() and (path / runs.TOKENIZER_DIR).is_dir():
-        return Pipeline(runs.load_run(path, device), device)
+        return Pipeline(runs.load_run(path, device), device, noise_prior)
     from . import interop
 
-    return Pipeline(interop.load(str(source), device=device), device)
+    return Pipeline(interop.load(str(source), device=device), device, noise_prior)

@@ -117,7 +117,7 @@ def _refuse_overwrite(path: Path, overwrite: bool) -> None:
 def cmd_sample(args) -> None:
     from .api import load
 
-    pipe = load(args.run, device=args.device)
+    pipe = load(args.run, device=args.device, noise_prior=args.noise_prior)
     if args.out:
         _refuse_overwrite(Path(args.out), args.overwrite)
     if args.compile:
@@ -214,9 +214,25 @@ def cmd_eval(args) -> None:
                       seed=args.seed, temperatures=tuple(_number_list(args.temperatures, float, "--temperatures")),
                       guided=args.guided, reference=args.reference, target_entropy=args.target_entropy,
                       batch_size=args.batch_size, out=args.out, name=args.name, domain=args.domain,
-                      grid_power=args.grid_power, progress=not args.quiet)
+                      grid_power=args.grid_power, noise_prior=args.noise_prior, progress=not args.quiet)
     print(report["markdown"].read_text(), end="")
     print("didi: wrote " + ", ".join(str(p) for p in [report["json"], report["markdown"], *report["plots"]]))
+
+
+def cmd_prior(args) -> None:
+    from .prior import FILE, encoder_codes, fit_prior
+
+    path = Path(args.run) / FILE
+    if path.exists() and not args.overwrite:
+        raise DidiError(f"{path} exists; pass --overwrite to replace it")
+    mu, logvar = encoder_codes(args.run, args.encoder, args.texts)
+    prior = fit_prior(mu, logvar, args.components, seed=args.seed)
+    prior.info["encoder"] = str(args.encoder or args.run)
+    prior.save(args.run)
+    fit = f", mean log-likelihood of its codes {prior.info['fit_loglik']:.2f} nats" if args.components else ""
+    print(f"didi: wrote {path}: {prior.info['kind']}, {len(prior.means)} components from the codes of "
+          f"{prior.info['texts']} training texts{fit}; sample and eval now draw the noise input from it "
+          "(--noise-prior normal: N(0, I))")
 
 
 def cmd_tokenizer_train(args) -> None:
@@ -377,6 +393,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the network first (seconds to compile; pays for many samples)")
+    p.add_argument("--noise-prior", choices=["run", "normal"], default="run",
+                   help="a student with a noise input: draw it from the run's saved prior (`didi prior`; N(0, I) when "
+                        "it has none) or always from N(0, I)")
     p.add_argument("--out", help="write samples here instead of printing: JSON lines, or FASTA for a .fasta[.gz] "
                                  "name")
     p.add_argument("--overwrite", action="store_true")
@@ -398,6 +417,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=NONNEG_INT, default=0)
     p.add_argument("--batch-size", type=POS_INT, default=64)
     p.add_argument("--grid-power", type=POS_FLOAT, help=GRID_HELP)
+    p.add_argument("--noise-prior", choices=["run", "normal"], default="run",
+                   help="a student with a noise input: draw it from the run's saved prior (`didi prior`; N(0, I) when "
+                        "it has none) or always from N(0, I)")
     p.add_argument("--out", help="report directory (default RUN/eval); finished rows there are reused")
     p.add_argument("--name", default="eval", help="report file stem")
     p.add_argument("--domain", choices=["text", "protein"],
@@ -405,6 +427,19 @@ def build_parser() -> argparse.ArgumentParser:
                         "low-complexity metrics; the judge is then a protein AR run)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("prior", help="fit a learned prior for a latent student's noise input (noise_prior.safetensors)")
+    p.add_argument("run", help="a student run with a noise input (didi distill --method latent, or a DiDi run "
+                               "started from one)")
+    p.add_argument("--encoder", help="the run whose encoder codes the texts (default: RUN; for a DiDi run, the "
+                                     "latent student it started from)")
+    p.add_argument("--components", type=NONNEG_INT, default=16,
+                   help="Gaussian mixture components fitted by EM; 0: one per training text (the aggregate "
+                        "posterior)")
+    p.add_argument("--texts", type=POS_INT, default=8192, help="training texts to encode")
+    p.add_argument("--seed", type=NONNEG_INT, default=0)
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_prior)
 
     p = sub.add_parser("tokenizer", help="tokenizer tools")
     tsub = p.add_subparsers(dest="tokenizer_command", required=True)

@@ -90,6 +90,10 @@ class DistillConfig:
     # xi, so the group's mean reward is a baseline per code: the same gradient with the between-code spread of the
     # reward taken out, and what the advantage ranks is how well the student decodes a given code)
     group_noise: str = "independent"
+    # where rollouts draw the student's xi from: "normal" (N(0, I)) or "init" (beyond the paper: the prior saved beside
+    # student_init by `didi prior`, a mixture fitted to a latent student's codes; the run keeps a copy, so sampling it
+    # draws from the same prior)
+    noise_prior: str = "normal"
     # where the student starts: "" = a copy of the teacher (paper); or a run directory of the same model shape and
     # tokenizer (an SDTT student, say) whose sampling weights start it. The teacher stays the discriminator's backbone
     # either way, and the KL reference unless kl_reference says otherwise
@@ -208,6 +212,11 @@ class DistillConfig:
             raise DidiError("distill: group_noise='shared' needs a student with a noise input (student_noise_dim > 0)")
         if self.group_noise == "shared" and self.norm_scope != "group":
             raise DidiError("distill: group_noise='shared' needs norm_scope='group' (the baseline per code)")
+        if self.noise_prior not in ("normal", "init"):
+            raise DidiError(f"distill: noise_prior must be 'normal' or 'init', not {self.noise_prior!r}")
+        if self.noise_prior == "init" and not (self.student_init and self.student_noise_dim):
+            raise DidiError("distill: noise_prior='init' needs student_init (a latent student with a saved prior, "
+                            "`didi prior`) and student_noise_dim > 0")
         if self.norm_scope not in ("group", "batch"):
             raise DidiError(f"distill: norm_scope must be 'group' or 'batch', not {self.norm_scope!r}")
         if self.reward_states not in ("final", "path"):
@@ -430,8 +439,21 @@ def distill(teacher: str | Path | None, out: str | Path, dcfg: DistillConfig | N
         disc = Discriminator.from_teacher(teacher_model, dcfg.disc_trainable_blocks, dcfg.disc_time_conditioning)
         frozen = teacher_model.to(device).eval().requires_grad_(False)
         torch.manual_seed(cfg.train.seed + d.rank)  # dropout differs per rank
+        prior = None
+        if dcfg.noise_prior == "init":
+            from .prior import FILE, load_prior
+
+            prior = load_prior(dcfg.student_init)
+            if prior is None:
+                raise DidiError(f"distill.noise_prior='init': {dcfg.student_init} has no {FILE} (fit one with "
+                                f"`didi prior {dcfg.student_init}`)")
+            if prior.dim != dcfg.student_noise_dim:
+                raise DidiError(f"distill.noise_prior='init': the prior has {prior.dim} dimensions, "
+                                f"student_noise_dim is {dcfg.student_noise_dim}")
+            if d.main:
+                prior.save(out)  # the student samples from the prior it was trained on
         method = DiDiInstruct(cfg, dcfg, tok.mask_id, frozen, keep,
-                              kl_ref=kl_ref.to(device) if kl_ref is not None else None)
+                              kl_ref=kl_ref.to(device) if kl_ref is not None else None, prior=prior)
         specs = {
             "student": student_spec,
             "discriminator": PartSpec(disc, lr=dcfg.disc_lr, max_steps=dcfg.max_steps,

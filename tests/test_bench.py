@@ -8,8 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import torch
-
 from didi.distill import DistillConfig, distill
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
@@ -71,19 +69,11 @@ def test_curve_and_latent_probe_run_on_a_latent_student(tmp_path, grammar_teache
     assert r.returncode != 0 and "is not a latent student" in r.stderr
 
 
-def test_latent_probe_mixture_fit_recovers_two_separated_clusters_and_similarity_scores_word_order():
+def test_latent_probe_similarity_scores_word_order():
     sys.path.insert(0, str(BENCH))
     try:
-        from latent_probe import fit_mixture, similarity
+        from latent_probe import similarity
     finally:
         sys.path.remove(str(BENCH))
     assert similarity(["the cat ran", "a b"], ["the cat ran", "c d"]) == 0.5  # identical 1, disjoint 0
     assert similarity(["the cat ran away"], ["the dog ran away"]) == 0.75  # 2 * 3 matching words / 8
-    gen = torch.Generator().manual_seed(0)
-    x = torch.cat([torch.randn(300, 2, generator=gen, dtype=torch.float64) * 0.5 - 4,
-                   torch.randn(100, 2, generator=gen, dtype=torch.float64) * 0.5 + 4])
-    means, var, logw, _ = fit_mixture(x, 2, 30, torch.Generator().manual_seed(1))
-    order = means[:, 0].argsort()
-    assert torch.allclose(means[order], torch.tensor([[-4.0, -4.0], [4.0, 4.0]], dtype=torch.float64), atol=0.2)
-    assert torch.allclose(logw[order].exp(), torch.tensor([0.75, 0.25], dtype=torch.float64), atol=0.02)
-    assert torch.allclose(var, torch.full_like(var, 0.25), atol=0.06)

@@ -781,3 +781,57 @@ def test_teacher_reward_trains_without_the_discriminator_and_resumes_exactly(tea
         small_dcfg(reward_source="oracle").validate()
     with pytest.raises(DidiError, match="reward_repeats"):
         small_dcfg(reward_source="teacher", reward_repeats=0).validate()
+
+
+def test_noise_prior_fitted_to_a_latent_student_drives_sampling_and_didi_rollouts(teacher, tmp_path, capsys):
+    """`didi prior` writes a mixture fitted to the latent student's codes; sampling draws xi from it (or from N(0, I)
+    with noise_prior "normal"); a DiDi run with noise_prior "init" draws its rollouts' xi from it and keeps a copy."""
+    from didi.api import load
+    from didi.cli import main
+    from didi.config import RunConfig
+    from didi.evaluation.evaluate import evaluate
+    from didi.methods.didi_instruct import DiDiInstruct
+    from didi.prior import FILE, NoisePrior, load_prior
+
+    lat = tmp_path / "lat"
+    distill(teacher, lat, DistillConfig(method="latent", student_noise_dim=4, max_steps=4, batch_size=4,
+                                        warmup_steps=1, student_lr=3e-3, ema=0.0, latent_beta=0.1),
+            overrides=["train.eval_every=0", "train.save_every=0"], progress=False)
+    with pytest.raises(SystemExit):
+        main(["prior", str(teacher)])
+    assert "no noise input" in capsys.readouterr().err
+    main(["prior", str(lat), "--components", "2", "--texts", "40"])
+    assert "2 components from the codes of 40 training texts" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["prior", str(lat)])
+    assert "exists; pass --overwrite" in capsys.readouterr().err
+    prior = load_prior(lat)
+    assert prior.means.shape == (2, 4) and prior.info["encoder"] == str(lat)
+
+    pipe, plain = load(lat), load(lat, noise_prior="normal")
+    assert pipe.prior() is not None and plain.prior() is None
+    got = pipe.denoiser(6, torch.Generator().manual_seed(5)).noise
+    assert torch.equal(got, prior.sample(6, torch.Generator().manual_seed(5)))
+    assert torch.equal(plain.denoiser(6, torch.Generator().manual_seed(5)).noise,
+                       torch.randn(6, 4, generator=torch.Generator().manual_seed(5)))
+    report = evaluate(str(lat), [2], num=4, judge="grammar:stories", out=tmp_path / "ev", progress=False)
+    assert report["rows"][0]["model"] == "lat+prior" and report["rows"][0]["nfe_max"] <= 2
+    plain_report = evaluate(str(lat), [2], num=4, judge="grammar:stories", out=tmp_path / "ev", noise_prior="normal",
+                            progress=False)
+    assert plain_report["rows"][0]["model"] == "lat"
+
+    # the DiDi stage: its rollouts draw from the init's prior, and the run keeps it
+    dcfg = small_dcfg(max_steps=1, disc_only_steps=1, student_noise_dim=4, student_init=str(lat), noise_prior="init")
+    distill(teacher, tmp_path / "d", dcfg, overrides=["train.eval_every=0"], progress=False)
+    kept = load_prior(tmp_path / "d")
+    assert kept is not None and torch.equal(kept.means, prior.means)
+    far = NoisePrior(torch.full((1, 4), 100.0), torch.full((1, 4), 1e-6), torch.zeros(1), {})
+    model = DIT(RunConfig.load(teacher / "config.json").model)
+    method = DiDiInstruct(RunConfig.load(teacher / "config.json"), dcfg, 0, model, prior=far)
+    noise = method.draw(torch.Generator().manual_seed(0), 3, 16, 0, 1, "cpu")["noise"]
+    assert noise.shape == (6, 4) and torch.allclose(noise, torch.full_like(noise, 100.0), atol=0.01)
+    with pytest.raises(DidiError, match="noise_prior='init' needs student_init"):
+        small_dcfg(student_noise_dim=4, noise_prior="init").validate()
+    (lat / FILE).unlink()
+    with pytest.raises(DidiError, match="has no noise_prior.safetensors"):
+        distill(teacher, tmp_path / "d2", dcfg, progress=False)

@@ -292,10 +292,12 @@ def evaluate(run: str, steps: list[int], *, num: int = 256, judge: str = "smollm
              temperatures: tuple[float, ...] = (1.0,), guided: bool = False, reference: bool = False,
              target_entropy: float | None = None, batch_size: int = 64, out: str | Path | None = None,
              name: str = "eval", domain: str | None = None, grid_power: float | None = None,
-             progress: bool = True) -> dict:
+             noise_prior: str = "run", progress: bool = True) -> dict:
     """Evaluate one run at `steps` x `temperatures` (plus RGAS rows with `guided`, the held-out data row with
     `reference`). The frontier's target entropy defaults to the data row's entropy when there is one.
-    grid_power: the sampler's time grid for every diffusion row (default: the run's own)."""
+    grid_power: the sampler's time grid for every diffusion row (default: the run's own).
+    noise_prior: a student with a noise input draws xi from the run's saved prior ("run", when it has one: its rows
+    are labelled RUN+prior) or from N(0, I) ("normal")."""
     if not steps:
         raise DidiError("eval needs at least one step count (--steps 8,16,...)")
     if any(s < 1 for s in steps):
@@ -308,7 +310,7 @@ def evaluate(run: str, steps: list[int], *, num: int = 256, judge: str = "smollm
         raise DidiError(f"grid power must be > 0, not {grid_power}")
     from ..api import load
 
-    pipe = load(run)
+    pipe = load(run, noise_prior=noise_prior)
     if domain is not None and domain != pipe.config.data.domain:
         raise DidiError(f"{run} is a {pipe.config.data.domain} run, not {domain}")
     if pipe.is_protein and judge == "smollm2-135m":
@@ -316,6 +318,9 @@ def evaluate(run: str, steps: list[int], *, num: int = 256, judge: str = "smollm
                         "didi train --arch ar --domain protein)")
     out_dir = Path(out) if out is not None else (Path(run) / "eval" if Path(run).is_dir() else Path("eval"))
     label = Path(run).name or str(run)
+    prior = pipe.prior() if getattr(pipe.config.model, "noise_dim", 0) else None
+    if prior is not None:
+        label += "+prior"
     if pipe.config.model.arch == "ar":  # one row per temperature: an AR model writes one token per call
         specs = [RowSpec(label, run, pipe.config.model.length, "ar+kv", t) for t in temperatures]
     else:
@@ -331,6 +336,8 @@ def evaluate(run: str, steps: list[int], *, num: int = 256, judge: str = "smollm
         target_entropy = rows[0][frontier_axes(rows)[0]]
     meta = {"run": str(run), "judge": judge, "num": num, "seed": seed, "temperatures": list(temperatures),
             "target_entropy": target_entropy, "commit": git_commit()}
+    if getattr(pipe.config.model, "noise_dim", 0):
+        meta["noise_prior"] = prior.info if prior is not None else "N(0, I)"
     report = write_reports(rows, out_dir, name, meta, target_entropy)
     report["rows"] = rows
     return report

@@ -147,14 +147,16 @@ class DiDiInstruct:
     progress_keys = ("disc_loss", "reward_mean", "loss", "kl", "tokens_per_s")
 
     def __init__(self, cfg, dcfg, mask_id: int, teacher: torch.nn.Module, kept: Kept | None = None,
-                 kl_ref: torch.nn.Module | None = None):
+                 kl_ref: torch.nn.Module | None = None, prior=None):
         """kept: what is never masked (protein BOS/EOS/PAD, the first position of text rows): rollouts then start
         from each real row's kept tokens (a protein row's G rollouts have its length). kl_ref: the KL term's
-        reference when it is not the teacher (dcfg.kl_reference "init": the frozen starting student)."""
+        reference when it is not the teacher (dcfg.kl_reference "init": the frozen starting student). prior: the
+        `NoisePrior` rollouts draw the student's xi from (dcfg.noise_prior "init"); None: N(0, I)."""
         self.cfg, self.dcfg, self.mask_id = cfg, dcfg, mask_id
         self.kept = kept or Kept()
         self.teacher = teacher.eval().requires_grad_(False)
         self.kl_ref = kl_ref.eval().requires_grad_(False) if kl_ref is not None else None
+        self.prior = prior
         self.schedule = LogLinearSchedule(cfg.diffusion.eps)
         dcfg.validate()
 
@@ -170,7 +172,10 @@ class DiDiInstruct:
         noise = None
         if d.student_noise_dim:  # group_noise "shared": one xi per group of G consecutive rollouts
             per_draw = d.group if d.group_noise == "shared" else 1
-            noise = torch.randn(n_glob // per_draw, d.student_noise_dim, generator=generator)
+            if self.prior is not None:
+                noise = self.prior.sample(n_glob // per_draw, generator)
+            else:
+                noise = torch.randn(n_glob // per_draw, d.student_noise_dim, generator=generator)
             noise = noise.repeat_interleave(per_draw, 0)
         rng = np.random.default_rng(np_seed)
         tau = np.clip(rng.beta(d.tau_a, d.tau_b, size=n_glob), d.tau_min, d.tau_max)
