@@ -151,10 +151,11 @@ class Pipeline:
         if self._prior is None:
             from .prior import load_prior
 
-            self._prior = load_prior(self.run.path) or False
-            if self._prior and self._prior.dim != getattr(self.config.model, "noise_dim", 0):
-                raise DidiError(f"{self.run.path}'s noise prior has {self._prior.dim} dimensions, the model's noise "
+            prior = load_prior(self.run.path)
+            if prior is not None and prior.dim != getattr(self.config.model, "noise_dim", 0):
+                raise DidiError(f"{self.run.path}'s noise prior has {prior.dim} dimensions, the model's noise "
                                 f"input {self.config.model.noise_dim}")
+            self._prior = prior or False
         return self._prior or None
 
     def denoiser(self, num: int = 0, generator: torch.Generator | None = None):
@@ -169,10 +170,7 @@ class Pipeline:
                 raise DidiError("this model takes a noise input per sequence: say how many sequences (num)")
             gdev = generator.device if generator is not None else torch.device(self.device)
             prior = self.prior()
-            if prior is not None:
-                if generator is None:
-                    generator = torch.Generator(gdev)
-                    generator.seed()
+            if prior is not None:  # generator None: the global RNG, as torch.randn below
                 noise = prior.sample(num, generator).to(self.device)
             else:
                 noise = torch.randn(num, dim, generator=generator, device=gdev).to(self.device)

@@ -223,8 +223,7 @@ def cmd_prior(args) -> None:
     from .prior import FILE, encoder_codes, fit_prior
 
     path = Path(args.run) / FILE
-    if path.exists() and not args.overwrite:
-        raise DidiError(f"{path} exists; pass --overwrite to replace it")
+    _refuse_overwrite(path, args.overwrite)
     mu, logvar = encoder_codes(args.run, args.encoder, args.texts)
     prior = fit_prior(mu, logvar, args.components, seed=args.seed)
     prior.info["encoder"] = str(args.encoder or args.run)

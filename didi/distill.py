@@ -167,6 +167,13 @@ class DistillConfig:
             raise DidiError(f"distill: kl_reference must be 'teacher' or 'init', not {self.kl_reference!r}")
         if self.kl_reference != "teacher" and self.method != "didi-instruct":
             raise DidiError("distill: kl_reference is a DiDi-Instruct option")
+        if self.noise_prior not in ("normal", "init"):
+            raise DidiError(f"distill: noise_prior must be 'normal' or 'init', not {self.noise_prior!r}")
+        if self.noise_prior != "normal" and self.method != "didi-instruct":
+            raise DidiError("distill: noise_prior is a DiDi-Instruct option")
+        if self.noise_prior == "init" and not (self.student_init and self.student_noise_dim):
+            raise DidiError("distill: noise_prior='init' needs student_init (a latent student with a saved prior, "
+                            "`didi prior`) and student_noise_dim > 0")
         if self.method == "latent":
             if not self.student_noise_dim:
                 raise DidiError("distill: method 'latent' needs student_noise_dim > 0 (the latent's dimensions)")
@@ -212,11 +219,6 @@ class DistillConfig:
             raise DidiError("distill: group_noise='shared' needs a student with a noise input (student_noise_dim > 0)")
         if self.group_noise == "shared" and self.norm_scope != "group":
             raise DidiError("distill: group_noise='shared' needs norm_scope='group' (the baseline per code)")
-        if self.noise_prior not in ("normal", "init"):
-            raise DidiError(f"distill: noise_prior must be 'normal' or 'init', not {self.noise_prior!r}")
-        if self.noise_prior == "init" and not (self.student_init and self.student_noise_dim):
-            raise DidiError("distill: noise_prior='init' needs student_init (a latent student with a saved prior, "
-                            "`didi prior`) and student_noise_dim > 0")
         if self.norm_scope not in ("group", "batch"):
             raise DidiError(f"distill: norm_scope must be 'group' or 'batch', not {self.norm_scope!r}")
         if self.reward_states not in ("final", "path"):
@@ -353,11 +355,15 @@ def distill(teacher: str | Path | None, out: str | Path, dcfg: DistillConfig | N
     if dcfg.student_init and not resume:  # saved as an absolute path, so the run can resume from anywhere
         dcfg = dataclasses.replace(dcfg, student_init=str(runs.check_run_dir(dcfg.student_init).resolve()))
 
+    prior = _rollout_prior(dcfg, out, resume)  # before anything is written: a bad prior leaves no half-made run
+
     d = init_distributed(cfg.train.device)
     device = resolve_device(cfg.train.device, d)
     barrier = dist.barrier if d.world > 1 else (lambda: None)
     if not resume and d.main:
         out.mkdir(parents=True, exist_ok=True)
+        if prior is not None:
+            prior.save(out)  # the student samples from the prior it was trained on; a resume reads this copy
         shutil.copytree(teacher / runs.TOKENIZER_DIR, out / runs.TOKENIZER_DIR, dirs_exist_ok=True)
         from .protein import LENGTHS
 
@@ -439,19 +445,6 @@ def distill(teacher: str | Path | None, out: str | Path, dcfg: DistillConfig | N
         disc = Discriminator.from_teacher(teacher_model, dcfg.disc_trainable_blocks, dcfg.disc_time_conditioning)
         frozen = teacher_model.to(device).eval().requires_grad_(False)
         torch.manual_seed(cfg.train.seed + d.rank)  # dropout differs per rank
-        prior = None
-        if dcfg.noise_prior == "init":
-            from .prior import FILE, load_prior
-
-            prior = load_prior(dcfg.student_init)
-            if prior is None:
-                raise DidiError(f"distill.noise_prior='init': {dcfg.student_init} has no {FILE} (fit one with "
-                                f"`didi prior {dcfg.student_init}`)")
-            if prior.dim != dcfg.student_noise_dim:
-                raise DidiError(f"distill.noise_prior='init': the prior has {prior.dim} dimensions, "
-                                f"student_noise_dim is {dcfg.student_noise_dim}")
-            if d.main:
-                prior.save(out)  # the student samples from the prior it was trained on
         method = DiDiInstruct(cfg, dcfg, tok.mask_id, frozen, keep,
                               kl_ref=kl_ref.to(device) if kl_ref is not None else None, prior=prior)
         specs = {
@@ -472,6 +465,24 @@ def distill(teacher: str | Path | None, out: str | Path, dcfg: DistillConfig | N
     if resume:
         trainer.resume()
     return trainer.train(until_step=until_step)
+
+
+def _rollout_prior(dcfg: DistillConfig, out: Path, resume: bool):
+    """The NoisePrior DiDi rollouts draw xi from (noise_prior "init"): student_init's at the start, the run's own copy
+    on resume (so a later `didi prior --overwrite` on the init cannot change a resumed run); None for N(0, I)."""
+    if dcfg.noise_prior != "init":
+        return None
+    from .prior import FILE, load_prior
+
+    where = out if resume else Path(dcfg.student_init)
+    prior = load_prior(where)
+    if prior is None:
+        hint = "" if resume else f" (fit one with `didi prior {where}`)"
+        raise DidiError(f"distill.noise_prior='init': {where} has no {FILE}{hint}")
+    if prior.dim != dcfg.student_noise_dim:
+        raise DidiError(f"distill.noise_prior='init': the prior in {where} has {prior.dim} dimensions, "
+                        f"student_noise_dim is {dcfg.student_noise_dim}")
+    return prior
 
 
 def _student_init_weights(path: str, cfg: RunConfig, teacher: Path) -> dict:

@@ -15,8 +15,9 @@ mixture fitted to those codes, saved as `noise_prior.safetensors` beside the mod
 
 from __future__ import annotations
 
+import json
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -46,16 +47,11 @@ class NoisePrior:
         eps = torch.randn(n, self.dim, generator=generator, device=dev, dtype=torch.float64)
         return (self.means.double().to(dev)[k] + self.variances.double().to(dev)[k].sqrt() * eps).float()
 
-    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
-        """log p(x) per row [N] under the mixture."""
-        return _component_log_probs(x.double(), self.means.double(), self.variances.double(),
-                                    self.log_weights.double()).logsumexp(1)
-
     def save(self, run_dir: str | Path) -> Path:
         path = Path(run_dir) / FILE
         fileio.save_weights({"means": self.means.float().contiguous(), "variances": self.variances.float().contiguous(),
                              "log_weights": self.log_weights.float().contiguous()}, path,
-                            metadata={k: str(v) for k, v in self.info.items()})
+                            metadata={"info": json.dumps(self.info)})
         return path
 
 
@@ -127,8 +123,20 @@ def load_prior(run_dir: str | Path) -> NoisePrior | None:
     if missing:
         raise DidiError(f"{path} is not a noise prior (missing {', '.join(sorted(missing))})")
     with safe_open(str(path), "pt") as f:
-        info = dict(f.metadata() or {})
+        meta = f.metadata() or {}
+    try:
+        info = json.loads(meta.get("info", "{}"))
+    except json.JSONDecodeError:
+        info = {}
     return NoisePrior(t["means"], t["variances"], t["log_weights"], info)
+
+
+def fingerprint(run_dir: str | Path) -> str:
+    """A short hash of the run's saved prior file ("" when it has none): what eval caches its rows under."""
+    import hashlib
+
+    path = Path(run_dir) / FILE
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:12] if path.is_file() else ""
 
 
 def encoder_codes(run_dir: str | Path, encoder_run: str | Path | None = None, texts: int = 8192):
@@ -148,8 +156,10 @@ def encoder_codes(run_dir: str | Path, encoder_run: str | Path | None = None, te
         raise DidiError(f"{enc_dir} has no encoder.safetensors (a run of `didi distill --method latent`); "
                         "name the latent student this run started from with --encoder")
     enc_run = runs.load_run(enc_dir, "cpu")
-    if enc_run.config.model.noise_dim != dim:
-        raise DidiError(f"{enc_dir}'s encoder codes {enc_run.config.model.noise_dim} dimensions, {run_dir} takes {dim}")
+    tok = Path(runs.TOKENIZER_DIR, "tokenizer.json")
+    if asdict(enc_run.config.model) != asdict(run.config.model) or \
+            (enc_dir / tok).read_bytes() != (run_dir / tok).read_bytes():
+        raise DidiError(f"{enc_dir} is not the latent student {run_dir} started from: its model or tokenizer differs")
     saved = fileio.read_json(enc_dir / runs.CONFIG).get("distill") or {}
     encoder = SequenceEncoder(enc_run.model, dim, saved.get("latent_encoder_blocks", 1))
     encoder.load_state_dict(fileio.load_weights(enc_dir / "encoder.safetensors"))

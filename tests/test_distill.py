@@ -783,15 +783,15 @@ def test_teacher_reward_trains_without_the_discriminator_and_resumes_exactly(tea
         small_dcfg(reward_source="teacher", reward_repeats=0).validate()
 
 
-def test_noise_prior_fitted_to_a_latent_student_drives_sampling_and_didi_rollouts(teacher, tmp_path, capsys):
+def test_noise_prior_fitted_to_a_latent_student_drives_sampling_and_didi_rollouts(teacher, tmp_path, capsys,
+                                                                                   monkeypatch):
     """`didi prior` writes a mixture fitted to the latent student's codes; sampling draws xi from it (or from N(0, I)
     with noise_prior "normal"); a DiDi run with noise_prior "init" draws its rollouts' xi from it and keeps a copy."""
     from didi.api import load
     from didi.cli import main
-    from didi.config import RunConfig
     from didi.evaluation.evaluate import evaluate
     from didi.methods.didi_instruct import DiDiInstruct
-    from didi.prior import FILE, NoisePrior, load_prior
+    from didi.prior import FILE, NoisePrior, fingerprint, load_prior
 
     lat = tmp_path / "lat"
     distill(teacher, lat, DistillConfig(method="latent", student_noise_dim=4, max_steps=4, batch_size=4,
@@ -816,22 +816,37 @@ def test_noise_prior_fitted_to_a_latent_student_drives_sampling_and_didi_rollout
                        torch.randn(6, 4, generator=torch.Generator().manual_seed(5)))
     report = evaluate(str(lat), [2], num=4, judge="grammar:stories", out=tmp_path / "ev", progress=False)
     assert report["rows"][0]["model"] == "lat+prior" and report["rows"][0]["nfe_max"] <= 2
+    assert json.loads(report["rows"][0]["key"])[-1] == fingerprint(lat)  # a refitted prior is new rows, not the cache
     plain_report = evaluate(str(lat), [2], num=4, judge="grammar:stories", out=tmp_path / "ev", noise_prior="normal",
                             progress=False)
     assert plain_report["rows"][0]["model"] == "lat"
 
-    # the DiDi stage: its rollouts draw from the init's prior, and the run keeps it
-    dcfg = small_dcfg(max_steps=1, disc_only_steps=1, student_noise_dim=4, student_init=str(lat), noise_prior="init")
-    distill(teacher, tmp_path / "d", dcfg, overrides=["train.eval_every=0"], progress=False)
-    kept = load_prior(tmp_path / "d")
-    assert kept is not None and torch.equal(kept.means, prior.means)
-    far = NoisePrior(torch.full((1, 4), 100.0), torch.full((1, 4), 1e-6), torch.zeros(1), {})
-    model = DIT(RunConfig.load(teacher / "config.json").model)
-    method = DiDiInstruct(RunConfig.load(teacher / "config.json"), dcfg, 0, model, prior=far)
-    noise = method.draw(torch.Generator().manual_seed(0), 3, 16, 0, 1, "cpu")["noise"]
-    assert noise.shape == (6, 4) and torch.allclose(noise, torch.full_like(noise, 100.0), atol=0.01)
+    # the DiDi stage: its rollouts draw from the init's prior (here one far from N(0, I)), the run keeps a copy, and
+    # a resume reads that copy, even after the init's prior was replaced
+    NoisePrior(torch.full((1, 4), 10.0), torch.full((1, 4), 1e-6), torch.zeros(1), {}).save(lat)
+    seen, real_draw = [], DiDiInstruct.draw
+
+    def spy(self, *a, **kw):
+        out = real_draw(self, *a, **kw)
+        seen.append(out["noise"])
+        return out
+
+    monkeypatch.setattr(DiDiInstruct, "draw", spy)
+    dcfg = small_dcfg(max_steps=2, student_noise_dim=4, student_init=str(lat), noise_prior="init")
+    extra = ["train.eval_every=0", "train.save_every=0"]
+    distill(teacher, tmp_path / "e", dcfg, overrides=extra, progress=False)
+    assert seen and all(torch.allclose(n, torch.full_like(n, 10.0), atol=0.01) for n in seen)
+    assert torch.equal(load_prior(tmp_path / "e").means, torch.full((1, 4), 10.0))
+    distill(teacher, tmp_path / "f", dcfg, overrides=extra, until_step=1, progress=False)
+    prior.save(lat)  # the init's prior changes between the two halves
+    distill(None, tmp_path / "f", resume=True, progress=False)
+    we, wf = load_file(tmp_path / "e" / "model.safetensors"), load_file(tmp_path / "f" / "model.safetensors")
+    assert all(torch.equal(we[k], wf[k]) for k in we)
     with pytest.raises(DidiError, match="noise_prior='init' needs student_init"):
         small_dcfg(student_noise_dim=4, noise_prior="init").validate()
+    with pytest.raises(DidiError, match="noise_prior is a DiDi-Instruct option"):
+        DistillConfig(method="latent", student_noise_dim=4, noise_prior="init").validate()
     (lat / FILE).unlink()
     with pytest.raises(DidiError, match="has no noise_prior.safetensors"):
         distill(teacher, tmp_path / "d2", dcfg, progress=False)
+    assert not (tmp_path / "d2").exists()  # refused before anything was written

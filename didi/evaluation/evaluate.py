@@ -45,6 +45,7 @@ class RowSpec:
     sampler: str = "ancestral"
     temperature: float = 1.0
     grid_power: float | None = None  # the sampler's time grid (None: the run's diffusion.grid_power)
+    prior: str = ""  # the fingerprint of the noise prior the run's rows draw xi from ("" for N(0, I) or no noise input)
 
     def __post_init__(self):
         if self.sampler not in SAMPLERS:
@@ -61,7 +62,8 @@ class RowCache:
     @staticmethod
     def key(spec: RowSpec, num: int, seed: int, judge: str) -> str:
         key = [spec.model, str(spec.run), spec.steps, spec.sampler, spec.temperature, num, seed, judge]
-        return json.dumps(key if spec.grid_power is None else key + [spec.grid_power])
+        key = key if spec.grid_power is None else key + [spec.grid_power]
+        return json.dumps(key + ["prior", spec.prior] if spec.prior else key)
 
     def load(self) -> RowCache:
         if self.path.is_file():
@@ -118,8 +120,11 @@ def run_rows(specs: list[RowSpec], *, num: int, seed: int, judge_name: str, cach
     """Every row of `specs`, from the cache when finished before; new rows are sampled, judged and cached."""
     from . import load_judge
 
-    if load is None:
-        from ..api import load
+    if load is None:  # rows labelled by run name only: a noise input is drawn from N(0, I), never a saved prior
+        from ..api import load as load_run
+
+        def load(run):
+            return load_run(run, noise_prior="normal")
     judge, pipes, rows = None, {}, []
     for spec in specs:
         key = RowCache.key(spec, num, seed, judge_name)
@@ -319,14 +324,17 @@ def evaluate(run: str, steps: list[int], *, num: int = 256, judge: str = "smollm
     out_dir = Path(out) if out is not None else (Path(run) / "eval" if Path(run).is_dir() else Path("eval"))
     label = Path(run).name or str(run)
     prior = pipe.prior() if getattr(pipe.config.model, "noise_dim", 0) else None
+    mark = ""
     if prior is not None:
-        label += "+prior"
+        from ..prior import fingerprint
+
+        label, mark = label + "+prior", fingerprint(run)
     if pipe.config.model.arch == "ar":  # one row per temperature: an AR model writes one token per call
         specs = [RowSpec(label, run, pipe.config.model.length, "ar+kv", t) for t in temperatures]
     else:
-        specs = [RowSpec(label, run, s, "ancestral", t, grid_power) for s in steps for t in temperatures]
+        specs = [RowSpec(label, run, s, "ancestral", t, grid_power, mark) for s in steps for t in temperatures]
         if guided:
-            specs += [RowSpec(label, run, s, "RGAS", t, grid_power) for s in steps for t in temperatures]
+            specs += [RowSpec(label, run, s, "RGAS", t, grid_power, mark) for s in steps for t in temperatures]
     if reference:
         specs.insert(0, RowSpec("data", run, 0, "data"))
     cache = RowCache(out_dir / f"{name}.rows.jsonl").load()
@@ -337,7 +345,7 @@ def evaluate(run: str, steps: list[int], *, num: int = 256, judge: str = "smollm
     meta = {"run": str(run), "judge": judge, "num": num, "seed": seed, "temperatures": list(temperatures),
             "target_entropy": target_entropy, "commit": git_commit()}
     if getattr(pipe.config.model, "noise_dim", 0):
-        meta["noise_prior"] = prior.info if prior is not None else "N(0, I)"
+        meta["noise_prior"] = {**prior.info, "fingerprint": mark} if prior is not None else "N(0, I)"
     report = write_reports(rows, out_dir, name, meta, target_entropy)
     report["rows"] = rows
     return report
