@@ -8,7 +8,8 @@ on) give the similarity an independent draw has to its nearest training text.
 Per sample file (the `samples/*.pt` token ids that `didi eval` writes, decoded with the run's tokenizer):
 - exact_copy: the share of its texts that are a training text verbatim;
 - nearest_similarity: the mean, over the first `--num` texts, of the highest difflib word-sequence ratio to any
-  training text (candidates: the `--candidates` training texts sharing most word 3-grams with it);
+  training text (candidates: the `--candidates` training texts sharing most word 3-grams with it; 0 when none
+  shares one, so it is a lower bound for texts unlike the language);
 - near_copy: the share of those with nearest similarity >= 0.9.
 
 Usage:

@@ -77,3 +77,19 @@ def test_latent_probe_similarity_scores_word_order():
         sys.path.remove(str(BENCH))
     assert similarity(["the cat ran", "a b"], ["the cat ran", "c d"]) == 0.5  # identical 1, disjoint 0
     assert similarity(["the cat ran away"], ["the dog ran away"]) == 0.75  # 2 * 3 matching words / 8
+
+
+def test_novelty_finds_each_texts_nearest_training_text_and_counts_copies():
+    sys.path.insert(0, str(BENCH))
+    try:
+        from novelty import Nearest, score
+    finally:
+        sys.path.remove(str(BENCH))
+    train = ["the cat sat on the mat today", "a dog ran to the park at noon", "one bird flew over the old barn"]
+    nearest = Nearest(train, candidates=2)
+    assert nearest.similarity("a dog ran to the park at noon") == 1.0
+    assert nearest.similarity("the cat sat on the rug today") == 12 / 14  # 6 of 7 words match the first text
+    assert nearest.similarity("nothing here shares three words") == 0.0  # no candidate: no shared 3-gram
+    got = score(["a dog ran to the park at noon", "the cat sat on the rug today"], set(train), nearest, num=2)
+    assert got["exact_copy"] == 0.5 and got["near_copy"] == 0.5 and got["num"] == 2
+    assert got["nearest_similarity"] == (1.0 + 12 / 14) / 2
