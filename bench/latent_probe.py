@@ -38,8 +38,7 @@ from didi.api import Pipeline
 from didi.data import prepare_data
 from didi.errors import DidiError
 from didi.evaluation import load_judge
-from didi.nn.encoder import SequenceEncoder
-from didi.prior import encode, fit_mixture, posterior_draws
+from didi.prior import NoisePrior, encode, fit_mixture, load_encoder, posterior_draws
 from didi.sampling import SplitDenoiser
 
 COLUMNS = ["xi", "steps", "valid_sentences", "valid_texts", "choice_entropy_ratio", "nll_per_word", "in_train",
@@ -81,15 +80,13 @@ def main() -> None:
     if not dim or not (run_dir / "encoder.safetensors").is_file():
         raise SystemExit(f"{run_dir} is not a latent student (no noise input or no encoder.safetensors)")
     saved = fileio.read_json(run_dir / runs.CONFIG)["distill"]
-    enc_weights = fileio.load_weights(run_dir / "encoder.safetensors")
-    encoder = SequenceEncoder(run.model, dim, saved["latent_encoder_blocks"])
-    encoder.load_state_dict(enc_weights)
+    encoder = load_encoder(run_dir, run.model)
     pipe = Pipeline(run)
     train, valid = prepare_data(run.config.data, pipe.tokenizer, run.config.model.length, show_progress=False)
     if len(valid) == 0:
         raise DidiError(f"{run_dir}'s data has no held-out blocks to encode")
     x_all = valid.get(torch.arange(len(valid)))
-    mu_all, logvar_all = encode(encoder.eval(), x_all)
+    mu_all, logvar_all = encode(encoder, x_all)
     x, mu, logvar = x_all[:args.num], mu_all[:args.num], logvar_all[:args.num]
     n = mu.shape[0]
     gen = torch.Generator().manual_seed(args.seed)
@@ -109,9 +106,7 @@ def main() -> None:
     if args.mog:
         fit = posterior_draws(mu_tr.repeat(4, 1), logvar_tr.repeat(4, 1), gen)
         means, var, logw, loglik = fit_mixture(fit, args.mog, 60, gen)
-        k = torch.multinomial(logw.exp(), n, replacement=True, generator=gen)
-        codes[f"mog-{args.mog}"] = (means[k] + var[k].sqrt() * torch.randn(n, dim, generator=gen,
-                                                                         dtype=torch.float64)).float()
+        codes[f"mog-{args.mog}"] = NoisePrior(means, var, logw, {}).sample(n, gen)
         extra |= {"mog_components": args.mog, "mog_fit_loglik": loglik}
     judge = load_judge(args.judge)
     seen = set(pipe.decode(train.get(torch.arange(len(train)))))  # every training text: what a sample may copy

@@ -43,6 +43,8 @@ NONNEG_INT = _number(int, 0)
 POS_FLOAT = _number(float, 0, lo_open=True)
 NONNEG_FLOAT = _number(float, 0)
 FLOAT = _number(float)
+NOISE_PRIOR_HELP = ("a student with a noise input: draw it from the run's saved prior (`didi prior`; N(0, I) when it "
+                    "has none) or always from N(0, I)")
 GRID_HELP = ("time grid t_i = 1 - (i/steps)^p: p > 1 reveals few tokens first (default: the run's "
              "diffusion.grid_power, 1 = uniform)")
 
@@ -392,9 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the network first (seconds to compile; pays for many samples)")
-    p.add_argument("--noise-prior", choices=["run", "normal"], default="run",
-                   help="a student with a noise input: draw it from the run's saved prior (`didi prior`; N(0, I) when "
-                        "it has none) or always from N(0, I)")
+    p.add_argument("--noise-prior", choices=["run", "normal"], default="run", help=NOISE_PRIOR_HELP)
     p.add_argument("--out", help="write samples here instead of printing: JSON lines, or FASTA for a .fasta[.gz] "
                                  "name")
     p.add_argument("--overwrite", action="store_true")
@@ -416,9 +416,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=NONNEG_INT, default=0)
     p.add_argument("--batch-size", type=POS_INT, default=64)
     p.add_argument("--grid-power", type=POS_FLOAT, help=GRID_HELP)
-    p.add_argument("--noise-prior", choices=["run", "normal"], default="run",
-                   help="a student with a noise input: draw it from the run's saved prior (`didi prior`; N(0, I) when "
-                        "it has none) or always from N(0, I)")
+    p.add_argument("--noise-prior", choices=["run", "normal"], default="run", help=NOISE_PRIOR_HELP)
     p.add_argument("--out", help="report directory (default RUN/eval); finished rows there are reused")
     p.add_argument("--name", default="eval", help="report file stem")
     p.add_argument("--domain", choices=["text", "protein"],

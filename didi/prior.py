@@ -139,33 +139,46 @@ def fingerprint(run_dir: str | Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:12] if path.is_file() else ""
 
 
+def load_encoder(run_dir: str | Path, model: torch.nn.Module | None = None):
+    """The encoder q(xi | x0) saved beside a latent student (`encoder.safetensors`), built on `model` (default: the
+    run's own; any model of the same shape will do, the weights are the saved ones)."""
+    from . import runs
+    from .nn.encoder import SequenceEncoder
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "encoder.safetensors").is_file():
+        raise DidiError(f"{run_dir} has no encoder.safetensors (a run of `didi distill --method latent`); "
+                        "name the latent student this run started from with --encoder")
+    if model is None:
+        model = runs.load_run(run_dir, "cpu").model
+    blocks = fileio.read_json(run_dir / runs.CONFIG)["distill"]["latent_encoder_blocks"]
+    encoder = SequenceEncoder(model, model.config.noise_dim, blocks)
+    encoder.load_state_dict(fileio.load_weights(run_dir / "encoder.safetensors"))
+    return encoder.eval()
+
+
 def encoder_codes(run_dir: str | Path, encoder_run: str | Path | None = None, texts: int = 8192):
     """(mu, logvar) of the first `texts` training texts of `run_dir`'s data, by the encoder saved in `encoder_run`
     (default: run_dir itself; a DiDi stage started from a latent student has its start's encoder)."""
     from . import runs
+    from .config import RunConfig
     from .data import prepare_data
-    from .nn.encoder import SequenceEncoder
 
     run_dir = Path(run_dir)
     enc_dir = Path(encoder_run) if encoder_run else run_dir
     run = runs.load_run(run_dir, "cpu")
-    dim = run.config.model.noise_dim
-    if not dim:
+    if not run.config.model.noise_dim:
         raise DidiError(f"{run_dir} has no noise input (model.noise_dim = 0): a prior is for a latent student")
-    if not (enc_dir / "encoder.safetensors").is_file():
-        raise DidiError(f"{enc_dir} has no encoder.safetensors (a run of `didi distill --method latent`); "
-                        "name the latent student this run started from with --encoder")
-    enc_run = runs.load_run(enc_dir, "cpu")
-    tok = Path(runs.TOKENIZER_DIR, "tokenizer.json")
-    if asdict(enc_run.config.model) != asdict(run.config.model) or \
-            (enc_dir / tok).read_bytes() != (run_dir / tok).read_bytes():
-        raise DidiError(f"{enc_dir} is not the latent student {run_dir} started from: its model or tokenizer differs")
-    saved = fileio.read_json(enc_dir / runs.CONFIG).get("distill") or {}
-    encoder = SequenceEncoder(enc_run.model, dim, saved.get("latent_encoder_blocks", 1))
-    encoder.load_state_dict(fileio.load_weights(enc_dir / "encoder.safetensors"))
+    if enc_dir != run_dir:
+        enc_cfg = RunConfig.load(runs.check_run_dir(enc_dir) / runs.CONFIG)
+        tok = Path(runs.TOKENIZER_DIR, "tokenizer.json")
+        if asdict(enc_cfg.model) != asdict(run.config.model) or \
+                (enc_dir / tok).read_bytes() != (run_dir / tok).read_bytes():
+            raise DidiError(f"{enc_dir} is not the latent student {run_dir} started from: its model or tokenizer "
+                            "differs")
+    encoder = load_encoder(enc_dir, run.model)
     train, _ = prepare_data(run.config.data, run.tokenizer, run.config.model.length, show_progress=False)
     n = min(texts, len(train))
     if n < 1:
         raise DidiError(f"{run_dir}'s training data is empty")
-    mu, logvar = encode(encoder.eval(), train.get(torch.arange(n)))
-    return mu, logvar
+    return encode(encoder, train.get(torch.arange(n)))

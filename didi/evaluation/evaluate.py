@@ -323,7 +323,7 @@ def evaluate(run: str, steps: list[int], *, num: int = 256, judge: str = "smollm
                         "didi train --arch ar --domain protein)")
     out_dir = Path(out) if out is not None else (Path(run) / "eval" if Path(run).is_dir() else Path("eval"))
     label = Path(run).name or str(run)
-    prior = pipe.prior() if getattr(pipe.config.model, "noise_dim", 0) else None
+    prior = pipe.prior()  # None without a noise input or a saved prior
     mark = ""
     if prior is not None:
         from ..prior import fingerprint
