@@ -192,6 +192,9 @@ def cmd_distill(args) -> None:
             else:
                 name = "tiny" if small else "paper"
         dcfg = distill_preset(name, d_over + ([f"method={args.method}"] if args.method else []))
+        from .distill import PRESET_RUN_OVERRIDES
+
+        run_over = PRESET_RUN_OVERRIDES.get(name, []) + run_over  # the user's --set come later and win
     result = distill(args.teacher, args.out, dcfg, data=args.data, overrides=run_over, resume=args.resume,
                      progress=not args.quiet)
     if result:
@@ -354,7 +357,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="real data for the discriminator (default: the teacher's training data)")
     p.add_argument("--out", required=True, help="student run directory to create (or to continue with --resume)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
-    p.add_argument("--preset", help="distill preset: tiny, paper, lang, sdtt-tiny, sdtt-lang or sdtt (default: by "
+    p.add_argument("--preset", help="distill preset: tiny, paper, lang, lang-stage (DiDi from a latent-lang student "
+                                    "with --student-init), latent-lang, sdtt-tiny, sdtt-lang or sdtt (default: by "
                                     "--method and the teacher's preset)")
     p.add_argument("--steps", type=POS_INT, help="distill.max_steps")
     p.add_argument("--minutes", type=NONNEG_FLOAT, help="train.max_minutes: stop after this much training time")

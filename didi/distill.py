@@ -172,8 +172,8 @@ class DistillConfig:
         if self.noise_prior != "normal" and self.method != "didi-instruct":
             raise DidiError("distill: noise_prior is a DiDi-Instruct option")
         if self.noise_prior == "init" and not (self.student_init and self.student_noise_dim):
-            raise DidiError("distill: noise_prior='init' needs student_init (a latent student with a saved prior, "
-                            "`didi prior`) and student_noise_dim > 0")
+            raise DidiError("distill: noise_prior='init' needs student_init (--student-init: a latent student with a "
+                            "saved prior, `didi prior`) and student_noise_dim > 0")
         if self.method == "latent":
             if not self.student_noise_dim:
                 raise DidiError("distill: method 'latent' needs student_noise_dim > 0 (the latent's dimensions)")
@@ -253,11 +253,25 @@ DISTILL_PRESETS: dict[str, dict] = {
     "sdtt-lang": dict(method="sdtt", max_steps=5000, batch_size=16, student_lr=1e-4, warmup_steps=20, ema=0.95,
                       min_lr_ratio=1.0, sdtt_start_steps=128, sdtt_end_steps=4),
     # A latent-variable student for lang-tiny teachers (README, reference language): the teacher's batch, a
-    # fine-tuning learning rate, a 16-dimensional latent, beta 0.03 (the best of 0.3 / 0.1 / 0.03 / 0.01 on
-    # `stories`, docs/reference-log.md E19-E21, E37).
+    # fine-tuning learning rate, a 16-dimensional latent, beta 0.01: a code that carries most of a text, to be
+    # sampled from the exemplar prior of `didi prior RUN --components 0` (beta 0.03 was best with N(0, I) draws,
+    # E19-E21, E37; with the prior 0.01 did better on 3 of 4 seeds, docs/reference-log.md E46-E48).
     "latent-lang": dict(method="latent", max_steps=3000, batch_size=64, student_lr=3e-4, warmup_steps=100, ema=0.99,
                         min_lr_ratio=0.1, student_clip=1.0, student_noise_dim=16, student_noise_init=0.1,
-                        latent_beta=0.03, latent_encoder_blocks=2),
+                        latent_beta=0.01, latent_encoder_blocks=2),
+    # The DiDi stage of the reference-language recipe (E48-E49): from a latent-lang student (--student-init) whose
+    # prior `didi prior` fitted; rollouts draw their code from that prior, a group of 4 shares one code, the
+    # reward is the teacher's evidence (no discriminator), the KL anchors the student to where it started.
+    # Its run settings (PRESET_RUN_OVERRIDES): the power-3 grid, a snapshot every 50 iterations for bench/curve.py.
+    "lang-stage": dict(batch_size=8, group=4, student_lr=3e-5, disc_lr=1e-4, warmup_steps=20, disc_only_steps=20,
+                       ema=0.95, max_steps=300,
+                       student_steps=4, rollout_grid="uniform", reward_states="path", reward_source="teacher",
+                       student_noise_dim=16, noise_prior="init", group_noise="shared", kl_reference="init",
+                       kl_beta=15.0, disc_trainable_blocks=2),
+}
+# Run-config settings that belong to a preset (`section.key=value`, applied before the user's --set).
+PRESET_RUN_OVERRIDES: dict[str, list[str]] = {
+    "lang-stage": ["diffusion.grid_power=3", "train.snapshot_every=50"],
 }
 
 

@@ -12,7 +12,7 @@ import didi
 from didi.config import preset
 from didi.demo_corpus import demo_documents
 from didi.diffusion import LogLinearSchedule
-from didi.distill import DistillConfig, distill
+from didi.distill import DistillConfig, distill, distill_preset
 from didi.errors import DidiError
 from didi.guidance import h_schedule, rgas_sample, tilt_logits
 from didi.methods.didi_instruct import discriminator_loss, group_normalize, policy_gradient_loss, time_weight
@@ -850,3 +850,36 @@ def test_noise_prior_fitted_to_a_latent_student_drives_sampling_and_didi_rollout
     with pytest.raises(DidiError, match="has no noise_prior.safetensors"):
         distill(teacher, tmp_path / "d2", dcfg, progress=False)
     assert not (tmp_path / "d2").exists()  # refused before anything was written
+
+
+def test_named_recipe_presets_are_the_measured_commands_and_the_user_set_wins(teacher, tmp_path, capsys):
+    """`latent-lang` + `lang-stage` are the reference-language recipe's commands (E48-E49: preset lang plus nine
+    --set) under two names; lang-stage's run settings (power-3 grid, snapshots) are saved, a user's --set wins, and
+    without --student-init it is one clear error."""
+    from didi.cli import main
+    from didi.distill import PRESET_RUN_OVERRIDES
+    from didi.prior import load_prior
+
+    measured = distill_preset("lang", ["max_steps=300", "student_noise_dim=16", "kl_reference=init", "kl_beta=15",
+                                       "reward_source=teacher", "group_noise=shared", "noise_prior=init"])
+    assert distill_preset("lang-stage") == measured
+    assert PRESET_RUN_OVERRIDES["lang-stage"] == ["diffusion.grid_power=3", "train.snapshot_every=50"]
+    assert distill_preset("latent-lang").latent_beta == 0.01
+
+    lat = tmp_path / "lat"
+    distill(teacher, lat, distill_preset("latent-lang", ["max_steps=2", "batch_size=4", "warmup_steps=1"]),
+            overrides=["train.eval_every=0", "train.save_every=0"], progress=False)
+    main(["prior", str(lat), "--components", "0", "--texts", "16"])
+    assert load_prior(lat).means.shape == (16, 16)
+    base = ["distill", "--teacher", str(teacher), "--preset", "lang-stage", "--steps", "1", "--quiet",
+            "--set", "train.eval_every=0", "--set", "train.save_every=0"]
+    with pytest.raises(SystemExit):
+        main(base + ["--out", str(tmp_path / "no-init")])
+    assert "needs student_init (--student-init" in capsys.readouterr().err
+    assert not (tmp_path / "no-init").exists()
+    main(base + ["--out", str(tmp_path / "stage"), "--student-init", str(lat)])
+    saved = json.loads((tmp_path / "stage" / "config.json").read_text())
+    assert saved["diffusion"]["grid_power"] == 3.0 and saved["train"]["snapshot_every"] == 50
+    assert saved["distill"]["noise_prior"] == "init" and saved["distill"]["reward_source"] == "teacher"
+    main(base + ["--out", str(tmp_path / "stage2"), "--student-init", str(lat), "--set", "diffusion.grid_power=2"])
+    assert json.loads((tmp_path / "stage2" / "config.json").read_text())["diffusion"]["grid_power"] == 2.0
