@@ -11,11 +11,17 @@ Stages (2 CPU cores; presets lang-tiny, lang, sdtt-lang):
   didi-pP-sN  the same on the sampler grid of power P (`diffusion.grid_power`, for each P > 1 in --grid-powers)
   paper-s0    DiDi-Instruct with the paper's defaults (preset tiny: 2-step tau rollouts, final-state reward)
   sdtt        SDTT student, preset sdtt-lang (128 -> 4 steps), the same wall-clock as one DiDi student
+  latent-sN   the recipe's latent student (preset latent-lang, seed N), then its exemplar prior (`didi prior
+              --components 0`)
+  recipe-sN   the recipe's DiDi student: preset lang-stage from latent-sN (rollouts from its prior); sampled from
+              that prior (rows "recipe-sN+prior")
 Rows (--num samples each, float64 draws, sampling seed --seed): teacher at 1 ... 256 steps (on each grid power:
 model "teacher pP"), every student at 1 ... 16 steps (SDTT also on each grid power), RGAS for the first DiDi
 seed, AR with a KV cache, and a temperature sweep of the teacher at 4, 8 and 128 steps and of the students at 4 and
-8 (the validity / diversity frontier). Learning curves of each DiDi student
-(validity at 4 and 8 steps against iteration, beside discriminator accuracy and reward) go to curve_<stage>.*.
+8 (the validity / diversity frontier; the recipe students are not in it). The recipe students (rows
+"recipe-sN+prior", drawing their code from their prior) at 1 ... 16 steps on the uniform grid and at 4 and 8 on their
+training grid (3) and each --grid-powers. Learning curves of each DiDi student (validity at 4 and 8 steps against
+iteration, beside discriminator accuracy and reward) go to curve_<stage>.*.
 
 Usage:
   python bench/reference.py                               # stories, everything, into runs/reference + bench/results
@@ -34,11 +40,13 @@ from run import _stage_facts, _stage_markdown, stage
 
 import didi
 from didi.config import preset
-from didi.distill import distill, distill_preset
+from didi.distill import PRESET_RUN_OVERRIDES, distill, distill_preset
 from didi.evaluation.evaluate import RowCache, RowSpec, git_commit, run_rows, write_reports
 from didi.language import Grammar, write_corpus
+from didi.prior import encoder_codes, fingerprint, fit_prior, load_prior
 
 ROOT = Path(__file__).resolve().parents[1]
+STAGE_GRID = float(PRESET_RUN_OVERRIDES["lang-stage"][0].split("=")[1])  # the grid lang-stage trains on (3)
 RESULTS = ROOT / "bench" / "results"
 
 
@@ -67,6 +75,12 @@ def main() -> None:
                                                         "rows and DiDi students on that grid")
     ap.add_argument("--no-paper", action="store_true", help="skip the paper-defaults student")
     ap.add_argument("--no-sdtt", action="store_true")
+    ap.add_argument("--no-recipe", action="store_true", help="skip the latent + prior + lang-stage students")
+    ap.add_argument("--latent-minutes", type=float, default=25.0, help="cap of each recipe latent student")
+    ap.add_argument("--stage-minutes", type=float, default=8.0, help="cap of each recipe DiDi stage")
+    ap.add_argument("--no-cpu-bf16", action="store_true",
+                    help="the recipe's stages in float32 (their time caps fit bf16 autocast, 1.8-2.1x faster on "
+                         "AVX512-BF16 cores)")
     ap.add_argument("--teacher-steps", default="1,2,4,8,16,32,64,128,256")
     ap.add_argument("--student-steps", default="1,2,4,8,16")
     ap.add_argument("--temperatures", default="0.9,0.8", help="extra temperatures of the frontier")
@@ -108,7 +122,10 @@ def main() -> None:
         students["paper-s0"] = stage(work, "paper-s0", None, student("tiny", 0, True))
     if not args.no_sdtt:
         students["sdtt"] = stage(work, "sdtt", None, student("sdtt-lang", 0, False))
-    paths = {"teacher": teacher, "ar": ar, **students}
+    recipe, latents = {}, {}
+    for s in [] if args.no_recipe else ints(args.seeds):
+        latents[f"latent-s{s}"], recipe[f"recipe-s{s}"] = recipe_student(work, teacher, s, args)
+    paths = {"teacher": teacher, "ar": ar, **students, **latents, **recipe}
 
     T = str(teacher)
     first = f"didi-s{useeds[0]}"
@@ -119,6 +136,13 @@ def main() -> None:
     if "sdtt" in students:
         specs += [RowSpec(f"sdtt p{p:g}", str(students["sdtt"]), s, grid_power=p) for p in powers
                   for s in ints(args.student_steps)]
+    # the recipe's students draw their code from the prior they trained with (RowSpec.prior keys the cache); they
+    # train on the power-3 grid and are sampled on the uniform grid like the teacher's rows, and at 4 and 8 steps on
+    # their own grid and each --grid-powers (model "recipe-sN+prior pP")
+    specs += [RowSpec(f"{name}+prior", str(path), s, prior=fingerprint(path), grid_power=1.0)
+              for name, path in recipe.items() for s in ints(args.student_steps)]
+    specs += [RowSpec(f"{name}+prior p{p:g}", str(path), s, prior=fingerprint(path), grid_power=p)
+              for name, path in recipe.items() for p in sorted(set(powers) | {STAGE_GRID}) for s in (4, 8)]
     specs += [RowSpec("ar", str(ar), args.length, "ar+kv")]
     specs += [RowSpec(first, str(students[first]), s, "RGAS") for s in (4, 8)]
     for t in floats(args.temperatures):
@@ -129,8 +153,16 @@ def main() -> None:
     cache = RowCache(work / f"{args.name}.rows.jsonl").load()
     meta = {"judge": judge, "num": args.num, "seed": args.seed, "commit": git_commit(),
             "grammar": grammar.describe(), "settings": vars(args) | {k: str(v) for k, v in paths.items()},
-            "stages": _stage_facts(paths)}
-    rows = run_rows(specs, num=args.num, seed=args.seed, judge_name=judge, cache=cache, samples_dir=work / "samples")
+            "stages": _stage_facts(paths),
+            "priors": {name: load_prior(path).info | {"fingerprint": fingerprint(path)}
+                       for name, path in recipe.items()}}
+    with_prior = {str(path) for path in recipe.values()}
+
+    def load(run):
+        return didi.load(run, noise_prior="run" if run in with_prior else "normal")
+
+    rows = run_rows(specs, num=args.num, seed=args.seed, judge_name=judge, cache=cache, samples_dir=work / "samples",
+                    load=load)
     best = max((r for r in rows if r["model"] == "teacher" and r["temperature"] == 1.0 and r["steps"] >= 128
                 and r["sampler"] == "ancestral"),
                key=lambda r: r["steps"])
@@ -142,7 +174,33 @@ def main() -> None:
         if (path / "snapshots").is_dir():
             subprocess.run([sys.executable, str(Path(__file__).with_name("curve.py")), str(path), "--judge", judge,
                             "--teacher", T, "--out", str(out), "--name", f"{args.name}_curve_{name}"], check=True)
+    for name, path in recipe.items():  # the DiDi stage's curve on its own grid; iteration 0 is its latent student
+        subprocess.run([sys.executable, str(Path(__file__).with_name("curve.py")), str(path), "--judge", judge,
+                        "--teacher", str(latents[name.replace("recipe", "latent")]), "--grid-power", f"{STAGE_GRID:g}",
+                        "--out", str(out), "--name", f"{args.name}_curve_{name}"], check=True)
     print(md.read_text())
+
+
+def recipe_student(work: Path, teacher: Path, seed: int, args) -> tuple[Path, Path]:
+    """The reference-language recipe on one seed: a latent-lang student, its exemplar prior (`didi prior
+    --components 0`), then the lang-stage DiDi run from it. Returns both run directories."""
+    common = [f"train.cpu_bf16={str(not args.no_cpu_bf16).lower()}", f"train.seed={seed}"]
+    latent = stage(work, f"latent-s{seed}", None, lambda o, resume: distill(
+        None if resume else teacher, o, None if resume else distill_preset("latent-lang"),
+        overrides=common + [f"train.max_minutes={args.latent_minutes}"], resume=resume))
+    prior = load_prior(latent)
+    if prior is None:
+        mu, logvar = encoder_codes(latent)
+        prior = fit_prior(mu, logvar, 0)
+        prior.info["encoder"] = str(latent)
+        prior.save(latent)
+    if prior.info.get("components") != 0:
+        raise SystemExit(f"bench: {latent} holds a prior that is not the recipe's exemplar prior ({prior.info}); "
+                         "remove its noise_prior.safetensors")
+    over = PRESET_RUN_OVERRIDES["lang-stage"] + common + [f"train.max_minutes={args.stage_minutes}"]
+    dcfg = distill_preset("lang-stage", [f"student_init={latent}"])
+    return latent, stage(work, f"recipe-s{seed}", None, lambda o, resume: distill(
+        None if resume else teacher, o, None if resume else dcfg, overrides=over, resume=resume))
 
 
 def gap_markdown(rows: list[dict], best: dict) -> str:

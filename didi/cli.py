@@ -153,7 +153,7 @@ def cmd_sample(args) -> None:
 
 
 def cmd_distill(args) -> None:
-    from .distill import distill, distill_preset, load_distill_config
+    from .distill import PRESET_RUN_OVERRIDES, distill, distill_preset, load_distill_config
     from .runs import CONFIG
 
     dopts = {"max_steps": args.steps, "batch_size": args.batch_size, "group": args.group,
@@ -192,8 +192,6 @@ def cmd_distill(args) -> None:
             else:
                 name = "tiny" if small else "paper"
         dcfg = distill_preset(name, d_over + ([f"method={args.method}"] if args.method else []))
-        from .distill import PRESET_RUN_OVERRIDES
-
         run_over = PRESET_RUN_OVERRIDES.get(name, []) + run_over  # the user's --set come later and win
     result = distill(args.teacher, args.out, dcfg, data=args.data, overrides=run_over, resume=args.resume,
                      progress=not args.quiet)

@@ -255,7 +255,7 @@ DISTILL_PRESETS: dict[str, dict] = {
     # A latent-variable student for lang-tiny teachers (README, reference language): the teacher's batch, a
     # fine-tuning learning rate, a 16-dimensional latent, beta 0.01: a code that carries most of a text, to be
     # sampled from the exemplar prior of `didi prior RUN --components 0` (beta 0.03 was best with N(0, I) draws,
-    # E19-E21, E37; with the prior 0.01 did better on 3 of 4 seeds, docs/reference-log.md E46-E48).
+    # E19-E21, E37; with that prior three of four beta-0.01 students pass issue 17's bar, reference-log E46-E47).
     "latent-lang": dict(method="latent", max_steps=3000, batch_size=64, student_lr=3e-4, warmup_steps=100, ema=0.99,
                         min_lr_ratio=0.1, student_clip=1.0, student_noise_dim=16, student_noise_init=0.1,
                         latent_beta=0.01, latent_encoder_blocks=2),
@@ -277,7 +277,8 @@ PRESET_RUN_OVERRIDES: dict[str, list[str]] = {
 
 def distill_preset(name: str, overrides: list[str] | None = None) -> DistillConfig:
     """A DistillConfig from a named preset plus `key=value` overrides (keys of DistillConfig, with or
-    without a `distill.` prefix)."""
+    without a `distill.` prefix). A preset's run settings, PRESET_RUN_OVERRIDES[name] (lang-stage's grid and
+    snapshots), are not in it: `didi distill --preset` applies them; from Python pass them to `distill(overrides=)`."""
     if name not in DISTILL_PRESETS:
         raise DidiError(f"unknown distill preset '{name}' (choose from: {', '.join(DISTILL_PRESETS)})")
     dcfg = DistillConfig(**DISTILL_PRESETS[name])

@@ -97,27 +97,39 @@ def test_novelty_finds_each_texts_nearest_training_text_and_counts_copies():
 
 
 def test_bar_computes_the_gap_closed_and_the_issue_condition_from_eval_files(tmp_path):
-    def row(model, steps, v, ce, grid=1.0):
-        return {"model": model, "steps": steps, "valid_sentences": v, "choice_entropy_ratio": ce, "grid_power": grid,
-                "sampler": "ancestral", "temperature": 1.0, "num": 64}
+    def row(model, steps, v, ce, grid=1.0, run=None):
+        return {"model": model, "run": run or f"runs/{model}", "steps": steps, "valid_sentences": v,
+                "choice_entropy_ratio": ce, "grid_power": grid, "sampler": "ancestral", "temperature": 1.0, "num": 64}
 
     teacher = [row("teacher", 4, 0.2, 0.99), row("teacher", 8, 0.4, 1.0), row("teacher", 128, 0.7, 1.0),
                row("teacher", 256, 0.8, 1.0), row("teacher", 4, 0.45, 1.0, 3.0), row("teacher", 8, 0.6, 1.0, 3.0),
                row("teacher", 256, 0.85, 1.0, 3.0)]
     students = [row("a", 4, 0.7, 0.96), row("a", 8, 0.7, 0.97), row("b", 4, 0.75, 0.9), row("b", 8, 0.8, 0.99),
-                row("a", 4, 0.8, 0.97, 3.0), row("a", 8, 0.85, 0.97, 3.0), row("c", 2, 0.5, 1.0)]
+                row("a", 4, 0.8, 0.97, 3.0), row("a", 8, 0.85, 0.97, 3.0), row("c", 2, 0.5, 1.0),
+                # another seed in a directory of the same name: a run of its own, failing on the gap share alone
+                row("a", 4, 0.5, 1.0, run="runs/s1/a"), row("a", 8, 0.7, 1.0, run="runs/s1/a")]
     (tmp_path / "t.json").write_text(json.dumps({"rows": teacher}))
     (tmp_path / "s.json").write_text(json.dumps({"rows": students}))
-    bench("bar.py", "--teacher", str(tmp_path / "t.json"), "--students", str(tmp_path / "s.json"), "--name", "bar",
-          "--out", str(tmp_path))
+    r = bench("bar.py", "--teacher", str(tmp_path / "t.json"), "--students", str(tmp_path / "s.json"), "--name",
+              "bar", "--out", str(tmp_path))
+    assert "no teacher row on the grid and step count of: c at grid 1, 2 steps" in r.stderr
     got = json.loads((tmp_path / "bar.json").read_text())
-    rows = {(r["model"], r["grid_power"], r["steps"]): r for r in got["rows"]}
-    assert set(rows) == {("a", 1.0, 4), ("a", 1.0, 8), ("b", 1.0, 4), ("b", 1.0, 8), ("a", 3.0, 4), ("a", 3.0, 8)}
-    assert math.isclose(rows["a", 1.0, 4]["gap_closed"], 0.5 / 0.6) and rows["a", 1.0, 4]["passes"]
-    assert math.isclose(rows["a", 1.0, 8]["gap_closed"], 0.75) and rows["a", 1.0, 8]["passes"]
-    assert math.isclose(rows["b", 1.0, 4]["diversity_vs_teacher_best"], 0.9) and not rows["b", 1.0, 4]["passes"]
-    assert math.isclose(rows["a", 3.0, 4]["gap_closed"], 0.35 / 0.4) and rows["a", 3.0, 4]["teacher_best"] == 0.85
+    rows = {(r["run"], r["grid_power"], r["steps"]): r for r in got["rows"]}
+    assert len(rows) == len(got["rows"]) == 8
+    a, a1 = "runs/a", "runs/s1/a"
+    assert math.isclose(rows[a, 1.0, 4]["gap_closed"], 0.5 / 0.6) and rows[a, 1.0, 4]["passes"]
+    assert math.isclose(rows[a, 1.0, 8]["gap_closed"], 0.75) and rows[a, 1.0, 8]["passes"]
+    assert math.isclose(rows["runs/b", 1.0, 4]["diversity_vs_teacher_best"], 0.9)
+    assert not rows["runs/b", 1.0, 4]["passes"] and rows["runs/b", 1.0, 8]["passes"]
+    assert math.isclose(rows[a1, 1.0, 4]["gap_closed"], 0.5) and not rows[a1, 1.0, 4]["passes"]
+    assert rows[a1, 1.0, 8]["passes"]
+    assert math.isclose(rows[a, 3.0, 4]["gap_closed"], 0.35 / 0.4) and rows[a, 3.0, 4]["teacher_best"] == 0.85
     grids = got["settings"]["grids"]
     assert grids["1.0"]["condition"] is True and grids["3.0"]["condition"] is False
     md = (tmp_path / "bar.md").read_text()
-    assert "grid power 1: " in md and "4 and 8 steps: 1 of 2 (a)" in md and "(below half) FAILS" in md
+    assert "grid power 1: " in md and "(below half) holds; runs passing at 4 and 8 steps: 1 of 3 (runs/a)" in md
+    assert "grid power 3: " in md and "(below half) FAILS; runs passing at 4 and 8 steps: 1 of 1 (runs/a)" in md
+    (tmp_path / "t2.json").write_text(json.dumps({"rows": teacher + [row("teacher", 8, 0.4, 1.0, run="runs/x")]}))
+    r = bench("bar.py", "--teacher", str(tmp_path / "t2.json"), "--students", str(tmp_path / "s.json"), "--out",
+              str(tmp_path), ok=False)
+    assert r.returncode != 0 and "more than one run" in r.stderr
