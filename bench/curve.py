@@ -24,6 +24,7 @@ from common import RESULTS, write_results
 from didi import fileio, runs
 from didi.api import Pipeline
 from didi.evaluation import load_judge
+from didi.prior import fingerprint
 
 COLUMNS = ["iteration", "steps", "valid_sentences", "valid_texts", "choice_entropy_ratio", "nll_per_word",
            "disc_acc", "reward_mean", "teacher_nelbo", "reward_within_share", "entropy_metric", "kl", "noise_map_norm"]
@@ -78,7 +79,8 @@ def main() -> None:
     if cache_path.is_file():
         for line in cache_path.read_text().splitlines():
             r = json.loads(line)
-            cache[(r["iteration"], r["steps"], r["num"], r["seed"], r["judge"], r.get("grid_power", 1.0))] = r
+            cache[(r["iteration"], r["steps"], r["num"], r["seed"], r["judge"], r.get("grid_power", 1.0),
+                   r.get("prior", ""))] = r
     points = snapshots(run)[:: args.every]
     every = points[1][0] - points[0][0] if len(points) > 1 else (points[0][0] if points else 1)
     train = training_metrics(run, every) if (run / runs.METRICS).is_file() else {}
@@ -87,11 +89,14 @@ def main() -> None:
     grid = base.config.diffusion.grid_power if base is not None else 1.0  # the teacher samples on the student's grid
     if args.grid_power is not None:
         grid = args.grid_power
+    # a run with a saved noise prior (`didi prior`) draws its code from it, as `didi sample` does; its fingerprint
+    # keys the cache, so a refitted prior is sampled again
+    priors = {0: fingerprint(args.teacher) if args.teacher else "", **{it: fingerprint(run) for it, _ in points}}
     rows = []
     for it, path in plan:
         pipe = None
         for s in steps:
-            key = (it, s, args.num, args.seed, args.judge, grid)
+            key = (it, s, args.num, args.seed, args.judge, grid, priors[it])
             if key not in cache:
                 if pipe is None:
                     if path is None:
@@ -102,7 +107,7 @@ def main() -> None:
                 with torch.inference_mode():
                     out = pipe.sample(num=args.num, steps=s, seed=args.seed, batch_size=128, grid_power=grid)
                 r = {"iteration": it, "steps": s, "num": args.num, "seed": args.seed, "judge": args.judge,
-                     "grid_power": grid, **judge.score(out.text)}
+                     "grid_power": grid, "prior": priors[it], **judge.score(out.text)}
                 cache[key] = r
                 with cache_path.open("a") as f:
                     f.write(json.dumps(r) + "\n")
@@ -110,10 +115,12 @@ def main() -> None:
                                   if k in r}), flush=True)
             rows.append({**cache[key], **train.get(it, {})})
     out_dir = Path(args.out)
-    settings = dict(vars(args))
+    settings = dict(vars(args)) | {"noise_prior": {"run": priors.get(points[0][0], "") if points else "",
+                                                   "teacher": priors[0]}}
+    drawn = ("; the noise input drawn from the run's saved prior" if any(priors.values()) else "")
     note = (f"Each row: the snapshot at `iteration` sampled at `steps` on the time grid of power {grid:g} (float64 "
             f"draws, seed {args.seed}, {args.num} samples), judged by {args.judge}; training metrics are means over "
-            "the iterations since the previous snapshot.")
+            f"the iterations since the previous snapshot{drawn} (fingerprints under settings.noise_prior).")
     path = write_results(name, rows, settings, COLUMNS, note, out_dir=out_dir)
     plot(rows, steps, path.with_suffix(".png"), name)
     print(path.read_text())
