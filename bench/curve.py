@@ -91,12 +91,12 @@ def main() -> None:
         grid = args.grid_power
     # a run with a saved noise prior (`didi prior`) draws its code from it, as `didi sample` does; its fingerprint
     # keys the cache, so a refitted prior is sampled again
-    priors = {0: fingerprint(args.teacher) if args.teacher else "", **{it: fingerprint(run) for it, _ in points}}
+    run_prior, teacher_prior = fingerprint(run), fingerprint(args.teacher) if args.teacher else ""
     rows = []
     for it, path in plan:
-        pipe = None
+        pipe, prior = None, teacher_prior if path is None else run_prior
         for s in steps:
-            key = (it, s, args.num, args.seed, args.judge, grid, priors[it])
+            key = (it, s, args.num, args.seed, args.judge, grid, prior)
             if key not in cache:
                 if pipe is None:
                     if path is None:
@@ -107,7 +107,7 @@ def main() -> None:
                 with torch.inference_mode():
                     out = pipe.sample(num=args.num, steps=s, seed=args.seed, batch_size=128, grid_power=grid)
                 r = {"iteration": it, "steps": s, "num": args.num, "seed": args.seed, "judge": args.judge,
-                     "grid_power": grid, "prior": priors[it], **judge.score(out.text)}
+                     "grid_power": grid, "prior": prior, **judge.score(out.text)}
                 cache[key] = r
                 with cache_path.open("a") as f:
                     f.write(json.dumps(r) + "\n")
@@ -115,9 +115,8 @@ def main() -> None:
                                   if k in r}), flush=True)
             rows.append({**cache[key], **train.get(it, {})})
     out_dir = Path(args.out)
-    settings = dict(vars(args)) | {"noise_prior": {"run": priors.get(points[0][0], "") if points else "",
-                                                   "teacher": priors[0]}}
-    drawn = ("; the noise input drawn from the run's saved prior" if any(priors.values()) else "")
+    settings = dict(vars(args)) | {"noise_prior": {"run": run_prior, "teacher": teacher_prior}}
+    drawn = "; the noise input drawn from the run's saved prior" if run_prior or teacher_prior else ""
     note = (f"Each row: the snapshot at `iteration` sampled at `steps` on the time grid of power {grid:g} (float64 "
             f"draws, seed {args.seed}, {args.num} samples), judged by {args.judge}; training metrics are means over "
             f"the iterations since the previous snapshot{drawn} (fingerprints under settings.noise_prior).")

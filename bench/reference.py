@@ -39,14 +39,14 @@ import torch
 from run import _stage_facts, _stage_markdown, stage
 
 import didi
-from didi.config import preset
+from didi.config import RunConfig, preset
 from didi.distill import PRESET_RUN_OVERRIDES, distill, distill_preset
 from didi.evaluation.evaluate import RowCache, RowSpec, git_commit, run_rows, write_reports
 from didi.language import Grammar, write_corpus
-from didi.prior import encoder_codes, fingerprint, fit_prior, load_prior
+from didi.prior import fingerprint, load_prior, write_prior
+from didi.runs import CONFIG
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGE_GRID = float(PRESET_RUN_OVERRIDES["lang-stage"][0].split("=")[1])  # the grid lang-stage trains on (3)
 RESULTS = ROOT / "bench" / "results"
 
 
@@ -142,7 +142,7 @@ def main() -> None:
     specs += [RowSpec(f"{name}+prior", str(path), s, prior=fingerprint(path), grid_power=1.0)
               for name, path in recipe.items() for s in ints(args.student_steps)]
     specs += [RowSpec(f"{name}+prior p{p:g}", str(path), s, prior=fingerprint(path), grid_power=p)
-              for name, path in recipe.items() for p in sorted(set(powers) | {STAGE_GRID}) for s in (4, 8)]
+              for name, path in recipe.items() for p in sorted(set(powers) | {own_grid(path)}) for s in (4, 8)]
     specs += [RowSpec("ar", str(ar), args.length, "ar+kv")]
     specs += [RowSpec(first, str(students[first]), s, "RGAS") for s in (4, 8)]
     for t in floats(args.temperatures):
@@ -176,9 +176,15 @@ def main() -> None:
                             "--teacher", T, "--out", str(out), "--name", f"{args.name}_curve_{name}"], check=True)
     for name, path in recipe.items():  # the DiDi stage's curve on its own grid; iteration 0 is its latent student
         subprocess.run([sys.executable, str(Path(__file__).with_name("curve.py")), str(path), "--judge", judge,
-                        "--teacher", str(latents[name.replace("recipe", "latent")]), "--grid-power", f"{STAGE_GRID:g}",
-                        "--out", str(out), "--name", f"{args.name}_curve_{name}"], check=True)
+                        "--teacher", str(latents[name.replace("recipe", "latent")]), "--grid-power",
+                        f"{own_grid(path):g}", "--out", str(out),
+                        "--name", f"{args.name}_curve_{name}"], check=True)
     print(md.read_text())
+
+
+def own_grid(run: Path) -> float:
+    """The sampling grid a run was trained on (lang-stage: 3), saved in its config."""
+    return RunConfig.load(run / CONFIG).diffusion.grid_power
 
 
 def recipe_student(work: Path, teacher: Path, seed: int, args) -> tuple[Path, Path]:
@@ -188,12 +194,7 @@ def recipe_student(work: Path, teacher: Path, seed: int, args) -> tuple[Path, Pa
     latent = stage(work, f"latent-s{seed}", None, lambda o, resume: distill(
         None if resume else teacher, o, None if resume else distill_preset("latent-lang"),
         overrides=common + [f"train.max_minutes={args.latent_minutes}"], resume=resume))
-    prior = load_prior(latent)
-    if prior is None:
-        mu, logvar = encoder_codes(latent)
-        prior = fit_prior(mu, logvar, 0)
-        prior.info["encoder"] = str(latent)
-        prior.save(latent)
+    prior = load_prior(latent) or write_prior(latent, 0)
     if prior.info.get("components") != 0:
         raise SystemExit(f"bench: {latent} holds a prior that is not the recipe's exemplar prior ({prior.info}); "
                          "remove its noise_prior.safetensors")

@@ -223,14 +223,11 @@ def cmd_eval(args) -> None:
 
 
 def cmd_prior(args) -> None:
-    from .prior import FILE, encoder_codes, fit_prior
+    from .prior import FILE, write_prior
 
     path = Path(args.run) / FILE
     _refuse_overwrite(path, args.overwrite)
-    mu, logvar = encoder_codes(args.run, args.encoder, args.texts)
-    prior = fit_prior(mu, logvar, args.components, seed=args.seed)
-    prior.info["encoder"] = str(args.encoder or args.run)
-    prior.save(args.run)
+    prior = write_prior(args.run, args.components, encoder_run=args.encoder, texts=args.texts, seed=args.seed)
     fit = f", mean log-likelihood of its codes {prior.info['fit_loglik']:.2f} nats" if args.components else ""
     print(f"didi: wrote {path}: {prior.info['kind']}, {len(prior.means)} components from the codes of "
           f"{prior.info['texts']} training texts{fit}; sample and eval now draw the noise input from it "

@@ -111,6 +111,17 @@ def fit_prior(mu: torch.Tensor, logvar: torch.Tensor, components: int, *, draws:
                                                 "draws_per_text": draws, "fit_loglik": loglik, "seed": seed})
 
 
+def write_prior(run_dir: str | Path, components: int, *, encoder_run: str | Path | None = None, texts: int = 8192,
+                seed: int = 0) -> NoisePrior:
+    """Fit a prior to the codes of `texts` training texts of `run_dir` (`encoder_codes`, `fit_prior`) and save it
+    beside the model, as `didi prior` does; the caller decides whether an existing one may be replaced."""
+    mu, logvar = encoder_codes(run_dir, encoder_run, texts)
+    prior = fit_prior(mu, logvar, components, seed=seed)
+    prior.info["encoder"] = str(encoder_run or run_dir)
+    prior.save(run_dir)
+    return prior
+
+
 def load_prior(run_dir: str | Path) -> NoisePrior | None:
     """The run's saved prior, or None when it has none."""
     path = Path(run_dir) / FILE
