@@ -25,6 +25,7 @@ class ModelConfig:
     time_conditioning: bool = False  # the official OWT teacher is not time-conditioned
     noise_dim: int = 0  # > 0: a per-sequence Gaussian input added to the conditioning (a distilled student's own
     # randomness, `distill.student_noise_dim`); 0 for teachers and every official checkpoint
+    noise_positions: bool = False  # also add a per-position linear map of the noise input to the token embeddings
 
 
 @dataclass
@@ -97,6 +98,7 @@ class RunConfig:
              f"a multiple of model.n_heads ({m.n_heads})"),
             ("model.length", m.length >= 2, ">= 2"), ("model.dropout", 0.0 <= m.dropout < 1.0, "in [0, 1)"),
             ("model.noise_dim", m.noise_dim >= 0, ">= 0"),
+            ("model.noise_positions", not m.noise_positions or m.noise_dim > 0, "false without model.noise_dim"),
             ("diffusion.eps", 0.0 < dif.eps < 1.0, "in (0, 1)"), ("diffusion.grid_power", dif.grid_power > 0, "> 0"),
             ("data.valid_fraction", 0.0 <= d.valid_fraction < 1.0, "in [0, 1)"),
             ("data.domain", d.domain in ("text", "protein"), "text or protein"),

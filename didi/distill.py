@@ -85,6 +85,7 @@ class DistillConfig:
     # agree with each other through it; its map starts at random with scale student_noise_init
     student_noise_dim: int = 0
     student_noise_init: float = 0.1
+    student_noise_positions: bool = False  # xi also enters each position's embedding (`model.noise_positions`)
     noise_lr_mult: float = 1.0  # the noise map's learning rate is student_lr times this (its own optimizer group)
     # "independent" (every rollout draws its own xi) or "shared" (beyond the paper: the G rollouts of a group share one
     # xi, so the group's mean reward is a baseline per code: the same gradient with the between-code spread of the
@@ -130,6 +131,9 @@ class DistillConfig:
     # teacher's embedding and first latent_encoder_blocks blocks. Needs student_noise_dim > 0
     latent_beta: float = 1.0
     latent_encoder_blocks: int = 2
+    # the latent's training times: t = eps + (1 - eps) u^(1/p) for the (antithetic) uniform u, a density rising as
+    # p t^(p-1): p > 1 trains more where few tokens are visible and the code must carry the text (1: MDLM's times)
+    latent_time_power: float = 1.0
 
     @classmethod
     def from_dict(cls, d: dict) -> DistillConfig:
@@ -157,7 +161,8 @@ class DistillConfig:
                   ("reward_repeats", self.reward_repeats >= 1, ">= 1"),
                   ("student_noise_init", self.student_noise_init >= 0, ">= 0"),
                   ("noise_lr_mult", self.noise_lr_mult > 0, "> 0"), ("latent_beta", self.latent_beta >= 0, ">= 0"),
-                  ("latent_encoder_blocks", self.latent_encoder_blocks >= 1, ">= 1")]
+                  ("latent_encoder_blocks", self.latent_encoder_blocks >= 1, ">= 1"),
+                  ("latent_time_power", self.latent_time_power > 0, "> 0")]
         for name, ok, allowed in ranges:
             if not ok:
                 raise DidiError(f"distill.{name} = {getattr(self, name)!r} is not allowed: it must be {allowed}")
@@ -364,6 +369,11 @@ def distill(teacher: str | Path | None, out: str | Path, dcfg: DistillConfig | N
         if cfg.model.noise_dim:
             raise DidiError("the teacher has a noise input (model.noise_dim > 0): distil a teacher, not a student")
         cfg.model.noise_dim = dcfg.student_noise_dim  # the student run's model
+        cfg.model.noise_positions = dcfg.student_noise_positions
+        if dcfg.student_init:  # a latent student's noise input comes with it, per-position map included
+            init_model = RunConfig.load(runs.check_run_dir(dcfg.student_init) / runs.CONFIG).model
+            if init_model.noise_dim:
+                cfg.model.noise_positions = init_model.noise_positions
     _train_from_dcfg(cfg, dcfg)
     cfg.validate()
     teacher = Path(teacher).resolve()
@@ -412,7 +422,8 @@ def distill(teacher: str | Path | None, out: str | Path, dcfg: DistillConfig | N
         student.load_state_dict(init_weights)
     if dcfg.student_noise_dim:
         student.add_noise_input(dcfg.student_noise_dim, dcfg.student_noise_init,
-                                torch.Generator().manual_seed(cfg.train.seed))
+                                torch.Generator().manual_seed(cfg.train.seed),
+                                positions=cfg.model.noise_positions)
     if init_has_noise:  # a latent student (method "latent"): its noise map comes with it
         student.load_state_dict(init_weights)
     kl_ref = copy.deepcopy(student) if dcfg.kl_reference == "init" else None  # frozen by DiDiInstruct
@@ -504,9 +515,9 @@ def _student_init_weights(path: str, cfg: RunConfig, teacher: Path) -> dict:
     """The sampling weights of run `path`, checked to fit the teacher's model and tokenizer."""
     init = runs.load_run(path, "cpu")
     # an init without a noise input (SDTT) gets the student's fresh one; a latent student's must be the student's
-    mine, theirs = asdict(init.config.model), {**asdict(cfg.model), "noise_dim": 0}
+    mine, theirs = asdict(init.config.model), {**asdict(cfg.model), "noise_dim": 0, "noise_positions": False}
     if init.config.model.noise_dim:
-        theirs["noise_dim"] = cfg.model.noise_dim
+        theirs["noise_dim"], theirs["noise_positions"] = cfg.model.noise_dim, cfg.model.noise_positions
     if mine != theirs:
         diff = [k for k in mine if mine[k] != theirs.get(k)]
         raise DidiError(f"distill.student_init {init.path}: its model differs from the teacher's ({', '.join(diff)})")

@@ -701,6 +701,49 @@ def test_latent_student_learns_to_read_its_code_resumes_exactly_and_starts_a_did
         distill(teacher, tmp_path / "l2", DistillConfig(**{**lat, "latent_encoder_blocks": 99}), progress=False)
 
 
+def test_latent_time_power_moves_training_times_toward_all_masked():
+    from didi.methods.latent import latent_times
+
+    eps = 1e-3
+    t = eps + (1 - eps) * (torch.arange(10_000, dtype=torch.float64) + 0.5) / 10_000
+    assert torch.equal(latent_times(t, eps, 1.0), t)
+    moved = latent_times(t, eps, 2.0)
+    assert moved.min() >= eps and moved.max() <= 1 and bool((moved.diff() > 0).all())
+    assert abs(float(moved.mean()) - (eps + (1 - eps) * 2 / 3)) < 1e-3  # E[u^(1/2)] = 2/3
+    assert float((moved > 0.9).double().mean()) == pytest.approx(1 - 0.9 ** 2, abs=2e-3)
+    with pytest.raises(DidiError, match="latent_time_power"):
+        DistillConfig(method="latent", student_noise_dim=4, latent_time_power=0).validate()
+
+
+def test_noise_positions_start_as_the_plain_noise_input_train_and_pass_to_a_didi_stage(teacher, tmp_path):
+    """student_noise_positions: a per-position map of xi into the embeddings, zero at the start (the same output as
+    without it), trained by the latent method, saved in the run's model config, and inherited by a DiDi run that
+    starts from it (its weights carried over)."""
+    m, plain = random_dit(), random_dit()
+    plain.load_state_dict(m.state_dict())
+    m.add_noise_input(4, 0.5, torch.Generator().manual_seed(0), positions=True)
+    plain.add_noise_input(4, 0.5, torch.Generator().manual_seed(0))
+    z, sigma = torch.full((2, 8), 8), torch.zeros(2)
+    xi = torch.randn(2, 4, generator=torch.Generator().manual_seed(1))
+    assert m.config.noise_positions and torch.allclose(m(z, sigma, xi), plain(z, sigma, xi))
+    lat = DistillConfig(method="latent", student_noise_dim=4, student_noise_positions=True, max_steps=4, batch_size=4,
+                        warmup_steps=1, student_lr=3e-3, ema=0.0, latent_beta=0.1, latent_time_power=2.0)
+    a = tmp_path / "a"
+    distill(teacher, a, lat, overrides=["train.eval_every=0", "train.save_every=0"], progress=False)
+    run = didi.load(a)
+    assert run.config.model.noise_positions and run.model.noise_pos_map.weight.abs().sum() > 0
+    d = tmp_path / "d"
+    distill(teacher, d, small_dcfg(max_steps=1, disc_only_steps=1, student_noise_dim=4, student_init=str(a)),
+            overrides=["train.eval_every=0"], progress=False)
+    assert didi.load(d).config.model.noise_positions
+    got, want = load_file(d / "model.safetensors"), load_file(a / "model.safetensors")
+    assert torch.equal(got["noise_pos_map.weight"], want["noise_pos_map.weight"])
+    from didi.config import ModelConfig, RunConfig
+
+    with pytest.raises(DidiError, match="noise_positions"):
+        RunConfig(model=ModelConfig(noise_positions=True)).validate()
+
+
 def test_kl_reference_init_anchors_the_kl_to_the_starting_student_and_resumes_exactly(teacher, tmp_path):
     """kl_reference 'init': at the first student update the student is its own reference (KL 0 up to dropout),
     where the teacher reference sees the distance the init moved; resume re-reads the init and is exact."""

@@ -24,6 +24,14 @@ from ..nn.encoder import gaussian_kl
 from .mdlm import MDLM
 
 
+def latent_times(t: torch.Tensor, eps: float, power: float) -> torch.Tensor:
+    """MDLM's times t = eps + (1 - eps) u moved to eps + (1 - eps) u^(1/power): density rising as t^(power-1), so
+    power > 1 trains more where few tokens are visible and the code must carry the text (`latent_time_power`)."""
+    if power == 1.0:
+        return t
+    return eps + (1 - eps) * ((t - eps) / (1 - eps)).clamp(0, 1) ** (1.0 / power)
+
+
 class LatentMDLM:
     name = "latent"
     eval_part = "student"
@@ -49,6 +57,7 @@ class LatentMDLM:
         device = x.device
         # global draws: a DDP step equals one process
         t, noise, eps = self._draw(ctx.global_batch, L, generator, ctx.dist.rank, ctx.dist.world, device)
+        t = latent_times(t, self.cfg.diffusion.eps, self.dcfg.latent_time_power)  # (validation keeps MDLM's)
         student, encoder = ctx.parts["student"], ctx.parts["encoder"]
         with ctx.autocast():
             mu, logvar = encoder.wrapped(x)
