@@ -1,5 +1,5 @@
-"""The bench scripts that the reference-language results rest on (curve.py, latent_probe.py) run end to end on a
-tiny grammar and write rows that the code produced: one per snapshot and step count, scores in range."""
+"""The bench scripts that the reference-language results rest on (curve.py, latent_probe.py, code_use.py) run end to
+end on a tiny grammar and write rows that the code produced: one per snapshot and step count, scores in range."""
 
 from __future__ import annotations
 
@@ -67,6 +67,16 @@ def test_curve_and_latent_probe_run_on_a_latent_student(tmp_path, grammar_teache
     assert all(0.0 <= r["valid_sentences"] <= 1.0 for r in rows)
 
     r = bench("latent_probe.py", str(teacher), "--judge", judge, ok=False)
+    assert r.returncode != 0 and "is not a latent student" in r.stderr
+
+    bench("code_use.py", str(student), "--teacher", str(teacher), "--num", "8", "--name", "u", "--out", str(out))
+    rows = json.loads((out / "u.json").read_text())["rows"]
+    assert [r["t"] for r in rows] == [0.05, 0.2, 0.4, 0.6, 0.8, 0.9, 0.97, 1.0]
+    for r in rows:
+        assert all(math.isfinite(r[k]) and r[k] >= 0 for k in ("teacher", "posterior", "prior_draw"))
+        assert math.isclose(r["read_from_code"], r["teacher"] - r["posterior"])
+    assert rows[-1]["teacher"] > rows[0]["teacher"]  # with every token masked the teacher knows least
+    r = bench("code_use.py", str(teacher), "--teacher", str(teacher), ok=False)
     assert r.returncode != 0 and "is not a latent student" in r.stderr
 
 
