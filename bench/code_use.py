@@ -23,7 +23,6 @@ from didi.data import prepare_data
 from didi.diffusion import Kept, LogLinearSchedule, mask_tokens, masked_log_probs
 from didi.errors import DidiError
 from didi.prior import encode, load_encoder
-from didi.tokenizers import Tokenizer
 
 TIMES = (0.05, 0.2, 0.4, 0.6, 0.8, 0.9, 0.97, 1.0)
 COLUMNS = ["t", "teacher", "posterior", "prior_draw", "read_from_code"]
@@ -51,7 +50,7 @@ def main() -> None:
     if not run.config.model.noise_dim or not (run_dir / "encoder.safetensors").is_file():
         raise SystemExit(f"{run_dir} is not a latent student (no noise input or no encoder.safetensors)")
     encoder = load_encoder(run_dir, run.model)
-    tok = Tokenizer.load(run_dir / runs.TOKENIZER_DIR)
+    tok = run.tokenizer
     _, valid = prepare_data(run.config.data, tok, run.config.model.length, show_progress=False)
     if len(valid) == 0:
         raise DidiError(f"{run_dir}'s data has no held-out blocks to encode")
