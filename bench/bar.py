@@ -24,7 +24,10 @@ COLUMNS = ["model", "run", "grid_power", "steps", "valid_sentences", "teacher_sa
 
 
 def _rows(path: Path) -> list[dict]:
-    return [r for r in json.loads(Path(path).read_text())["rows"]
+    path = Path(path)
+    if not path.is_file():
+        raise SystemExit(f"bar: no result file {path} (a `didi eval` result JSON)")
+    return [r for r in json.loads(path.read_text())["rows"]
             if r.get("sampler", "ancestral") == "ancestral" and r.get("temperature", 1.0) == 1.0]
 
 

@@ -143,3 +143,6 @@ def test_bar_computes_the_gap_closed_and_the_issue_condition_from_eval_files(tmp
     r = bench("bar.py", "--teacher", str(tmp_path / "t2.json"), "--students", str(tmp_path / "s.json"), "--out",
               str(tmp_path), ok=False)
     assert r.returncode != 0 and "more than one run" in r.stderr
+    r = bench("bar.py", "--teacher", str(tmp_path / "missing.json"), "--students", str(tmp_path / "s.json"), "--out",
+              str(tmp_path), ok=False)
+    assert r.returncode != 0 and "no result file" in r.stderr and "Traceback" not in r.stderr
