@@ -76,6 +76,8 @@ def main() -> None:
     ap.add_argument("--no-paper", action="store_true", help="skip the paper-defaults student")
     ap.add_argument("--no-sdtt", action="store_true")
     ap.add_argument("--no-recipe", action="store_true", help="skip the latent + prior + lang-stage students")
+    ap.add_argument("--no-compile", action="store_true", help="train the recipe's latent students uncompiled "
+                    "(train.compile needs a C++ compiler; compiled is 1.19x faster, reference log E59)")
     ap.add_argument("--latent-minutes", type=float, default=25.0, help="cap of each recipe latent student")
     ap.add_argument("--stage-minutes", type=float, default=8.0, help="cap of each recipe DiDi stage")
     ap.add_argument("--no-cpu-bf16", action="store_true",
@@ -193,7 +195,8 @@ def recipe_student(work: Path, teacher: Path, seed: int, args) -> tuple[Path, Pa
     common = [f"train.cpu_bf16={str(not args.no_cpu_bf16).lower()}", f"train.seed={seed}"]
     latent = stage(work, f"latent-s{seed}", None, lambda o, resume: distill(
         None if resume else teacher, o, None if resume else distill_preset("latent-lang"),
-        overrides=common + [f"train.max_minutes={args.latent_minutes}"], resume=resume))
+        overrides=common + [f"train.max_minutes={args.latent_minutes}",
+                            f"train.compile={str(not args.no_compile).lower()}"], resume=resume))
     prior = load_prior(latent) or write_prior(latent, 0)
     if prior.info.get("components") != 0:
         raise SystemExit(f"bench: {latent} holds a prior that is not the recipe's exemplar prior ({prior.info}); "

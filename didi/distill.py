@@ -260,10 +260,12 @@ DISTILL_PRESETS: dict[str, dict] = {
     # A latent-variable student for lang-tiny teachers (README, reference language): the teacher's batch, a
     # fine-tuning learning rate, a 16-dimensional latent, beta 0.01: a code that carries most of a text, to be
     # sampled from the exemplar prior of `didi prior RUN --components 0` (beta 0.03 was best with N(0, I) draws,
-    # E19-E21, E37; with that prior three of four beta-0.01 students pass issue 17's bar, reference-log E46-E47).
-    "latent-lang": dict(method="latent", max_steps=3000, batch_size=64, student_lr=3e-4, warmup_steps=100, ema=0.99,
+    # E19-E21, E37; with that prior three of four beta-0.01 students pass issue 17's bar, reference-log E46-E47),
+    # trained more where few tokens are visible (time power 2: E54-E55 on errands, E57 on stories) at twice the
+    # first learning rate (6e-4: E58, E60 on errands, E61 on stories).
+    "latent-lang": dict(method="latent", max_steps=3000, batch_size=64, student_lr=6e-4, warmup_steps=100, ema=0.99,
                         min_lr_ratio=0.1, student_clip=1.0, student_noise_dim=16, student_noise_init=0.1,
-                        latent_beta=0.01, latent_encoder_blocks=2),
+                        latent_beta=0.01, latent_encoder_blocks=2, latent_time_power=2.0),
     # The DiDi stage of the reference-language recipe (E48-E49): from a latent-lang student (--student-init) whose
     # prior `didi prior` fitted; rollouts draw their code from that prior, a group of 4 shares one code, the
     # reward is the teacher's evidence (no discriminator), the KL anchors the student to where it started.

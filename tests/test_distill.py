@@ -907,7 +907,8 @@ def test_named_recipe_presets_are_the_measured_commands_and_the_user_set_wins(te
                                        "reward_source=teacher", "group_noise=shared", "noise_prior=init"])
     assert distill_preset("lang-stage") == measured
     assert PRESET_RUN_OVERRIDES["lang-stage"] == ["diffusion.grid_power=3", "train.snapshot_every=50"]
-    assert distill_preset("latent-lang").latent_beta == 0.01
+    lat_cfg = distill_preset("latent-lang")
+    assert (lat_cfg.latent_beta, lat_cfg.latent_time_power, lat_cfg.student_lr) == (0.01, 2.0, 6e-4)
 
     lat = tmp_path / "lat"
     distill(teacher, lat, distill_preset("latent-lang", ["max_steps=2", "batch_size=4", "warmup_steps=1"]),

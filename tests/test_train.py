@@ -51,6 +51,24 @@ def test_training_lowers_the_loss_and_writes_a_run(corpus, tmp_path):
     assert f.tokens.shape == (2, 32) and not (f.tokens == pipe.tokenizer.mask_id).any()
 
 
+def test_train_compile_gives_the_same_steps_and_saves_plain_weights(corpus, tmp_path):
+    """`train.compile=true` (torch.compile of the trained network) is a speed option: the same losses step by step,
+    and weights saved under the module's own names, so the run loads and samples as any other."""
+    if not any(shutil.which(c) for c in ("g++", "c++", "clang++")):
+        pytest.skip("torch.compile on a CPU needs a C++ compiler")
+    runs_ = {}
+    for c in ("false", "true"):
+        out = tmp_path / f"c-{c}"
+        didi.train(cfg_for(corpus, tmp_path, "train.max_steps=3", "train.eval_every=0", "train.log_every=1",
+                           f"train.compile={c}"), out, progress=False)
+        runs_[c] = out
+    plain, fast = ([m["loss"] for m in metrics(runs_[c]) if "loss" in m] for c in ("false", "true"))
+    assert len(plain) == len(fast) == 3 and all(abs(a - b) < 1e-3 for a, b in zip(plain, fast))
+    a, b = load_file(runs_["false"] / "model.safetensors"), load_file(runs_["true"] / "model.safetensors")
+    assert sorted(a) == sorted(b) and not any("_orig_mod" in k for k in b)
+    assert didi.load(runs_["true"]).sample(num=1, steps=4).tokens.shape == (1, 32)
+
+
 def test_cpu_bf16_autocasts_on_a_cpu_and_still_lowers_the_loss(corpus, tmp_path):
     from didi.trainer import Context, Dist
 
