@@ -29,6 +29,11 @@ def metrics(run):
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
+def skip_without_a_cxx_compiler():
+    if not any(shutil.which(c) for c in ("g++", "c++", "clang++")):
+        pytest.skip("torch.compile on a CPU needs a C++ compiler")
+
+
 def test_training_lowers_the_loss_and_writes_a_run(corpus, tmp_path):
     out = tmp_path / "run"
     didi.train(cfg_for(corpus, tmp_path, "train.max_steps=60", "train.eval_every=30"), out, progress=False)
@@ -41,8 +46,7 @@ def test_training_lowers_the_loss_and_writes_a_run(corpus, tmp_path):
     pipe = didi.load(out)
     s = pipe.sample(num=2, steps=8)
     assert s.tokens.shape == (2, 32) and len(s.text) == 2 and not (s.tokens == pipe.tokenizer.mask_id).any()
-    if not any(shutil.which(c) for c in ("g++", "c++", "clang++")):
-        pytest.skip("torch.compile on a CPU needs a C++ compiler")
+    skip_without_a_cxx_compiler()
     fast = didi.load(out).compile()  # `didi sample --compile`: the same network, compiled
     z, sigma = torch.randint(0, pipe.tokenizer.mask_id + 1, (2, 32)), torch.rand(2)
     with torch.no_grad():
@@ -54,8 +58,7 @@ def test_training_lowers_the_loss_and_writes_a_run(corpus, tmp_path):
 def test_train_compile_gives_the_same_steps_and_saves_plain_weights(corpus, tmp_path):
     """`train.compile=true` (torch.compile of the trained network) is a speed option: the same losses step by step,
     and weights saved under the module's own names, so the run loads and samples as any other."""
-    if not any(shutil.which(c) for c in ("g++", "c++", "clang++")):
-        pytest.skip("torch.compile on a CPU needs a C++ compiler")
+    skip_without_a_cxx_compiler()
     runs_ = {}
     for c in ("false", "true"):
         out = tmp_path / f"c-{c}"
