@@ -26,6 +26,8 @@ iteration, beside discriminator accuracy and reward) go to curve_<stage>.*.
 Usage:
   python bench/reference.py                               # stories, everything, into runs/reference + bench/results
   python bench/reference.py --grammar errands --work runs/reference-errands --length 80 --name reference_errands
+  python bench/reference.py --teacher runs/teacher --stage sdtt=runs/sdtt --stage latent-s0=runs/lat0 \
+      --stage recipe-s0=runs/didi0 ...             # finished runs as stages; the others are built
 """
 
 from __future__ import annotations
@@ -66,6 +68,8 @@ def main() -> None:
     ap.add_argument("--length", type=int, default=48, help="model.length (every text must fit)")
     for name in ("teacher", "ar"):
         ap.add_argument(f"--{name}", help=f"use this finished run as the {name} stage")
+    ap.add_argument("--stage", action="append", default=[], metavar="NAME=RUN",
+                    help="use this finished run as stage NAME (sdtt, didi-s0, latent-s0, recipe-s0, ...); repeatable")
     ap.add_argument("--teacher-minutes", type=float, default=30.0)
     ap.add_argument("--ar-minutes", type=float, default=10.0)
     ap.add_argument("--didi-minutes", type=float, default=25.0)
@@ -91,6 +95,7 @@ def main() -> None:
     ap.add_argument("--name", default="reference")
     ap.add_argument("--out", default=str(RESULTS))
     args = ap.parse_args()
+    given = given_stages(args.stage) | {k: Path(v) for k in ("teacher", "ar") if (v := getattr(args, k))}
 
     work, out = Path(args.work), Path(args.out)
     work.mkdir(parents=True, exist_ok=True)
@@ -101,9 +106,12 @@ def main() -> None:
         write_corpus(grammar, args.texts, 0, corpus)
     base = [f"data.source={corpus}", f"model.length={args.length}", "data.long_sequences=skip"]
 
-    teacher = stage(work, "teacher", args.teacher, lambda o, resume: didi.train(
+    def build_stage(name: str, build) -> Path:  # the user's finished run (--teacher, --ar, --stage) or one built now
+        return stage(work, name, given.get(name), build)
+
+    teacher = build_stage("teacher", lambda o, resume: didi.train(
         preset("lang-tiny", base + [f"train.max_minutes={args.teacher_minutes}"]), o, resume=resume))
-    ar = stage(work, "ar", args.ar, lambda o, resume: didi.train(
+    ar = build_stage("ar", lambda o, resume: didi.train(
         preset("lang-tiny", base + [f"data.tokenizer={teacher / 'tokenizer'}", "model.arch=ar",
                                     f"train.max_minutes={args.ar_minutes}", "train.snapshot_every=0"]),
         o, resume=resume))
@@ -115,18 +123,18 @@ def main() -> None:
                                          overrides=over, resume=resume)
 
     useeds = ints(args.uniform_seeds if args.uniform_seeds is not None else args.seeds)
-    students = {f"didi-s{s}": stage(work, f"didi-s{s}", None, student("lang", s, True)) for s in useeds}
+    students = {f"didi-s{s}": build_stage(f"didi-s{s}", student("lang", s, True)) for s in useeds}
     powers = [p for p in floats(args.grid_powers) if p != 1.0]
     for p in powers:
         for s in ints(args.seeds):
-            students[f"didi-p{p:g}-s{s}"] = stage(work, f"didi-p{p:g}-s{s}", None, student("lang", s, True, p))
+            students[f"didi-p{p:g}-s{s}"] = build_stage(f"didi-p{p:g}-s{s}", student("lang", s, True, p))
     if not args.no_paper:
-        students["paper-s0"] = stage(work, "paper-s0", None, student("tiny", 0, True))
+        students["paper-s0"] = build_stage("paper-s0", student("tiny", 0, True))
     if not args.no_sdtt:
-        students["sdtt"] = stage(work, "sdtt", None, student("sdtt-lang", 0, False))
+        students["sdtt"] = build_stage("sdtt", student("sdtt-lang", 0, False))
     recipe, latents = {}, {}
     for s in [] if args.no_recipe else ints(args.seeds):
-        latents[f"latent-s{s}"], recipe[f"recipe-s{s}"] = recipe_student(work, teacher, s, args)
+        latents[f"latent-s{s}"], recipe[f"recipe-s{s}"] = recipe_student(build_stage, teacher, s, args)
     paths = {"teacher": teacher, "ar": ar, **students, **latents, **recipe}
 
     T = str(teacher)
@@ -184,16 +192,29 @@ def main() -> None:
     print(md.read_text())
 
 
+def given_stages(items: list[str]) -> dict[str, Path]:
+    """`--stage NAME=RUN` -> {NAME: RUN}: finished run directories used as those stages instead of building them."""
+    given = {}
+    for item in items:
+        name, sep, run = item.partition("=")
+        if not (sep and name and run):
+            raise SystemExit(f"bench: --stage wants NAME=RUN, got {item!r}")
+        if not (Path(run) / "config.json").is_file():
+            raise SystemExit(f"bench: --stage {name}: {run} is not a finished run directory (no config.json)")
+        given[name] = Path(run)
+    return given
+
+
 def own_grid(run: Path) -> float:
     """The sampling grid a run was trained on (lang-stage: 3), saved in its config."""
     return RunConfig.load(run / CONFIG).diffusion.grid_power
 
 
-def recipe_student(work: Path, teacher: Path, seed: int, args) -> tuple[Path, Path]:
+def recipe_student(build_stage, teacher: Path, seed: int, args) -> tuple[Path, Path]:
     """The reference-language recipe on one seed: a latent-lang student, its exemplar prior (`didi prior
     --components 0`), then the lang-stage DiDi run from it. Returns both run directories."""
     common = [f"train.cpu_bf16={str(not args.no_cpu_bf16).lower()}", f"train.seed={seed}"]
-    latent = stage(work, f"latent-s{seed}", None, lambda o, resume: distill(
+    latent = build_stage(f"latent-s{seed}", lambda o, resume: distill(
         None if resume else teacher, o, None if resume else distill_preset("latent-lang"),
         overrides=common + [f"train.max_minutes={args.latent_minutes}",
                             f"train.compile={str(not args.no_compile).lower()}"], resume=resume))
@@ -203,7 +224,7 @@ def recipe_student(work: Path, teacher: Path, seed: int, args) -> tuple[Path, Pa
                          "remove its noise_prior.safetensors")
     over = PRESET_RUN_OVERRIDES["lang-stage"] + common + [f"train.max_minutes={args.stage_minutes}"]
     dcfg = distill_preset("lang-stage", [f"student_init={latent}"])
-    return latent, stage(work, f"recipe-s{seed}", None, lambda o, resume: distill(
+    return latent, build_stage(f"recipe-s{seed}", lambda o, resume: distill(
         None if resume else teacher, o, None if resume else dcfg, overrides=over, resume=resume))
 
 
