@@ -27,7 +27,8 @@ from didi.evaluation import load_judge
 from didi.prior import fingerprint
 
 COLUMNS = ["iteration", "steps", "valid_sentences", "valid_texts", "choice_entropy_ratio", "nll_per_word",
-           "disc_acc", "reward_mean", "teacher_nelbo", "reward_within_share", "entropy_metric", "kl", "noise_map_norm"]
+           "disc_acc", "reward_mean", "teacher_nelbo", "reward_within_share", "entropy_metric", "kl", "noise_map_norm",
+           "aux_loss", "gap", "student_entropy"]
 
 
 def snapshots(run: Path) -> list[tuple[int, Path]]:
@@ -50,7 +51,7 @@ def training_metrics(run: Path, every: int) -> dict[int, dict]:
     for d in out.values():
         rs = d.pop("_rows")
         for k in ("disc_acc", "reward_mean", "teacher_nelbo", "reward_within_share", "entropy", "kl", "loss",
-                  "noise_map_norm"):
+                  "noise_map_norm", "aux_loss", "gap", "student_entropy"):
             vals = [r[k] for r in rs if k in r]
             if vals:
                 d["entropy_metric" if k == "entropy" else k] = float(np.mean(vals))
@@ -138,9 +139,15 @@ def plot(rows: list[dict], steps: list[int], path: Path, title: str) -> None:
     a1.grid(alpha=0.3)
     a1.legend(fontsize=8)
     a1.set_title(title)
-    first = sorted((r for r in rows if r["steps"] == steps[0] and "reward_mean" in r), key=lambda r: r["iteration"])
+    first = sorted((r for r in rows if r["steps"] == steps[0] and ("reward_mean" in r or "gap" in r)),
+                   key=lambda r: r["iteration"])
     its = [r["iteration"] for r in first]
-    if first and "disc_acc" in first[0]:
+    if first and "gap" in first[0]:  # D-MMD: the auxiliary's loss, the teacher-auxiliary gap, the student's entropy
+        for k, label in (("aux_loss", "auxiliary loss"), ("gap", "KL(auxiliary || teacher) at z_s"),
+                         ("student_entropy", "student entropy at z_t (nats)")):
+            a2.plot(its, [r[k] for r in first], label=label)
+        a2.legend(fontsize=8)
+    elif first and "disc_acc" in first[0]:
         a2.plot(its, [r["disc_acc"] for r in first], label="discriminator accuracy")
         a2.plot(its, [r["reward_mean"] for r in first], label="mean reward")
         a2.legend(fontsize=8)

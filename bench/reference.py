@@ -15,6 +15,9 @@ Stages (2 CPU cores; presets lang-tiny, lang, sdtt-lang):
               --components 0`)
   recipe-sN   the recipe's DiDi student: preset lang-stage from latent-sN (rollouts from its prior); sampled from
               that prior (rows "recipe-sN+prior")
+  dmmd-sN     D-MMD student from the teacher, preset dmmd-lang, seed N (--dmmd-minutes each)
+  dmmd-recipe-sN  D-MMD (preset dmmd-lang) from latent-sN in place of the recipe's DiDi stage (rows
+              "dmmd-recipe-sN+prior", codes from latent-sN's prior)
 Rows (--num samples each, float64 draws, sampling seed --seed): teacher at 1 ... 256 steps (on each grid power:
 model "teacher pP"), every student at 1 ... 16 steps (SDTT also on each grid power), RGAS for the first DiDi
 seed, AR with a KV cache, and a temperature sweep of the teacher at 4, 8 and 128 steps and of the students at 4 and
@@ -80,6 +83,8 @@ def main() -> None:
     ap.add_argument("--no-paper", action="store_true", help="skip the paper-defaults student")
     ap.add_argument("--no-sdtt", action="store_true")
     ap.add_argument("--no-recipe", action="store_true", help="skip the latent + prior + lang-stage students")
+    ap.add_argument("--no-dmmd", action="store_true", help="skip the D-MMD students")
+    ap.add_argument("--dmmd-minutes", type=float, default=25.0, help="cap of each D-MMD student")
     ap.add_argument("--no-compile", action="store_true", help="train the recipe's latent students uncompiled "
                     "(train.compile needs a C++ compiler; compiled is 1.19x faster, reference log E59)")
     ap.add_argument("--latent-minutes", type=float, default=25.0, help="cap of each recipe latent student")
@@ -135,6 +140,17 @@ def main() -> None:
     recipe, latents = {}, {}
     for s in [] if args.no_recipe else ints(args.seeds):
         latents[f"latent-s{s}"], recipe[f"recipe-s{s}"] = recipe_student(build_stage, teacher, s, args)
+    for s in [] if args.no_dmmd else ints(args.seeds):
+        over = [f"train.max_minutes={args.dmmd_minutes}", f"train.seed={s}", "train.snapshot_every=100",
+                f"train.cpu_bf16={str(not args.no_cpu_bf16).lower()}"]
+        students[f"dmmd-s{s}"] = build_stage(f"dmmd-s{s}", lambda o, resume, over=over: distill(
+            None if resume else teacher, o, None if resume else distill_preset("dmmd-lang"), overrides=over,
+            resume=resume))
+        if f"latent-s{s}" in latents:
+            dcfg = distill_preset("dmmd-lang", [f"student_init={latents[f'latent-s{s}']}"])
+            recipe[f"dmmd-recipe-s{s}"] = build_stage(f"dmmd-recipe-s{s}", lambda o, resume, over=over, dcfg=dcfg:
+                                                      distill(None if resume else teacher, o,
+                                                              None if resume else dcfg, overrides=over, resume=resume))
     paths = {"teacher": teacher, "ar": ar, **students, **latents, **recipe}
 
     T = str(teacher)
@@ -186,7 +202,7 @@ def main() -> None:
                             "--teacher", T, "--out", str(out), "--name", f"{args.name}_curve_{name}"], check=True)
     for name, path in recipe.items():  # the DiDi stage's curve on its own grid; iteration 0 is its latent student
         subprocess.run([sys.executable, str(Path(__file__).with_name("curve.py")), str(path), "--judge", judge,
-                        "--teacher", str(latents[name.replace("recipe", "latent")]), "--grid-power",
+                        "--teacher", str(latents["latent-s" + name.rsplit("-s", 1)[1]]), "--grid-power",
                         f"{own_grid(path):g}", "--out", str(out),
                         "--name", f"{args.name}_curve_{name}"], check=True)
     print(md.read_text())

@@ -186,9 +186,9 @@ def cmd_distill(args) -> None:
             teacher_preset = RunConfig.load(check_run_dir(args.teacher) / CONFIG).preset
             small = teacher_preset in ("tiny", "test")
             if teacher_preset == "lang-tiny":
-                name = {"sdtt": "sdtt-lang", "latent": "latent-lang"}.get(args.method, "lang")
-            elif args.method == "sdtt":
-                name = "sdtt-tiny" if small else "sdtt"
+                name = {"sdtt": "sdtt-lang", "latent": "latent-lang", "dmmd": "dmmd-lang"}.get(args.method, "lang")
+            elif args.method in ("sdtt", "dmmd"):
+                name = f"{args.method}-tiny" if small else args.method
             else:
                 name = "tiny" if small else "paper"
         dcfg = distill_preset(name, d_over + ([f"method={args.method}"] if args.method else []))
@@ -344,17 +344,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--arch", choices=["dit", "ar"], help="dit: masked diffusion (default); ar: causal baseline")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("distill", help="distil a few-step student from a teacher run (DiDi-Instruct, or SDTT)")
-    p.add_argument("--method", choices=["didi-instruct", "sdtt", "latent"],
-                   help="didi-instruct (default), the SDTT baseline (presets sdtt / sdtt-tiny), or latent: a "
-                        "latent-variable student to start DiDi from (preset latent-lang)")
+    p = sub.add_parser("distill", help="distil a few-step student from a teacher run (DiDi-Instruct, SDTT, D-MMD)")
+    p.add_argument("--method", choices=["didi-instruct", "sdtt", "dmmd", "latent"],
+                   help="didi-instruct (default), the SDTT baseline (presets sdtt / sdtt-tiny / sdtt-lang), dmmd: "
+                        "D-MMD (presets dmmd / dmmd-tiny / dmmd-lang), or latent: a latent-variable student to start "
+                        "DiDi or D-MMD from (preset latent-lang)")
     p.add_argument("--teacher", help="teacher run directory (not needed with --resume)")
     p.add_argument("--data", help="real data for the discriminator (default: the teacher's training data)")
     p.add_argument("--out", required=True, help="student run directory to create (or to continue with --resume)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
     p.add_argument("--preset", help="distill preset: tiny, paper, lang, lang-stage (DiDi from a latent-lang student "
-                                    "with --student-init), latent-lang, sdtt-tiny, sdtt-lang or sdtt (default: by "
-                                    "--method and the teacher's preset)")
+                                    "with --student-init), latent-lang, sdtt-tiny, sdtt-lang, sdtt, dmmd-lang, "
+                                    "dmmd-tiny or dmmd (default: by --method and the teacher's preset)")
     p.add_argument("--steps", type=POS_INT, help="distill.max_steps")
     p.add_argument("--minutes", type=NONNEG_FLOAT, help="train.max_minutes: stop after this much training time")
     p.add_argument("--batch-size", type=POS_INT, help="real sequences per step (distill.batch_size)")

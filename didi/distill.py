@@ -12,7 +12,7 @@ import copy
 import dataclasses
 import json
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -22,6 +22,32 @@ from .config import RunConfig, apply_overrides
 from .errors import DidiError
 
 DISCRIMINATOR = "discriminator.safetensors"
+METHODS = ("didi-instruct", "sdtt", "dmmd", "latent")  # distill methods (teachers: `methods.make_method`)
+
+
+@dataclass
+class DMMDConfig:
+    """D-MMD's own settings (`method="dmmd"`, `methods.dmmd`); the student's optimizer, schedule and EMA are
+    DistillConfig's student_* fields, its start student_init. Defaults: the most natural reading of the sources."""
+
+    steps: int = 4  # the student is trained for this many sampler steps (its grid: time_grid(steps, t_end, grid power))
+    states: str = "data"  # z_t: "data" (masked real rows, as moment matching does) or "student" (its own k-step states)
+    z_s: str = "sample"  # the step's revealed positions hold the drawn token ("sample") or its probabilities ("probs")
+    weight: str = "mean"  # "mean" over the scored positions of the batch, or "elbo" (-alpha'/(1-alpha) at s, clamped)
+    aux_lr: float = 1e-4
+    aux_updates: int = 1  # auxiliary updates per student update, each on fresh states
+    aux_init: str = "teacher"  # the auxiliary starts as the teacher (reads no code) or as the student ("student")
+
+    def validate(self) -> None:
+        for name, allowed in (("states", ("data", "student")), ("z_s", ("sample", "probs")),
+                              ("weight", ("mean", "elbo")), ("aux_init", ("teacher", "student"))):
+            if getattr(self, name) not in allowed:
+                raise DidiError(f"distill.dmmd.{name} must be {' or '.join(map(repr, allowed))}, not "
+                                f"{getattr(self, name)!r}")
+        for name, ok, what in (("steps", self.steps >= 1, ">= 1"), ("aux_lr", self.aux_lr > 0, "> 0"),
+                               ("aux_updates", self.aux_updates >= 1, ">= 1")):
+            if not ok:
+                raise DidiError(f"distill.dmmd.{name} = {getattr(self, name)!r} is not allowed: it must be {what}")
 
 
 @dataclass
@@ -29,7 +55,7 @@ class DistillConfig:
     """Every knob of DiDi-Instruct (and of the SDTT baseline, `method="sdtt"`, spec §6); DiDi-Instruct
     defaults follow the authors' final config (spec §3) unless noted."""
 
-    method: str = "didi-instruct"  # or "sdtt", or "latent" (a latent-variable student, `methods.latent`)
+    method: str = "didi-instruct"  # or "sdtt", "dmmd" (D-MMD, `methods.dmmd`), or "latent" (a latent-variable student)
     # run length and batch (B real sequences per step, global; N = B * group rollouts)
     max_steps: int = 10_000
     batch_size: int = 32
@@ -134,16 +160,19 @@ class DistillConfig:
     # the latent's training times: t = eps + (1 - eps) u^(1/p) for the (antithetic) uniform u, a density rising as
     # p t^(p-1): p > 1 trains more where few tokens are visible and the code must carry the text (1: MDLM's times)
     latent_time_power: float = 1.0
+    dmmd: DMMDConfig = field(default_factory=DMMDConfig)  # method "dmmd"
 
     @classmethod
     def from_dict(cls, d: dict) -> DistillConfig:
         names = {f.name: f for f in dataclasses.fields(cls)}
         kw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in names}
+        if isinstance(kw.get("dmmd"), dict):
+            kw["dmmd"] = DMMDConfig(**kw["dmmd"])
         return cls(**kw)
 
     def validate(self) -> None:
-        if self.method not in ("didi-instruct", "sdtt", "latent"):
-            raise DidiError(f"distill: method must be 'didi-instruct', 'sdtt' or 'latent', not {self.method!r}")
+        if self.method not in METHODS:
+            raise DidiError(f"distill: method must be one of {', '.join(METHODS)}, not {self.method!r}")
         ranges = [("student_lr", self.student_lr > 0, "> 0"), ("disc_lr", self.disc_lr > 0, "> 0"),
                   ("ema", 0.0 <= self.ema < 1.0, "in [0, 1)"), ("warmup_steps", self.warmup_steps >= 0, ">= 0"),
                   ("min_lr_ratio", 0.0 <= self.min_lr_ratio <= 1.0, "in [0, 1]"),
@@ -174,8 +203,8 @@ class DistillConfig:
             raise DidiError("distill: kl_reference is a DiDi-Instruct option")
         if self.noise_prior not in ("normal", "init"):
             raise DidiError(f"distill: noise_prior must be 'normal' or 'init', not {self.noise_prior!r}")
-        if self.noise_prior != "normal" and self.method != "didi-instruct":
-            raise DidiError("distill: noise_prior is a DiDi-Instruct option")
+        if self.noise_prior != "normal" and self.method not in ("didi-instruct", "dmmd"):
+            raise DidiError("distill: noise_prior is a DiDi-Instruct and D-MMD option")
         if self.noise_prior == "init" and not (self.student_init and self.student_noise_dim):
             raise DidiError("distill: noise_prior='init' needs student_init (--student-init: a latent student with a "
                             "saved prior, `didi prior`) and student_noise_dim > 0")
@@ -186,6 +215,13 @@ class DistillConfig:
                 raise DidiError("distill: student_init is a DiDi-Instruct option")
             if self.batch_size < 1 or self.max_steps < 1:
                 raise DidiError("distill: batch_size and max_steps must be >= 1")
+            return
+        if self.method == "dmmd":
+            self.dmmd.validate()
+            if self.batch_size < 1 or self.max_steps < 1:
+                raise DidiError("distill: batch_size and max_steps must be >= 1")
+            if not 0.0 < self.t_end < 1.0:
+                raise DidiError("distill: t_end must be in (0, 1)")
             return
         if self.method == "sdtt":
             from .methods.sdtt import round_schedule
@@ -275,6 +311,14 @@ DISTILL_PRESETS: dict[str, dict] = {
                        student_steps=4, rollout_grid="uniform", reward_states="path", reward_source="teacher",
                        student_noise_dim=16, noise_prior="init", group_noise="shared", kl_reference="init",
                        kl_beta=15.0, disc_trainable_blocks=2),
+    # D-MMD (spec §9): for lang-tiny teachers (4-step students, the batch of the teacher's training), for tiny and
+    # test teachers, and at the paper's 169 M shape (16-step students; lrs as for moment matching at that scale).
+    "dmmd-lang": dict(method="dmmd", max_steps=3000, batch_size=64, student_lr=5e-5, warmup_steps=50, ema=0.99,
+                      min_lr_ratio=0.1, student_clip=1.0, dmmd=dict(steps=4, aux_lr=1e-4)),
+    "dmmd-tiny": dict(method="dmmd", max_steps=400, batch_size=16, student_lr=1e-4, warmup_steps=20, ema=0.95,
+                      student_clip=1.0, dmmd=dict(steps=8, aux_lr=1e-4)),
+    "dmmd": dict(method="dmmd", max_steps=10_000, batch_size=128, student_lr=1e-5, warmup_steps=500, ema=0.999,
+                 student_clip=1.0, dmmd=dict(steps=16, aux_lr=1e-5)),
 }
 # Run-config settings that belong to a preset (`section.key=value`, applied before the user's --set).
 PRESET_RUN_OVERRIDES: dict[str, list[str]] = {
@@ -288,7 +332,7 @@ def distill_preset(name: str, overrides: list[str] | None = None) -> DistillConf
     snapshots), are not in it: `didi distill --preset` applies them; from Python pass them to `distill(overrides=)`."""
     if name not in DISTILL_PRESETS:
         raise DidiError(f"unknown distill preset '{name}' (choose from: {', '.join(DISTILL_PRESETS)})")
-    dcfg = DistillConfig(**DISTILL_PRESETS[name])
+    dcfg = DistillConfig.from_dict(DISTILL_PRESETS[name])
     if overrides:
         holder = _Holder(distill=dcfg)
         apply_overrides(holder, [o if o.startswith("distill.") else "distill." + o for o in overrides])
@@ -364,6 +408,8 @@ def distill(teacher: str | Path | None, out: str | Path, dcfg: DistillConfig | N
             apply_overrides(cfg, overrides)
         if data:
             cfg.data.source = data
+        if dcfg.method == "dmmd" and dcfg.student_init and not dcfg.student_noise_dim:
+            dcfg = _code_from_init(dcfg)
     dcfg.validate()
     if cfg.model.arch != "dit":
         raise DidiError(f"the teacher must be a masked diffusion model (model.arch dit), not {cfg.model.arch}")
@@ -459,6 +505,23 @@ def distill(teacher: str | Path | None, out: str | Path, dcfg: DistillConfig | N
         banner = (f"didi: latent student from {teacher} ({n_student:.2f} M parameters, a {dcfg.student_noise_dim}-"
                   f"dimensional latent, encoder {n_enc:.2f} M), beta {dcfg.latent_beta}, batch {dcfg.batch_size}, "
                   f"device {device}, {d.world} process(es)")
+    elif dcfg.method == "dmmd":
+        from .methods.dmmd import DMMD
+
+        m = dcfg.dmmd
+        aux = copy.deepcopy(student if m.aux_init == "student" else teacher_model).train().requires_grad_(True)
+        frozen = teacher_model.to(device).eval().requires_grad_(False)
+        torch.manual_seed(cfg.train.seed + d.rank)
+        method = DMMD(cfg, dcfg, tok.mask_id, frozen, keep, prior=prior)
+        specs = {"student": student_spec,
+                 "auxiliary": PartSpec(aux, lr=m.aux_lr, max_steps=dcfg.max_steps * m.aux_updates,
+                                       warmup_steps=dcfg.warmup_steps * m.aux_updates,
+                                       min_lr_ratio=dcfg.min_lr_ratio, betas=tuple(dcfg.student_betas),
+                                       weight_decay=dcfg.student_weight_decay, grad_clip=dcfg.student_clip, ema=0.0,
+                                       decay="linear")}
+        banner = (f"didi: D-MMD from {teacher} ({n_student:.2f} M parameters), a {m.steps}-step student, z_t from "
+                  f"{m.states}, auxiliary lr {m.aux_lr} x{m.aux_updates}, batch {dcfg.batch_size}, device {device}, "
+                  f"{d.world} process(es)")
     elif dcfg.method == "sdtt":
         from .methods.sdtt import SDTT
 
@@ -511,6 +574,17 @@ def _rollout_prior(dcfg: DistillConfig, out: Path, resume: bool):
         raise DidiError(f"distill.noise_prior='init': the prior in {where} has {prior.dim} dimensions, "
                         f"student_noise_dim is {dcfg.student_noise_dim}")
     return prior
+
+
+def _code_from_init(dcfg: DistillConfig) -> DistillConfig:
+    """D-MMD from a latent student: the student keeps its code input, drawn from the init's prior when it has one."""
+    from .prior import FILE
+
+    init = runs.check_run_dir(dcfg.student_init)
+    dim = RunConfig.load(init / runs.CONFIG).model.noise_dim
+    if not dim:
+        return dcfg
+    return dataclasses.replace(dcfg, student_noise_dim=dim, noise_prior="init" if (init / FILE).is_file() else "normal")
 
 
 def _student_init_weights(path: str, cfg: RunConfig, teacher: Path) -> dict:

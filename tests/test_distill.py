@@ -887,7 +887,7 @@ def test_noise_prior_fitted_to_a_latent_student_drives_sampling_and_didi_rollout
     assert all(torch.equal(we[k], wf[k]) for k in we)
     with pytest.raises(DidiError, match="noise_prior='init' needs student_init"):
         small_dcfg(student_noise_dim=4, noise_prior="init").validate()
-    with pytest.raises(DidiError, match="noise_prior is a DiDi-Instruct option"):
+    with pytest.raises(DidiError, match="noise_prior is a DiDi-Instruct and D-MMD option"):
         DistillConfig(method="latent", student_noise_dim=4, noise_prior="init").validate()
     (lat / FILE).unlink()
     with pytest.raises(DidiError, match="has no noise_prior.safetensors"):
@@ -927,3 +927,96 @@ def test_named_recipe_presets_are_the_measured_commands_and_the_user_set_wins(te
     assert saved["distill"]["noise_prior"] == "init" and saved["distill"]["reward_source"] == "teacher"
     main(base + ["--out", str(tmp_path / "stage2"), "--student-init", str(lat), "--set", "diffusion.grid_power=2"])
     assert json.loads((tmp_path / "stage2" / "config.json").read_text())["diffusion"]["grid_power"] == 2.0
+
+
+# -- D-MMD (method "dmmd") ---------------------------------------------------------------------------------
+
+
+def small_dmmd(*extra: str) -> DistillConfig:
+    return distill_preset("dmmd-tiny", ["max_steps=4", "batch_size=4", "warmup_steps=1", "dmmd.steps=4", *extra])
+
+
+@pytest.mark.parametrize("states", ["data", "student"])
+def test_dmmd_distils_resumes_exactly_and_samples_without_teacher(teacher, tmp_path, states):
+    extra = ["train.eval_every=2", "train.save_every=0", "train.log_every=1"]
+    a, wa = distill_twice_and_resume(teacher, tmp_path, small_dmmd(f"dmmd.states={states}", "dmmd.aux_updates=2"),
+                                     extra)
+    aux_a, aux_b = load_file(a / "auxiliary.safetensors"), load_file(tmp_path / "b" / "auxiliary.safetensors")
+    assert all(torch.equal(aux_a[k], aux_b[k]) for k in aux_a)
+    wt = load_file(teacher / "model.safetensors")
+    assert any(not torch.equal(wt[k], wa[k]) for k in wt)  # the student moved
+    assert any(not torch.equal(wt[k], aux_a[k]) for k in wt)  # ... and so did the auxiliary
+    assert not (a / "discriminator.safetensors").exists() and not (a / "discriminator.json").exists()
+    log = [json.loads(x) for x in (a / "metrics.jsonl").read_text().splitlines()]
+    rows = [r for r in log if "aux_loss" in r]
+    assert len(rows) == 4 and all(math.isfinite(r[k]) for r in rows for k in ("loss", "aux_loss", "gap"))
+    assert any("val_nelbo" in r for r in log)
+    saved = json.loads((a / "config.json").read_text())["distill"]
+    assert saved["method"] == "dmmd" and saved["dmmd"]["states"] == states and saved["dmmd"]["aux_updates"] == 2
+    shutil.rmtree(tmp_path / "b")
+    s = didi.load(a).sample(num=3, steps=4)
+    assert s.tokens.shape == (3, 16) and int(s.nfe.max()) <= 4
+
+
+def test_dmmd_on_two_gloo_processes_keeps_student_and_auxiliary_in_step(teacher, tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out, dump = tmp_path / "ddp", str(tmp_path / "w")
+    mp.spawn(_ddp_distill_worker, args=(2, port, str(teacher), str(out), small_dmmd("max_steps=3"), dump), nprocs=2)
+    r0, r1 = (torch.load(f"{dump}.rank{r}.pt") for r in (0, 1))
+    for part in ("student", "auxiliary"):
+        assert all(torch.equal(r0[part][k], r1[part][k]) for k in r0[part]), part
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert rows and all(math.isfinite(r["gap"]) for r in rows if "gap" in r)
+
+
+def test_cli_dmmd_picks_its_preset_from_the_teacher_and_takes_section_overrides(teacher, tmp_path, capsys):
+    from didi.cli import main
+
+    base = ["distill", "--method", "dmmd", "--teacher", str(teacher), "--steps", "2", "--batch-size", "4", "--quiet",
+            "--set", "train.eval_every=0"]
+    main(base + ["--out", str(tmp_path / "a"), "--set", "distill.dmmd.states=student", "--set",
+                 "distill.dmmd.weight=elbo"])
+    saved = json.loads((tmp_path / "a" / "config.json").read_text())["distill"]
+    assert saved["method"] == "dmmd" and saved["max_steps"] == 2 and saved["dmmd"]["steps"] == 8  # dmmd-tiny
+    assert (saved["dmmd"]["states"], saved["dmmd"]["weight"]) == ("student", "elbo")
+    with pytest.raises(SystemExit):
+        main(["distill", "--out", str(tmp_path / "a"), "--resume", "--set", "distill.dmmd.states=data", "--quiet"])
+    assert "cannot resume with a different distill config (changed: dmmd)" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(base + ["--out", str(tmp_path / "b"), "--set", "distill.dmmd.states=teacher"])
+    err = capsys.readouterr().err
+    assert "distill.dmmd.states must be 'data' or 'student'" in err and "Traceback" not in err
+    assert not (tmp_path / "b").exists()
+
+
+def test_dmmd_from_a_latent_student_keeps_its_code_input_and_draws_codes_from_its_prior(teacher, tmp_path):
+    from didi.methods.dmmd import DMMD
+    from didi.prior import NoisePrior
+
+    lat = tmp_path / "lat"
+    distill(teacher, lat, DistillConfig(method="latent", student_noise_dim=4, max_steps=2, batch_size=4,
+                                        warmup_steps=1, student_lr=3e-3, ema=0.0, latent_beta=0.1),
+            overrides=["train.eval_every=0", "train.save_every=0"], progress=False)
+    NoisePrior(torch.full((1, 4), 10.0), torch.full((1, 4), 1e-6), torch.zeros(1), {}).save(lat)
+    seen, real_draw = [], DMMD.draw
+
+    def spy(self, *a, **kw):
+        out = real_draw(self, *a, **kw)
+        seen.append(out["code"])
+        return out
+
+    mp_ = pytest.MonkeyPatch()
+    mp_.setattr(DMMD, "draw", spy)
+    try:
+        distill(teacher, tmp_path / "d", small_dmmd("max_steps=2", f"student_init={lat}"),
+                overrides=["train.eval_every=0"], progress=False)
+    finally:
+        mp_.undo()
+    saved = json.loads((tmp_path / "d" / "config.json").read_text())
+    assert saved["model"]["noise_dim"] == 4 and saved["distill"]["noise_prior"] == "init"
+    assert seen and all(torch.allclose(c, torch.full_like(c, 10.0), atol=0.01) for c in seen)
+    got = load_file(tmp_path / "d" / "model.safetensors")
+    aux = load_file(tmp_path / "d" / "auxiliary.safetensors")
+    assert "noise_map.weight" in got and "noise_map.weight" not in aux  # the auxiliary reads no code by default
