@@ -1020,3 +1020,23 @@ def test_dmmd_from_a_latent_student_keeps_its_code_input_and_draws_codes_from_it
     got = load_file(tmp_path / "d" / "model.safetensors")
     aux = load_file(tmp_path / "d" / "auxiliary.safetensors")
     assert "noise_map.weight" in got and "noise_map.weight" not in aux  # the auxiliary reads no code by default
+
+
+@pytest.mark.parametrize("method", ["didi-instruct", "sdtt", "dmmd"])
+def test_students_validation_nelbo_is_scored_like_the_teachers(teacher, method):
+    """On rows whose first position is never masked (text rows), a student's val_nelbo leaves that position out as
+    the teacher's does: a student that is still the teacher reports the teacher's number."""
+    from didi.diffusion import Kept
+    from didi.methods.didi_instruct import DiDiInstruct
+    from didi.methods.dmmd import DMMD
+    from didi.methods.mdlm import MDLM
+    from didi.methods.sdtt import SDTT
+
+    run = didi.load(teacher)
+    cfg, mask, kept = run.config, run.tokenizer.mask_id, Kept(first=True)
+    batches = [torch.randint(0, mask, (4, 16), generator=torch.Generator().manual_seed(i)) for i in range(3)]
+    want = MDLM(cfg, mask, kept).validate(run.model, batches, 0)
+    dcfg = small_dcfg(method=method, max_steps=8) if method != "dmmd" else small_dmmd()
+    cls = {"didi-instruct": DiDiInstruct, "sdtt": SDTT, "dmmd": DMMD}[method]
+    got = cls(cfg, dcfg, mask, run.model, kept).validate(run.model, batches, 0)
+    assert got["val_nelbo"] == want["val_nelbo"] and got["val_tokens"] == 3 * 4 * 15

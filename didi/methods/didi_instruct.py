@@ -49,8 +49,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..diffusion import Kept, LogLinearSchedule, mask_tokens, masked_log_probs, nelbo_terms, nelbo_to_ppl, sample_times
+from ..diffusion import Kept, LogLinearSchedule, mask_tokens, masked_log_probs, nelbo_terms
 from ..sampling import ancestral_sample, sample_categorical, time_grid
+from .mdlm import MDLM
 
 # -- the estimator's pieces, as plain functions (tested on toy problems) -------------------------------
 
@@ -508,17 +509,9 @@ class DiDiInstruct:
     # -- validation and exports ------------------------------------------------------------------------
     @torch.no_grad()
     def validate(self, model, batches, seed: int) -> dict:
-        """The student's NELBO per token on held-out data (cheap; it drifts up as the student distils)."""
-        gen = torch.Generator().manual_seed(seed)
-        total, count = 0.0, 0
-        for x in batches:
-            t = sample_times(x.shape[0], self.cfg.diffusion.eps, True, gen).to(x.device)
-            noise = torch.rand(x.shape, generator=gen).to(x.device)
-            terms = nelbo_terms(model, x, t, noise, self.schedule, self.mask_id)
-            total += float(terms.double().sum())
-            count += terms.numel()
-        nelbo = total / max(count, 1)
-        return {"val_nelbo": nelbo, "val_ppl_bound": nelbo_to_ppl(nelbo)}
+        """The student's NELBO per token on held-out data, scored exactly as the teacher's is (`MDLM.validate`: kept
+        positions neither masked nor counted), so the two are comparable; it drifts up as the student distils."""
+        return MDLM(self.cfg, self.mask_id, self.kept).validate(model, batches, seed)
 
     def exports(self) -> dict:
         from .. import runs
