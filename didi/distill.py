@@ -444,7 +444,7 @@ def distill(teacher: str | Path | None, out: str | Path, dcfg: DistillConfig | N
             shutil.copy2(teacher / LENGTHS, out / LENGTHS)
         fileio.atomic_write_text(out / runs.CONFIG, json.dumps(
             {**cfg.to_dict(), "distill": {**asdict(dcfg), "teacher": str(teacher)}}, indent=2) + "\n")
-        if dcfg.method == "didi-instruct":  # what `interop.load_discriminator` needs for guided sampling
+        if dcfg.method == "didi-instruct" and dcfg.reward_source == "discriminator":  # for guided sampling
             fileio.atomic_write_text(out / "discriminator.json", json.dumps(
                 {"time_conditioning": dcfg.disc_time_conditioning, "trainable_blocks": dcfg.disc_trainable_blocks})
                 + "\n")
@@ -533,21 +533,21 @@ def distill(teacher: str | Path | None, out: str | Path, dcfg: DistillConfig | N
                   f"{dcfg.sdtt_start_steps} -> {dcfg.sdtt_end_steps} steps, batch {dcfg.batch_size}, device {device}, "
                   f"{d.world} process(es)")
     else:
-        disc = Discriminator.from_teacher(teacher_model, dcfg.disc_trainable_blocks, dcfg.disc_time_conditioning)
         frozen = teacher_model.to(device).eval().requires_grad_(False)
-        torch.manual_seed(cfg.train.seed + d.rank)  # dropout differs per rank
         method = DiDiInstruct(cfg, dcfg, tok.mask_id, frozen, keep,
                               kl_ref=kl_ref.to(device) if kl_ref is not None else None, prior=prior)
-        specs = {
-            "student": student_spec,
-            "discriminator": PartSpec(disc, lr=dcfg.disc_lr, max_steps=dcfg.max_steps,
-                                      warmup_steps=dcfg.warmup_steps, min_lr_ratio=dcfg.min_lr_ratio,
-                                      betas=tuple(dcfg.disc_betas), weight_decay=dcfg.disc_weight_decay,
-                                      grad_clip=dcfg.disc_clip, ema=0.0, decay="linear"),
-        }
-        n_disc = sum(p.numel() for p in disc.parameters() if p.requires_grad)
-        banner = (f"didi: distilling {teacher} ({n_student:.2f} M parameters; discriminator trains "
-                  f"{n_disc / 1e6:.2f} M) with {dcfg.batch_size}x{dcfg.group} rollouts per step, "
+        specs = {"student": student_spec}
+        what = "the teacher's evidence as the reward"
+        if dcfg.reward_source == "discriminator":  # reward_source "teacher" reads no discriminator: none is built
+            disc = Discriminator.from_teacher(teacher_model, dcfg.disc_trainable_blocks, dcfg.disc_time_conditioning)
+            specs["discriminator"] = PartSpec(disc, lr=dcfg.disc_lr, max_steps=dcfg.max_steps,
+                                              warmup_steps=dcfg.warmup_steps, min_lr_ratio=dcfg.min_lr_ratio,
+                                              betas=tuple(dcfg.disc_betas), weight_decay=dcfg.disc_weight_decay,
+                                              grad_clip=dcfg.disc_clip, ema=0.0, decay="linear")
+            what = f"discriminator trains {sum(p.numel() for p in disc.parameters() if p.requires_grad) / 1e6:.2f} M"
+        torch.manual_seed(cfg.train.seed + d.rank)  # dropout differs per rank
+        banner = (f"didi: distilling {teacher} ({n_student:.2f} M parameters; {what}) with "
+                  f"{dcfg.batch_size}x{dcfg.group} rollouts per step, "
                   f"{dcfg.student_steps if dcfg.score_decomposition else 1}-step rollouts, device {device}, "
                   f"{d.world} process(es)")
     trainer = Trainer(cfg, out, method, specs, train_blocks, valid_blocks, d, device, progress=progress)

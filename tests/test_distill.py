@@ -812,9 +812,11 @@ def test_teacher_reward_trains_without_the_discriminator_and_resumes_exactly(tea
     assert all(r["grad_norm"] > 0 for r in rows)  # disc_only_steps does not hold the student back: no discriminator
     wt = load_file(teacher / "model.safetensors")
     assert any(not torch.equal(wt[k], wa[k]) for k in wt)
-    pipe = didi.load(a)  # it samples; guided sampling is refused: its discriminator never trained
+    assert not (a / "discriminator.safetensors").exists() and not (a / "discriminator.json").exists()
+    assert "discriminator" not in torch.load(a / "checkpoint.pt", weights_only=False)["parts"]
+    pipe = didi.load(a)  # it samples; guided sampling is refused: it has no discriminator
     assert pipe.sample(num=2, steps=4).tokens.shape == (2, 16)
-    with pytest.raises(DidiError, match="reward_source=teacher: its discriminator never trained"):
+    with pytest.raises(DidiError, match="reward_source=teacher: it has no discriminator"):
         pipe.sample(num=2, steps=4, guided=True)
     tok_cfg = small_dcfg(reward_source="teacher", reward_repeats=2, reward_credit="token", reward_states="path",
                          rollout_grid="uniform", student_steps=3, max_steps=2)

@@ -260,7 +260,7 @@ class DiDiInstruct:
         N = B * G
         draws = self.draw(generator, ctx.global_batch, L, ctx.dist.rank, ctx.dist.world, device)
         tau, gen = draws["tau"], draws["gen"]
-        student_part, disc_part = ctx.parts["student"], ctx.parts["discriminator"]
+        student_part = ctx.parts["student"]
         student = student_part.module
 
         # 3. rollout (no gradient)
@@ -289,8 +289,8 @@ class DiDiInstruct:
             else:
                 adv_steps, metrics = self._final_rewards(ctx, x_hat, real, tau, draws["tau_real"], noise_fake,
                                                          noise_real, len(states), surprisal)
-        done = disc_part.scheduler.last_epoch  # iterations completed so far (the discriminator trains every one)
-        if d.reward_source == "discriminator" and done <= d.disc_only_steps:
+        # iterations completed so far (the discriminator trains every one)
+        if d.reward_source == "discriminator" and ctx.parts["discriminator"].scheduler.last_epoch <= d.disc_only_steps:
             zero = torch.zeros((), device=device)
             metrics.update(loss=zero, pg=zero, kl=zero, entropy=zero, logp=zero, grad_norm=zero)
             return {k: float(ctx.all_mean(torch.as_tensor(v, device=device).float())) for k, v in metrics.items()}
@@ -516,8 +516,10 @@ class DiDiInstruct:
     def exports(self) -> dict:
         from .. import runs
 
-        return {runs.WEIGHTS: ("student", lambda m: m.state_dict()),
-                "discriminator.safetensors": ("discriminator", lambda m: m.state_dict())}
+        out = {runs.WEIGHTS: ("student", lambda m: m.state_dict())}
+        if self.dcfg.reward_source == "discriminator":
+            out["discriminator.safetensors"] = ("discriminator", lambda m: m.state_dict())
+        return out
 
     def state_dict(self) -> dict:
         return {}
