@@ -201,13 +201,21 @@ def _load_or_build(key: str, docs_fn, tokenizer, cfg: DataConfig, show_progress:
         except ValueError:  # a damaged cache entry is rebuilt
             meta = {}
         if isinstance(meta, dict) and meta.get("num_tokens") == path.stat().st_size // np.dtype(dtype).itemsize:
-            return np.memmap(path, dtype=dtype, mode="r")
+            return _open_tokens(path, dtype)
     _tokenize_to_cache(docs_fn(), tokenizer, path, show_progress, what, rows)
     from .fileio import atomic_write_text
 
     num_tokens = path.stat().st_size // np.dtype(dtype).itemsize
     meta = {"what": what, "num_tokens": num_tokens, "tokenizer": tokenizer.fingerprint()}
     atomic_write_text(meta_path, json.dumps(meta) + "\n")
+    return _open_tokens(path, dtype)
+
+
+def _open_tokens(path: Path, dtype) -> np.ndarray:
+    """The cached ids, memory-mapped; an empty array for an empty file (a held-out split with no document), which
+    numpy cannot map."""
+    if path.stat().st_size == 0:
+        return np.zeros(0, dtype=dtype)
     return np.memmap(path, dtype=dtype, mode="r")
 
 

@@ -111,3 +111,17 @@ def test_text_rows_layout(tmp_path, tok):
     assert decoded <= set(DOCS) and len(decoded) == len(train)  # each row is one whole document
     with pytest.raises(DidiError, match="layout must be"):
         prepare_data(DataConfig(source=str(src), layout="wrap", cache_dir=str(tmp_path / "c2")), tok, 32)
+
+
+def test_one_document_source_trains_with_an_empty_held_out_split(tmp_path, tok):
+    """One plain-text file is one document: the document split holds nothing out (an empty token file, which numpy
+    cannot memory-map); packed data then holds out the tail of the stream, rows data validates on nothing."""
+    one = tmp_path / "one.txt"
+    one.write_text(" ".join(DOCS * 3))
+    cfg = DataConfig(source=str(one), cache_dir=str(tmp_path / "cache"))
+    for _ in range(2):  # built, then read back from the cache
+        train, valid = prepare_data(cfg, tok, 16, show_progress=False)
+        assert len(train) > 0 and len(valid) > 0
+    rows = DataConfig(source=str(one), cache_dir=str(tmp_path / "cache"), layout="rows", long_sequences="crop")
+    train, valid = prepare_data(rows, tok, 16, show_progress=False)
+    assert len(train) == 1 and len(valid) == 0
