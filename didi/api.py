@@ -72,8 +72,6 @@ def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, until_step: 
         barrier()
         tok = Tokenizer.load(out / runs.TOKENIZER_DIR)
         cfg.model.vocab_size = tok.model_vocab_size
-        if d.main:
-            cfg.save(out / runs.CONFIG)
     if d.main:  # the first process fills the token cache; the others then read it
         data = prepare_data(cfg.data, tok, cfg.model.length, show_progress=progress)
     barrier()
@@ -94,6 +92,8 @@ def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, until_step: 
                                min_lr_ratio=t.min_lr_ratio, betas=t.betas, weight_decay=t.weight_decay,
                                grad_clip=t.grad_clip, ema=t.ema)}
     trainer = Trainer(cfg, out, method, specs, train_blocks, valid_blocks, d, device, progress=progress)
+    if d.main and not resume:  # written last: a start that failed before this leaves nothing that blocks a retry
+        cfg.save(out / runs.CONFIG)
     if d.main:
         print(f"didi: {cfg.model.arch} with {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters, "
               f"{len(train_blocks)} training blocks of {cfg.model.length} tokens, device {device}, "

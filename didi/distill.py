@@ -442,12 +442,6 @@ def distill(teacher: str | Path | None, out: str | Path, dcfg: DistillConfig | N
 
         if (teacher / LENGTHS).is_file():  # protein runs: the length histogram sampling draws from
             shutil.copy2(teacher / LENGTHS, out / LENGTHS)
-        fileio.atomic_write_text(out / runs.CONFIG, json.dumps(
-            {**cfg.to_dict(), "distill": {**asdict(dcfg), "teacher": str(teacher)}}, indent=2) + "\n")
-        if dcfg.method == "didi-instruct" and dcfg.reward_source == "discriminator":  # for guided sampling
-            fileio.atomic_write_text(out / "discriminator.json", json.dumps(
-                {"time_conditioning": dcfg.disc_time_conditioning, "trainable_blocks": dcfg.disc_trainable_blocks})
-                + "\n")
     barrier()
     tok = Tokenizer.load(out / runs.TOKENIZER_DIR)
     if tok.model_vocab_size != cfg.model.vocab_size:
@@ -551,6 +545,13 @@ def distill(teacher: str | Path | None, out: str | Path, dcfg: DistillConfig | N
                   f"{dcfg.student_steps if dcfg.score_decomposition else 1}-step rollouts, device {device}, "
                   f"{d.world} process(es)")
     trainer = Trainer(cfg, out, method, specs, train_blocks, valid_blocks, d, device, progress=progress)
+    if not resume and d.main:  # written last: a start that failed before this leaves nothing that blocks a retry
+        if dcfg.method == "didi-instruct" and dcfg.reward_source == "discriminator":  # for guided sampling
+            fileio.atomic_write_text(out / "discriminator.json", json.dumps(
+                {"time_conditioning": dcfg.disc_time_conditioning, "trainable_blocks": dcfg.disc_trainable_blocks})
+                + "\n")
+        fileio.atomic_write_text(out / runs.CONFIG, json.dumps(
+            {**cfg.to_dict(), "distill": {**asdict(dcfg), "teacher": str(teacher)}}, indent=2) + "\n")
     if d.main:
         print(banner)
     if resume:

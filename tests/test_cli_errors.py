@@ -175,3 +175,29 @@ def test_resume_from_a_damaged_latest_checkpoint_uses_the_previous_one_exactly(r
     rows = [json.loads(x) for x in (partial / "metrics.jsonl").read_text().splitlines()]
     steps = [r["step"] for r in rows if "loss" in r]
     assert steps == [5, 6]  # the step-5 row logged before the damage was dropped on resume, then logged again once
+
+
+def test_a_failed_start_leaves_nothing_that_blocks_the_same_command(runs, tmp_path, capsys):
+    """A start that fails after its first checks (here: too little data to fill one row) writes no config.json, so
+    the same command runs once the cause is mended; for train and for distill."""
+    small = tmp_path / "small.jsonl"
+    small.write_text(json.dumps({"text": "one"}) + "\n")
+    out = tmp_path / "t"
+    argv = ["train", "--preset", "test", "--data", small, "--out", out, "--steps", "2", "--set", "model.length=48",
+            "--set", "data.layout=packed", "--set", f"data.cache_dir={tmp_path / 'cache'}", "--quiet"]
+    code, err = run_cli(argv, capsys)
+    assert code != 0 and "not enough data" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (out / "config.json").exists()
+    shutil.copy(runs / "corpus.jsonl", small)
+    main([str(a) for a in argv])
+    assert (out / "config.json").is_file() and (out / "model.safetensors").is_file()
+
+    student = tmp_path / "s"
+    argv = ["distill", "--teacher", runs / "teacher", "--data", tmp_path / "tiny.jsonl", "--out", student, "--steps",
+            "1", "--batch-size", "2", "--group", "2", "--quiet", "--set", "train.eval_every=0"]
+    (tmp_path / "tiny.jsonl").write_text("")
+    code, err = run_cli(argv, capsys)
+    assert code != 0 and "Traceback" not in err and not (student / "config.json").exists()
+    shutil.copy(runs / "corpus.jsonl", tmp_path / "tiny.jsonl")
+    main([str(a) for a in argv])
+    assert (student / "config.json").is_file() and (student / "model.safetensors").is_file()
