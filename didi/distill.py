@@ -239,6 +239,9 @@ class DistillConfig:
             return
         if self.group < 1 or self.batch_size < 1 or self.max_steps < 1:
             raise DidiError("distill: group, batch_size and max_steps must be >= 1")
+        if self.group == 1 and self.group_norm and self.norm_scope == "group":
+            raise DidiError("distill.group = 1: advantages are normalized within each group, so a group of one gives "
+                            "a policy gradient of exactly zero; use group >= 2 (or norm_scope=batch)")
         if self.real not in ("data", "teacher"):
             raise DidiError(f"distill: real must be 'data' or 'teacher', not {self.real!r}")
         if self.final_fill not in ("sample", "argmax"):
@@ -378,8 +381,12 @@ def distill(teacher: str | Path | None, out: str | Path, dcfg: DistillConfig | N
 
     out = Path(out)
     for item in overrides or []:
-        if item.split("=", 1)[0].strip() in OWNED:
+        key = item.split("=", 1)[0].strip()
+        if key in OWNED:
             raise DidiError(f"override {item!r}: set this through the distill config (DistillConfig)")
+        if key.startswith("model."):  # the student is a copy of the teacher: its weights fix the shape
+            raise DidiError(f"override {item!r}: a student has its teacher's model; model.* settings cannot apply "
+                            "to a distillation")
     if resume:
         runs.check_run_dir(out)
         if not runs.has_checkpoint(out):
