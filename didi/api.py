@@ -322,6 +322,9 @@ class Pipeline:
 def load(source: str | Path, device: str = "cpu", noise_prior: str = "run") -> Pipeline:
     """Load a didi run directory, or an official checkpoint (`hf:REPO`, a directory, a .ckpt) converted on the fly.
     noise_prior: see `Pipeline`."""
+    from .trainer import check_device
+
+    device = check_device(device)
     path = Path(source)
     if path.is_dir() and (path / runs.CONFIG).is_file() and (path / runs.TOKENIZER_DIR).is_dir():
         return Pipeline(runs.load_run(path, device), device, noise_prior)

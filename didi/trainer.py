@@ -86,14 +86,31 @@ def init_distributed(device: str) -> Dist:
     return Dist(rank=dist.get_rank(), world=world, local_rank=int(os.environ.get("LOCAL_RANK", "0")))
 
 
-def resolve_device(name: str, d: Dist) -> str:
+def check_device(name: str) -> str:
+    """`name` if this torch can run on it ("auto": cuda when available, else cpu); else one clear error."""
     if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise DidiError(f"device {name!r} is not a device name torch knows; use cpu, cuda or auto") from None
+    kind = dev.type
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise DidiError(f"device {name!r}: this torch sees no CUDA device (a CPU build, or no GPU); use cpu")
+    if kind == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise DidiError(f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise DidiError(f"device {name!r}: this torch has no MPS backend; use cpu")
+    if kind not in ("cpu", "cuda", "mps"):
+        raise DidiError(f"device {name!r}: didi runs on cpu, cuda or mps")
+    return name
+
+
+def resolve_device(name: str, d: Dist) -> str:
+    name = check_device(name)
     if name == "cuda" and d.world > 1:
         name = f"cuda:{d.local_rank}"
     if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise DidiError("train.device is cuda but no CUDA device is available")
         torch.cuda.set_device(torch.device(name))
     return name
 

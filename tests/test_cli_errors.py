@@ -94,6 +94,10 @@ CASES = [
     ("dmmd unknown key", None, ["distill", "--method", "dmmd", "--teacher", "{teacher}", "--out", "{tmp}/d",
                                 "--set", "distill.dmmd.ratio=2"]),
     ("language num 0", None, ["language", "write", "stories", "--num", "0", "--out", "{tmp}/c.jsonl"]),
+    ("sample on cuda without CUDA", None, ["sample", "{teacher}", "--device", "cuda:0" if not torch.cuda.is_available()
+                                           else "cuda:99"]),
+    ("sample on an unknown device", None, ["sample", "{teacher}", "--device", "tpu"]),
+    ("train on an unknown device", None, ["train", "--data", "{corpus}", "--out", "{tmp}/t", "--device", "tpu"]),
     ("sample over a file", None, ["sample", "{teacher}", "--num", "1", "--steps", "1", "--out", "{corpus}"]),
     ("resume no run", None, ["train", "--out", "{tmp}", "--resume"]),
     ("out under a file", None, ["sample", "{teacher}", "--num", "1", "--steps", "1", "--out", "{corpus}/x.jsonl"]),
