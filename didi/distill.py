@@ -520,9 +520,12 @@ def distill(teacher: str | Path | None, out: str | Path, dcfg: DistillConfig | N
                                        min_lr_ratio=dcfg.min_lr_ratio, betas=tuple(dcfg.student_betas),
                                        weight_decay=dcfg.student_weight_decay, grad_clip=dcfg.student_clip, ema=0.0,
                                        decay="linear")}
-        banner = (f"didi: D-MMD from {teacher} ({n_student:.2f} M parameters), a {m.steps}-step student, z_t from "
-                  f"{m.states}, auxiliary lr {m.aux_lr} x{m.aux_updates}, batch {dcfg.batch_size}, device {device}, "
-                  f"{d.world} process(es)")
+        start = f", student from {dcfg.student_init}" if dcfg.student_init else ""
+        code = (f", a {dcfg.student_noise_dim}-dimensional code ({dcfg.noise_prior} prior)"
+                if dcfg.student_noise_dim else "")
+        banner = (f"didi: D-MMD from {teacher}{start} ({n_student:.2f} M parameters{code}), a {m.steps}-step "
+                  f"student, z_t from {m.states}, auxiliary lr {m.aux_lr} x{m.aux_updates}, batch {dcfg.batch_size}, "
+                  f"device {device}, {d.world} process(es)")
     elif dcfg.method == "sdtt":
         from .methods.sdtt import SDTT
 
