@@ -122,15 +122,17 @@ class DMMD:
         revealed[masked] = new != mask
         return z_s, revealed, logp
 
-    def transition(self, student, x, draws, with_grad: bool):
+    def transition(self, student, x, draws, with_grad: bool, rollout=None):
         """z_t, the student's prediction there and its step to z_s. Returns a dict with z_t, z_s (ids, or a soft
         [B, L, V+1] input with z_s="probs"), t, s, the student's log-probs at the positions still masked in z_s
-        ([P, V+1], with gradient if with_grad) and `scored` [B, L] (those positions)."""
+        ([P, V+1], with gradient if with_grad) and `scored` [B, L] (those positions). rollout: the network that
+        walks to z_t without gradient when states="student" (the bare module where `student` is its DDP wrapper;
+        default: `student`)."""
         mask, dev = self.mask_id, x.device
         j, code, gen = draws["j"], draws["code"], draws["gen"]
         t, s = self.grid[j].to(dev), self.grid[j + 1].to(dev)
         if self.m.states == "student":
-            z_t = self._student_states(student, x, j, code, gen)
+            z_t = self._student_states(rollout if rollout is not None else student, x, j, code, gen)
         else:
             noise = draws["noise"].masked_fill(self.kept(x), 0.0) if self.kept else draws["noise"]
             z_t = mask_tokens(x, self.schedule.alpha(t), mask, noise)
@@ -169,7 +171,7 @@ class DMMD:
             self._aux_update(ctx, tr)
         draws = self.draw(generator, ctx.global_batch, L, ctx.dist.rank, ctx.dist.world, dev)
         with ctx.autocast():
-            tr = self.transition(student.wrapped, x, draws, with_grad=True)
+            tr = self.transition(student.wrapped, x, draws, with_grad=True, rollout=student.module)
         aux_logp, metrics = self._aux_update(ctx, tr)
         scored = tr["scored"]
         with torch.no_grad(), ctx.autocast():
