@@ -828,6 +828,19 @@ def test_teacher_reward_trains_without_the_discriminator_and_resumes_exactly(tea
         small_dcfg(reward_source="teacher", reward_repeats=0).validate()
 
 
+def spy_on_draws(monkeypatch, cls, key: str) -> list:
+    """Record what `cls.draw` returns under `key` at every call (the codes a method's rollouts draw)."""
+    seen, real_draw = [], cls.draw
+
+    def spy(self, *a, **kw):
+        out = real_draw(self, *a, **kw)
+        seen.append(out[key])
+        return out
+
+    monkeypatch.setattr(cls, "draw", spy)
+    return seen
+
+
 def test_noise_prior_fitted_to_a_latent_student_drives_sampling_and_didi_rollouts(teacher, tmp_path, capsys,
                                                                                    monkeypatch):
     """`didi prior` writes a mixture fitted to the latent student's codes; sampling draws xi from it (or from N(0, I)
@@ -869,14 +882,7 @@ def test_noise_prior_fitted_to_a_latent_student_drives_sampling_and_didi_rollout
     # the DiDi stage: its rollouts draw from the init's prior (here one far from N(0, I)), the run keeps a copy, and
     # a resume reads that copy, even after the init's prior was replaced
     NoisePrior(torch.full((1, 4), 10.0), torch.full((1, 4), 1e-6), torch.zeros(1), {}).save(lat)
-    seen, real_draw = [], DiDiInstruct.draw
-
-    def spy(self, *a, **kw):
-        out = real_draw(self, *a, **kw)
-        seen.append(out["noise"])
-        return out
-
-    monkeypatch.setattr(DiDiInstruct, "draw", spy)
+    seen = spy_on_draws(monkeypatch, DiDiInstruct, "noise")
     dcfg = small_dcfg(max_steps=2, student_noise_dim=4, student_init=str(lat), noise_prior="init")
     extra = ["train.eval_every=0", "train.save_every=0"]
     distill(teacher, tmp_path / "e", dcfg, overrides=extra, progress=False)
@@ -993,7 +999,8 @@ def test_cli_dmmd_picks_its_preset_from_the_teacher_and_takes_section_overrides(
     assert not (tmp_path / "b").exists()
 
 
-def test_dmmd_from_a_latent_student_keeps_its_code_input_and_draws_codes_from_its_prior(teacher, tmp_path):
+def test_dmmd_from_a_latent_student_keeps_its_code_input_and_draws_codes_from_its_prior(teacher, tmp_path,
+                                                                                        monkeypatch):
     from didi.methods.dmmd import DMMD
     from didi.prior import NoisePrior
 
@@ -1002,20 +1009,9 @@ def test_dmmd_from_a_latent_student_keeps_its_code_input_and_draws_codes_from_it
                                         warmup_steps=1, student_lr=3e-3, ema=0.0, latent_beta=0.1),
             overrides=["train.eval_every=0", "train.save_every=0"], progress=False)
     NoisePrior(torch.full((1, 4), 10.0), torch.full((1, 4), 1e-6), torch.zeros(1), {}).save(lat)
-    seen, real_draw = [], DMMD.draw
-
-    def spy(self, *a, **kw):
-        out = real_draw(self, *a, **kw)
-        seen.append(out["code"])
-        return out
-
-    mp_ = pytest.MonkeyPatch()
-    mp_.setattr(DMMD, "draw", spy)
-    try:
-        distill(teacher, tmp_path / "d", small_dmmd("max_steps=2", f"student_init={lat}"),
-                overrides=["train.eval_every=0"], progress=False)
-    finally:
-        mp_.undo()
+    seen = spy_on_draws(monkeypatch, DMMD, "code")
+    distill(teacher, tmp_path / "d", small_dmmd("max_steps=2", f"student_init={lat}"),
+            overrides=["train.eval_every=0"], progress=False)
     saved = json.loads((tmp_path / "d" / "config.json").read_text())
     assert saved["model"]["noise_dim"] == 4 and saved["distill"]["noise_prior"] == "init"
     assert seen and all(torch.allclose(c, torch.full_like(c, 10.0), atol=0.01) for c in seen)
