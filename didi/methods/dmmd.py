@@ -145,7 +145,7 @@ class DMMD:
         z_in = z_s
         if self.m.z_s == "probs":  # revealed positions hold the student's probability vector, not the drawn token
             z_in = F.one_hot(z_s, logits.shape[-1]).float()
-            z_in[revealed] = logp[(revealed[masked_t])].detach().exp()
+            z_in[revealed] = logp[revealed[masked_t]].detach().exp()
         return {"z_t": z_t, "z_s": z_in, "t": t, "s": s, "logp": logp[still], "scored": scored, "code": code}
 
     def _aux_update(self, ctx, tr) -> tuple[torch.Tensor, dict]:
