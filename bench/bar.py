@@ -1,8 +1,8 @@
-"""Issue 17's bar from `didi eval` result files: for every student row, the share of the teacher's few-step gap it
-closes, (student@k - teacher@k) / (teacher@best - teacher@k) in valid sentences, with teacher@k on the same grid and
-at the same step count, and its choice entropy against the teacher's at the best step count. A row passes when it
-closes at least --share of the gap and its choice entropy is within --tol of the teacher's. Each grid also gets the
-issue's condition that the language keeps the gap wide: the teacher at 4 steps below half its validity at best.
+"""The reference log's bar from `didi eval` result files: for every student row, the share of the teacher's few-step
+gap it closes, (student@k - teacher@k) / (teacher@best - teacher@k) in valid sentences, with teacher@k on the same
+grid and at the same step count, and its choice entropy against the teacher's at the best step count. A row passes
+when it closes at least --share of the gap and its choice entropy is within --tol of the teacher's. Each grid also
+gets the condition that the language keeps the gap wide: the teacher at 4 steps below half its validity at best.
 
 Usage:
   python bench/bar.py --teacher TEACHER.json --students S0.json S1.json ... --name bar_stories

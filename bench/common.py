@@ -1,8 +1,10 @@
-"""Shared benchmark plumbing: machine/commit facts and writing JSON + Markdown results."""
+"""Shared benchmark plumbing: machine/commit facts, writing JSON + Markdown results, and cached stages (finished
+runs a benchmark builds once and reuses)."""
 
 from __future__ import annotations
 
 import json
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -39,3 +41,52 @@ def _fmt(v) -> str:
     if isinstance(v, float):
         return f"{v:,.1f}" if abs(v) >= 100 else f"{v:.3g}"
     return str(v)
+
+
+def ints(s: str) -> list[int]:
+    return [int(x) for x in s.split(",") if x.strip()]
+
+
+def floats(s: str) -> list[float]:
+    return [float(x) for x in s.split(",") if x.strip()]
+
+
+def stage(work: Path, name: str, given: str | None, build) -> Path:
+    """A finished run directory for `name`: the user's, a finished one in work/, or one built (or resumed) now."""
+    if given:
+        return Path(given)
+    out, done = work / name, work / f"{name}.done"
+    if done.is_file():
+        return out
+    resume = (out / "checkpoint.pt").is_file()
+    if out.exists() and not resume:  # killed before its first checkpoint: keep it aside, start again
+        aside = out.with_name(f"{name}.partial-{int(time.time())}")
+        out.rename(aside)
+        print(f"bench: stage {name}: {out} had no checkpoint; moved to {aside}", flush=True)
+    print(f"bench: stage {name}: {'resuming' if resume else 'starting'} in {out}", flush=True)
+    start = time.perf_counter()
+    build(out, resume)
+    done.write_text(json.dumps({"seconds": time.perf_counter() - start}) + "\n")
+    return out
+
+
+def stage_facts(paths: dict[str, Path]) -> dict:
+    facts = {}
+    for name, path in paths.items():
+        metrics = [json.loads(x) for x in (path / "metrics.jsonl").read_text().splitlines() if x.strip()] \
+            if (path / "metrics.jsonl").is_file() else []
+        train = [m for m in metrics if "loss" in m]
+        val = [m for m in metrics if any(k.startswith("val_") for k in m)]
+        facts[name] = {"path": str(path), "steps": train[-1]["step"] if train else None,
+                       "minutes": round(train[-1]["elapsed_s"] / 60, 1) if train and "elapsed_s" in train[-1] else None,
+                       "last_validation": val[-1] if val else None}
+    return facts
+
+
+def stage_markdown(stages: dict) -> str:
+    lines = ["## Stages", "", "| stage | steps | minutes | last validation |", "|---|---|---|---|"]
+    for name, f in stages.items():
+        v = f["last_validation"] or {}
+        shown = ", ".join(f"{k} {v[k]:.4g}" for k in v if k.startswith("val_") and isinstance(v[k], float))
+        lines.append(f"| {name} | {f['steps']} | {f['minutes']} | {shown} |")
+    return "\n".join(lines) + "\n"

@@ -1,4 +1,4 @@
-"""The protein benchmark (issue 6): an amino-acid MDLM teacher, an AR protein judge, a DiDi-Instruct student,
+"""The protein benchmark: an amino-acid MDLM teacher, an AR protein judge, a DiDi-Instruct student,
 and rows with protein metrics. Stages and rows are cached under --work like bench/run.py.
 
 Stages (CPU-sized, preset protein-tiny: 4 blocks / 256 hidden, one protein per row of 256):
@@ -18,13 +18,14 @@ import argparse
 from pathlib import Path
 
 import torch
-from run import ROOT, ints, stage
+from common import ints, stage
 
 import didi
 from didi.config import preset
 from didi.distill import distill, distill_preset
 from didi.evaluation.evaluate import RowCache, RowSpec, git_commit, run_rows, write_reports
 
+ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 
 

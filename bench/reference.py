@@ -1,4 +1,4 @@
-"""The reference-language benchmark (issue 17): teacher, AR, DiDi-Instruct and SDTT students on a grammar whose every
+"""The reference-language benchmark: teacher, AR, DiDi-Instruct and SDTT students on a grammar whose every
 text has an exact probability, judged exactly (valid sentences and texts, NLL per word against the true entropy rate,
 choice entropy against its true value). Stages and rows are cached under --work: a rerun skips what is finished and
 resumes a half-trained stage exactly.
@@ -41,7 +41,7 @@ import sys
 from pathlib import Path
 
 import torch
-from run import _stage_facts, _stage_markdown, stage
+from common import floats, ints, stage, stage_facts, stage_markdown
 
 import didi
 from didi.config import RunConfig, preset
@@ -55,19 +55,12 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 
 
-def ints(s: str) -> list[int]:
-    return [int(x) for x in s.split(",") if x.strip()]
-
-
-def floats(s: str) -> list[float]:
-    return [float(x) for x in s.split(",") if x.strip()]
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--grammar", default="stories", help="a built-in grammar name or a .grammar file")
     ap.add_argument("--work", default=str(ROOT / "runs" / "reference"))
     ap.add_argument("--texts", type=int, default=50_000, help="corpus size")
+    ap.add_argument("--data", help="the teacher's corpus (a .jsonl file) instead of writing one into --work")
     ap.add_argument("--length", type=int, default=48, help="model.length (every text must fit)")
     for name in ("teacher", "ar"):
         ap.add_argument(f"--{name}", help=f"use this finished run as the {name} stage")
@@ -94,7 +87,9 @@ def main() -> None:
                          "AVX512-BF16 cores)")
     ap.add_argument("--teacher-steps", default="1,2,4,8,16,32,64,128,256")
     ap.add_argument("--student-steps", default="1,2,4,8,16")
-    ap.add_argument("--temperatures", default="0.9,0.8", help="extra temperatures of the frontier")
+    ap.add_argument("--temperatures", default="0.8,1.3", help="extra temperatures of the validity / diversity "
+                    "frontier (above 1 restores the diversity a student lost)")
+    ap.add_argument("--teacher-temperature-steps", default="4,8,128", help="the teacher's steps in that sweep")
     ap.add_argument("--num", type=int, default=512)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--name", default="reference")
@@ -106,7 +101,7 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     grammar = Grammar.load(args.grammar)
     judge = f"grammar:{args.grammar}"
-    corpus = work / "corpus.jsonl"
+    corpus = Path(args.data).resolve() if args.data else work / "corpus.jsonl"
     if not corpus.is_file():
         write_corpus(grammar, args.texts, 0, corpus)
     base = [f"data.source={corpus}", f"model.length={args.length}", "data.long_sequences=skip"]
@@ -118,11 +113,13 @@ def main() -> None:
         preset("lang-tiny", base + [f"train.max_minutes={args.teacher_minutes}"]), o, resume=resume))
     ar = build_stage("ar", lambda o, resume: didi.train(
         preset("lang-tiny", base + [f"data.tokenizer={teacher / 'tokenizer'}", "model.arch=ar",
-                                    f"train.max_minutes={args.ar_minutes}", "train.snapshot_every=0"]),
+                                    f"train.max_minutes={args.ar_minutes}", "train.snapshot_every=0",
+                                    f"train.cpu_bf16={str(not args.no_cpu_bf16).lower()}"]),
         o, resume=resume))
 
     def student(dpreset: str, seed: int, snapshots: bool, power: float = 1.0):
-        over = [f"train.max_minutes={args.didi_minutes}", f"train.seed={seed}", f"diffusion.grid_power={power:g}"]
+        over = [f"data.source={corpus}", f"train.max_minutes={args.didi_minutes}", f"train.seed={seed}",
+                f"diffusion.grid_power={power:g}"]
         over += ["train.snapshot_every=100"] if snapshots else []
         return lambda o, resume: distill(None if resume else teacher, o, None if resume else distill_preset(dpreset),
                                          overrides=over, resume=resume)
@@ -133,21 +130,24 @@ def main() -> None:
     for p in powers:
         for s in ints(args.seeds):
             students[f"didi-p{p:g}-s{s}"] = build_stage(f"didi-p{p:g}-s{s}", student("lang", s, True, p))
-    if not args.no_paper:
-        students["paper-s0"] = build_stage("paper-s0", student("tiny", 0, True))
-    if not args.no_sdtt:
-        students["sdtt"] = build_stage("sdtt", student("sdtt-lang", 0, False))
+    for s in ints(args.seeds):  # the paper's defaults and SDTT on the same seeds and wall-clock as the DiDi student
+        if not args.no_paper:
+            students[f"paper-s{s}"] = build_stage(f"paper-s{s}", student("tiny", s, True))
+        if not args.no_sdtt:
+            students[f"sdtt-s{s}"] = build_stage(f"sdtt-s{s}", student("sdtt-lang", s, True))
     recipe, latents = {}, {}
     for s in [] if args.no_recipe else ints(args.seeds):
-        latents[f"latent-s{s}"], recipe[f"recipe-s{s}"] = recipe_student(build_stage, teacher, s, args)
+        latents[f"latent-s{s}"], recipe[f"recipe-s{s}"] = recipe_student(build_stage, teacher, s, corpus, args)
     for s in [] if args.no_dmmd else ints(args.seeds):
-        over = [f"train.max_minutes={args.dmmd_minutes}", f"train.seed={s}", "train.snapshot_every=100",
-                f"train.cpu_bf16={str(not args.no_cpu_bf16).lower()}"]
+        common = [f"data.source={corpus}", f"train.seed={s}", "train.snapshot_every=100",
+                  f"train.cpu_bf16={str(not args.no_cpu_bf16).lower()}"]
+        over = common + [f"train.max_minutes={args.dmmd_minutes}"]
         students[f"dmmd-s{s}"] = build_stage(f"dmmd-s{s}", lambda o, resume, over=over: distill(
             None if resume else teacher, o, None if resume else distill_preset("dmmd-lang"), overrides=over,
             resume=resume))
         if f"latent-s{s}" in latents:
             dcfg = distill_preset("dmmd-lang", [f"student_init={latents[f'latent-s{s}']}"])
+            over = common + [f"train.max_minutes={args.stage_minutes}"]  # in place of the DiDi stage, its time
             recipe[f"dmmd-recipe-s{s}"] = build_stage(f"dmmd-recipe-s{s}", lambda o, resume, over=over, dcfg=dcfg:
                                                       distill(None if resume else teacher, o,
                                                               None if resume else dcfg, overrides=over, resume=resume))
@@ -159,33 +159,35 @@ def main() -> None:
     specs += [RowSpec(f"teacher p{p:g}", T, s, grid_power=p) for p in powers for s in ints(args.teacher_steps)]
     for name, path in students.items():
         specs += [RowSpec(name, str(path), s) for s in ints(args.student_steps)]
-    if "sdtt" in students:
-        specs += [RowSpec(f"sdtt p{p:g}", str(students["sdtt"]), s, grid_power=p) for p in powers
-                  for s in ints(args.student_steps)]
+    specs += [RowSpec(f"{name} p{p:g}", str(path), s, grid_power=p) for name, path in students.items()
+              if name.startswith("sdtt") for p in powers for s in ints(args.student_steps)]
     # the recipe's students draw their code from the prior they trained with (RowSpec.prior keys the cache); they
     # train on the power-3 grid and are sampled on the uniform grid like the teacher's rows, and at 4 and 8 steps on
     # their own grid and each --grid-powers (model "recipe-sN+prior pP")
+    with_prior = latents | recipe  # the latent student alone is the recipe at one method's wall-clock
     specs += [RowSpec(f"{name}+prior", str(path), s, prior=fingerprint(path), grid_power=1.0)
-              for name, path in recipe.items() for s in ints(args.student_steps)]
+              for name, path in with_prior.items() for s in ints(args.student_steps)]
     specs += [RowSpec(f"{name}+prior p{p:g}", str(path), s, prior=fingerprint(path), grid_power=p)
               for name, path in recipe.items() for p in sorted(set(powers) | {own_grid(path)}) for s in (4, 8)]
     specs += [RowSpec("ar", str(ar), args.length, "ar+kv")]
     specs += [RowSpec(first, str(students[first]), s, "RGAS") for s in (4, 8)]
     for t in floats(args.temperatures):
-        specs += [RowSpec("teacher", T, s, temperature=t) for s in (4, 8, 128)]
+        specs += [RowSpec("teacher", T, s, temperature=t) for s in ints(args.teacher_temperature_steps)]
         specs += [RowSpec(f"teacher p{p:g}", T, s, temperature=t, grid_power=p) for p in powers for s in (4, 8)]
         specs += [RowSpec(name, str(path), s, temperature=t) for name, path in students.items() for s in (4, 8)]
+        specs += [RowSpec(f"{name}+prior", str(path), s, temperature=t, prior=fingerprint(path), grid_power=1.0)
+                  for name, path in with_prior.items() for s in (4, 8)]
 
     cache = RowCache(work / f"{args.name}.rows.jsonl").load()
     meta = {"judge": judge, "num": args.num, "seed": args.seed, "commit": git_commit(),
             "grammar": grammar.describe(), "settings": vars(args) | {k: str(v) for k, v in paths.items()},
-            "stages": _stage_facts(paths),
+            "stages": stage_facts(paths),
             "priors": {name: load_prior(path).info | {"fingerprint": fingerprint(path)}
-                       for name, path in recipe.items()}}
-    with_prior = {str(path) for path in recipe.values()}
+                       for name, path in with_prior.items()}}
+    prior_runs = {str(path) for path in with_prior.values()}
 
     def load(run):
-        return didi.load(run, noise_prior="run" if run in with_prior else "normal")
+        return didi.load(run, noise_prior="run" if run in prior_runs else "normal")
 
     rows = run_rows(specs, num=args.num, seed=args.seed, judge_name=judge, cache=cache, samples_dir=work / "samples",
                     load=load)
@@ -194,7 +196,10 @@ def main() -> None:
                key=lambda r: r["steps"])
     report = write_reports(rows, out, args.name, meta, best["choice_entropy_ratio"])
     md = report["markdown"]
-    md.write_text(md.read_text() + "\n" + gap_markdown(rows, best) + "\n" + _stage_markdown(meta["stages"]))
+    table = comparison(rows, best)
+    plot_comparison(table, out / f"{args.name}_comparison.png", args.name)
+    md.write_text(md.read_text() + "\n" + comparison_markdown(table, best, meta["stages"]) + "\n"
+                  + gap_markdown(rows, best) + "\n" + stage_markdown(meta["stages"]))
 
     for name, path in students.items():  # learning curves of the students that kept snapshots
         if (path / "snapshots").is_dir():
@@ -226,10 +231,10 @@ def own_grid(run: Path) -> float:
     return RunConfig.load(run / CONFIG).diffusion.grid_power
 
 
-def recipe_student(build_stage, teacher: Path, seed: int, args) -> tuple[Path, Path]:
+def recipe_student(build_stage, teacher: Path, seed: int, corpus: Path, args) -> tuple[Path, Path]:
     """The reference-language recipe on one seed: a latent-lang student, its exemplar prior (`didi prior
     --components 0`), then the lang-stage DiDi run from it. Returns both run directories."""
-    common = [f"train.cpu_bf16={str(not args.no_cpu_bf16).lower()}", f"train.seed={seed}"]
+    common = [f"data.source={corpus}", f"train.cpu_bf16={str(not args.no_cpu_bf16).lower()}", f"train.seed={seed}"]
     latent = build_stage(f"latent-s{seed}", lambda o, resume: distill(
         None if resume else teacher, o, None if resume else distill_preset("latent-lang"),
         overrides=common + [f"train.max_minutes={args.latent_minutes}",
@@ -242,6 +247,89 @@ def recipe_student(build_stage, teacher: Path, seed: int, args) -> tuple[Path, P
     dcfg = distill_preset("lang-stage", [f"student_init={latent}"])
     return latent, build_stage(f"recipe-s{seed}", lambda o, resume: distill(
         None if resume else teacher, o, None if resume else dcfg, overrides=over, resume=resume))
+
+
+def comparison(rows: list[dict], best: dict, tol: float = 0.05) -> list[dict]:
+    """One line per model and step count (4 and 8, uniform grid, ancestral): valid sentences, the share of the
+    teacher's few-step gap closed, valid texts and choice entropy against the teacher's best at temperature 1; and
+    at the teacher's diversity, the best of its temperature rows whose choice entropy is within `tol` of the
+    teacher's best (None when no temperature reaches it)."""
+    grid = lambda r: r.get("grid_power") or 1.0  # noqa: E731
+    plain = [r for r in rows if r["sampler"] == "ancestral" and grid(r) == 1.0 and r["steps"] in (4, 8)]
+    teach = {r["steps"]: r["valid_sentences"] for r in plain if r["model"] == "teacher" and r["temperature"] == 1.0}
+    target = best["choice_entropy_ratio"]
+    out = []
+    for model in dict.fromkeys(r["model"] for r in plain):
+        for k in (4, 8):
+            mine = [r for r in plain if r["model"] == model and r["steps"] == k]
+            at1 = next((r for r in mine if r["temperature"] == 1.0), None)
+            if at1 is None or k not in teach:
+                continue
+            base, gap = teach[k], best["valid_sentences"] - teach[k]
+
+            def closed(v, base=base, gap=gap):
+                return (v - base) / gap if gap > 0 else float("nan")
+            matched = [r for r in mine if abs(r["choice_entropy_ratio"] / target - 1) <= tol]
+            m = max(matched, key=lambda r: r["valid_sentences"], default=None)
+            out.append({"model": model, "steps": k, "valid_sentences": at1["valid_sentences"],
+                        "gap_closed": closed(at1["valid_sentences"]), "valid_texts": at1["valid_texts"],
+                        "diversity": at1["choice_entropy_ratio"] / target,
+                        "temperatures": sorted(r["temperature"] for r in mine),
+                        "matched_temperature": m and m["temperature"],
+                        "matched_valid_sentences": m and m["valid_sentences"],
+                        "matched_gap_closed": m and closed(m["valid_sentences"]),
+                        "matched_valid_texts": m and m["valid_texts"],
+                        "matched_diversity": m and m["choice_entropy_ratio"] / target})
+    return out
+
+
+def comparison_markdown(table: list[dict], best: dict, stages: dict) -> str:
+    lines = [f"## Comparison at 4 and 8 steps (uniform grid; the teacher at {best['steps']} steps: "
+             f"{best['valid_sentences']:.3f} valid sentences, choice entropy {best['choice_entropy_ratio']:.3f})", "",
+             "Gap closed: (model - teacher at the same steps) / (teacher at its best - teacher at the same steps), in "
+             "valid sentences. Diversity: choice entropy / the teacher's at its best. 'At the teacher's diversity': "
+             "the model's best temperature row with diversity within 5 %; blank when none of its temperatures gets "
+             "there.", "",
+             "| model | trained (steps, minutes) | steps | valid sentences | gap closed | valid texts | diversity | "
+             "at the teacher's diversity: temperature | valid sentences | gap closed | valid texts |",
+             "|---" * 11 + "|"]
+    for r in table:
+        st = stages.get(r["model"].split("+")[0], {})
+        trained = f"{st.get('steps')}, {st.get('minutes')}" if st else ""
+        m = ("| — | — | — | — |" if r["matched_temperature"] is None else
+             f"| {r['matched_temperature']:g} | {r['matched_valid_sentences']:.3f} | {r['matched_gap_closed']:+.2f} | "
+             f"{r['matched_valid_texts']:.3f} |")
+        lines.append(f"| {r['model']} | {trained} | {r['steps']} | {r['valid_sentences']:.3f} | "
+                     f"{r['gap_closed']:+.2f} | {r['valid_texts']:.3f} | {r['diversity']:.3f} " + m)
+    return "\n".join(lines) + "\n"
+
+
+def plot_comparison(table: list[dict], path: Path, title: str) -> None:
+    """Gap closed per model at 4 and 8 steps: at temperature 1 (solid) and at the teacher's diversity (hatched)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = list(dict.fromkeys(r["model"] for r in table if r["model"] != "teacher"))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 0.45 * len(models) + 1.5), sharey=True)
+    for ax, k in zip(axes, (4, 8)):
+        by = {r["model"]: r for r in table if r["steps"] == k}
+        ys = range(len(models))
+        ax.barh([y + 0.2 for y in ys], [by[m]["gap_closed"] if m in by else 0 for m in models], 0.4,
+                label="temperature 1")
+        ax.barh([y - 0.2 for y in ys], [(by.get(m) or {}).get("matched_gap_closed") or 0 for m in models], 0.4,
+                hatch="//", fill=False, label="at the teacher's diversity (0 = never)")
+        ax.axvline(2 / 3, color="k", ls=":", lw=1)
+        ax.set_yticks(list(ys), models)
+        ax.set_title(f"{k} steps")
+        ax.set_xlabel("share of the teacher's few-step gap closed (valid sentences)")
+    axes[0].legend(loc="lower right", fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    tmp = path.with_name(path.name + ".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
 
 
 def gap_markdown(rows: list[dict], best: dict) -> str:

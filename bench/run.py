@@ -1,4 +1,4 @@
-"""The didi benchmark (issue 4): teacher, AR baseline, DiDi-Instruct and SDTT students on one corpus, every
+"""The didi benchmark: teacher, AR baseline, DiDi-Instruct and SDTT students on one corpus, every
 row scored the same way, plus a speed section. Stages and rows are cached under --work, so a rerun (or a
 run after a crash) skips what is finished and resumes a half-trained stage exactly.
 
@@ -23,10 +23,10 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
 from pathlib import Path
 
 import torch
+from common import floats, ints, stage, stage_facts, stage_markdown
 
 import didi
 from didi.config import preset
@@ -38,33 +38,6 @@ RESULTS = ROOT / "bench" / "results"
 COLUMNS_NOTE = ("nfe: network calls of the generator per sequence (mean; nfe_max the batch maximum); total_evals "
                 "adds RGAS discriminator forwards and backwards; tokens_per_step = length / steps; s_per_sample and "
                 "tokens_per_s are wall-clock on this machine (batch 64, after a warm-up call).")
-
-
-def ints(s: str) -> list[int]:
-    return [int(x) for x in s.split(",") if x.strip()]
-
-
-def floats(s: str) -> list[float]:
-    return [float(x) for x in s.split(",") if x.strip()]
-
-
-def stage(work: Path, name: str, given: str | None, build) -> Path:
-    """A finished run directory for `name`: the user's, a finished one in work/, or one built (or resumed) now."""
-    if given:
-        return Path(given)
-    out, done = work / name, work / f"{name}.done"
-    if done.is_file():
-        return out
-    resume = (out / "checkpoint.pt").is_file()
-    if out.exists() and not resume:  # killed before its first checkpoint: keep it aside, start again
-        aside = out.with_name(f"{name}.partial-{int(time.time())}")
-        out.rename(aside)
-        print(f"bench: stage {name}: {out} had no checkpoint; moved to {aside}", flush=True)
-    print(f"bench: stage {name}: {'resuming' if resume else 'starting'} in {out}", flush=True)
-    start = time.perf_counter()
-    build(out, resume)
-    done.write_text(json.dumps({"seconds": time.perf_counter() - start}) + "\n")
-    return out
 
 
 def speed(paths: dict[str, Path], batch: int, reps: int, seed: int) -> list[dict]:
@@ -157,7 +130,7 @@ def main() -> None:
 
     cache = RowCache(work / f"{args.name}.rows.jsonl").load()
     meta = {"judge": args.judge, "num": args.num, "seed": args.seed, "commit": git_commit(), "settings": settings,
-            "speed": speed_rows, "stages": _stage_facts(paths), "columns_note": COLUMNS_NOTE}
+            "speed": speed_rows, "stages": stage_facts(paths), "columns_note": COLUMNS_NOTE}
     order = {("data", "data"): 0, ("teacher", "ancestral"): 1, ("didi", "ancestral"): 2, ("didi", "RGAS"): 3,
              ("sdtt", "ancestral"): 4, ("ar", "ar+kv"): 5}
     for i in range(len(specs)):  # one row at a time, report rewritten after each
@@ -167,7 +140,7 @@ def main() -> None:
         target = rows[0]["entropy"] if rows and rows[0]["sampler"] == "data" else None
         report = write_reports(rows, RESULTS, args.name, meta, target)
     md = report["markdown"]
-    md.write_text(md.read_text() + "\n" + speed_markdown(speed_rows) + "\n" + _stage_markdown(meta["stages"]))
+    md.write_text(md.read_text() + "\n" + speed_markdown(speed_rows) + "\n" + stage_markdown(meta["stages"]))
     print(md.read_text())
 
 
@@ -177,28 +150,6 @@ def speed_markdown(rows: list[dict]) -> str:
              "|---|---|---|---|---|---|---|"]
     lines += [f"| {r['model']} | {r['steps']} | {r['batch']} | {r['s_per_sequence']:.4f} | {r['tokens_per_s']:,.0f} | "
               f"{r['speedup_vs_teacher_1024']:.1f}x | {r['speedup_vs_ar']:.2f}x |" for r in rows]
-    return "\n".join(lines) + "\n"
-
-
-def _stage_facts(paths: dict[str, Path]) -> dict:
-    facts = {}
-    for name, path in paths.items():
-        metrics = [json.loads(x) for x in (path / "metrics.jsonl").read_text().splitlines() if x.strip()] \
-            if (path / "metrics.jsonl").is_file() else []
-        train = [m for m in metrics if "loss" in m]
-        val = [m for m in metrics if any(k.startswith("val_") for k in m)]
-        facts[name] = {"path": str(path), "steps": train[-1]["step"] if train else None,
-                       "minutes": round(train[-1]["elapsed_s"] / 60, 1) if train and "elapsed_s" in train[-1] else None,
-                       "last_validation": val[-1] if val else None}
-    return facts
-
-
-def _stage_markdown(stages: dict) -> str:
-    lines = ["## Stages", "", "| stage | steps | minutes | last validation |", "|---|---|---|---|"]
-    for name, f in stages.items():
-        v = f["last_validation"] or {}
-        shown = ", ".join(f"{k} {v[k]:.4g}" for k in v if k.startswith("val_") and isinstance(v[k], float))
-        lines.append(f"| {name} | {f['steps']} | {f['minutes']} | {shown} |")
     return "\n".join(lines) + "\n"
 
 

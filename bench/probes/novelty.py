@@ -20,15 +20,18 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import sys
 from collections import Counter, defaultdict
 from pathlib import Path
 
 import torch
-from common import RESULTS, write_results
 
 from didi import runs
 from didi.api import Pipeline
 from didi.data import prepare_data
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/common.py
+from common import RESULTS, write_results  # noqa: E402
 
 COLUMNS = ["texts", "exact_copy", "nearest_similarity", "near_copy", "num"]
 

@@ -28,10 +28,10 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import sys
 from pathlib import Path
 
 import torch
-from common import RESULTS, write_results
 
 from didi import fileio, runs
 from didi.api import Pipeline
@@ -40,6 +40,9 @@ from didi.errors import DidiError
 from didi.evaluation import load_judge
 from didi.prior import NoisePrior, encode, fit_mixture, load_encoder, posterior_draws
 from didi.sampling import SplitDenoiser
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/common.py
+from common import RESULTS, write_results  # noqa: E402
 
 COLUMNS = ["xi", "steps", "valid_sentences", "valid_texts", "choice_entropy_ratio", "nll_per_word", "in_train",
            "source_similarity"]

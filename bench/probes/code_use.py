@@ -13,16 +13,19 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import torch
-from common import RESULTS, write_results
 
 from didi import runs
 from didi.data import prepare_data
 from didi.diffusion import Kept, LogLinearSchedule, mask_tokens, masked_log_probs
 from didi.errors import DidiError
 from didi.prior import encode, load_encoder
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/common.py
+from common import RESULTS, write_results  # noqa: E402
 
 TIMES = (0.05, 0.2, 0.4, 0.6, 0.8, 0.9, 0.97, 1.0)
 COLUMNS = ["t", "teacher", "posterior", "prior_draw", "read_from_code"]

@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
-from common import RESULTS, write_results
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/common.py
+from common import RESULTS, write_results  # noqa: E402
 
 
 def curve_rows(paths: list[Path], steps: list[int]) -> list[dict]:
