@@ -93,6 +93,7 @@ def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, until_step: 
                                grad_clip=t.grad_clip, ema=t.ema)}
     trainer = Trainer(cfg, out, method, specs, train_blocks, valid_blocks, d, device, progress=progress)
     if d.main and not resume:  # written last: a start that failed before this leaves nothing that blocks a retry
+        runs.save_data_counts(out, train_blocks)
         cfg.save(out / runs.CONFIG)
     if d.main:
         print(f"didi: {cfg.model.arch} with {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters, "
@@ -101,6 +102,9 @@ def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, until_step: 
     if resume:
         trainer.resume()
     return trainer.train(until_step=until_step)
+
+
+SAMPLE_BATCH = 256  # sequences per sampling batch unless the caller says otherwise
 
 
 class Pipeline:
@@ -218,57 +222,71 @@ class Pipeline:
                clamp: torch.Tensor | None = None, final_step: str = "argmax", cache: bool | None = None,
                guided: bool = False, rho: float = 0.5, h0: float = 30.0, h1: float = 40.0, candidates: int = 4,
                grid_power: float | None = None, progress: bool = False) -> SampleOutput:
-        """Generate `num` sequences. Float64 draws; NFE counted per sequence; text decoded.
+        """Generate `num` sequences. Float64 draws; NFE counted per sequence; text decoded. Sampled in batches of
+        `batch_size` (default: at most SAMPLE_BATCH); `stream` yields them one by one.
 
         guided: reward-guided ancestral sampling (RGAS, `didi.guidance`) with the discriminator saved
         beside a distilled student; `total_evals` then counts its forwards and backwards too.
         grid_power: the time grid (`sampling.time_grid`); default the run's `diffusion.grid_power` (a student
         distilled on a grid samples on it).
         """
+        outs = list(self.stream(num, steps, seed=seed, batch_size=batch_size, temperature=temperature, top_p=top_p,
+                                prefix=prefix, suffix=suffix, clamp=clamp, final_step=final_step, cache=cache,
+                                guided=guided, rho=rho, h0=h0, h1=h1, candidates=candidates, grid_power=grid_power,
+                                progress=progress))
+        return SampleOutput(tokens=torch.cat([o.tokens for o in outs]), nfe=torch.cat([o.nfe for o in outs]),
+                            seconds=sum(o.seconds for o in outs),
+                            total_evals=torch.cat([o.total_evals for o in outs]),
+                            text=[t for o in outs for t in o.text])
+
+    def stream(self, num: int = 8, steps: int = 64, *, seed: int = 0, batch_size: int | None = None,
+               temperature: float = 1.0, top_p: float = 1.0, prefix: str | None = None, suffix: str | None = None,
+               clamp: torch.Tensor | None = None, final_step: str = "argmax", cache: bool | None = None,
+               guided: bool = False, rho: float = 0.5, h0: float = 30.0, h1: float = 40.0, candidates: int = 4,
+               grid_power: float | None = None, progress: bool = False):
+        """`sample`, one batch at a time: yields a SampleOutput (tokens on the CPU, text decoded) per batch of at most
+        `batch_size` sequences, so any `num` runs in bounded memory."""
         if num < 1:
             raise DidiError("num must be >= 1")
         if steps < 1:
             raise DidiError("steps must be >= 1")
+        if batch_size is not None and batch_size < 1:
+            raise DidiError("batch_size must be >= 1")
         grid_power = self.config.diffusion.grid_power if grid_power is None else grid_power
         if grid_power <= 0:
             raise DidiError(f"grid power must be > 0, not {grid_power}")
-        if clamp is None:
-            clamp = self.clamp_from_text(num, prefix, suffix)
-        batch_size = batch_size or num
+        text_clamp = self.clamp_from_text(1, prefix, suffix) if clamp is None else None  # one row, every batch
+        batch_size = batch_size or min(num, SAMPLE_BATCH)
         gen = torch.Generator(self.device).manual_seed(seed)
         mcfg = self.config.model
         if self.is_protein and mcfg.arch == "dit":
-            if clamp is not None:
+            if clamp is not None or text_clamp is not None:
                 raise DidiError("protein sampling sets lengths itself; prefix/suffix/clamp are for text runs")
             clamp = self.protein_clamp(num, torch.Generator().manual_seed(seed))
         use_cache = (not mcfg.time_conditioning) if cache is None else cache
-        outs = []
         for start in range(0, num, batch_size):
             n = min(batch_size, num - start)
-            c = clamp[start:start + n] if clamp is not None else None
+            c = (clamp[start:start + n] if clamp is not None
+                 else text_clamp.repeat(n, 1) if text_clamp is not None else None)
             if mcfg.arch == "ar":
                 if guided:
                     raise DidiError("guided sampling needs a distilled diffusion student, not an AR model")
-                outs.append(self._sample_ar(n, c, temperature, top_p, gen))
+                out = self._sample_ar(n, c, temperature, top_p, gen)
             elif guided:
                 from .guidance import rgas_sample
 
-                outs.append(rgas_sample(self.denoiser(n, gen), self.discriminator(), n, mcfg.length, steps,
-                                        self.tokenizer.mask_id, rho=rho, h0=h0, h1=h1, candidates=candidates,
-                                        clamp=c, temperature=temperature, top_p=top_p, final_step=final_step,
-                                        cache=use_cache, generator=gen, device=self.device, progress=progress,
-                                        grid_power=grid_power))
+                out = rgas_sample(self.denoiser(n, gen), self.discriminator(), n, mcfg.length, steps,
+                                  self.tokenizer.mask_id, rho=rho, h0=h0, h1=h1, candidates=candidates, clamp=c,
+                                  temperature=temperature, top_p=top_p, final_step=final_step, cache=use_cache,
+                                  generator=gen, device=self.device, progress=progress, grid_power=grid_power)
             else:
-                outs.append(ancestral_sample(self.denoiser(n, gen), n, mcfg.length, steps, self.tokenizer.mask_id,
-                                             clamp=c, temperature=temperature, top_p=top_p, final_step=final_step,
-                                             cache=use_cache, generator=gen, device=self.device, progress=progress,
-                                             grid_power=grid_power))
-        tokens = torch.cat([o.tokens for o in outs])
-        nfe = torch.cat([o.nfe for o in outs])
-        total = torch.cat([o.total_evals if o.total_evals is not None else o.nfe for o in outs])
-        text = self.decode(tokens)
-        return SampleOutput(tokens=tokens.cpu(), nfe=nfe, seconds=sum(o.seconds for o in outs), total_evals=total,
-                            text=text)
+                out = ancestral_sample(self.denoiser(n, gen), n, mcfg.length, steps, self.tokenizer.mask_id,
+                                       clamp=c, temperature=temperature, top_p=top_p, final_step=final_step,
+                                       cache=use_cache, generator=gen, device=self.device, progress=progress,
+                                       grid_power=grid_power)
+            total = out.total_evals if out.total_evals is not None else out.nfe
+            yield SampleOutput(tokens=out.tokens.cpu(), nfe=out.nfe, seconds=out.seconds, total_evals=total,
+                               text=self.decode(out.tokens))
 
     def decode(self, tokens: torch.Tensor) -> list[str]:
         """Texts of sampled rows: protein residues; for a text run with one document per row (data.layout
@@ -326,8 +344,22 @@ def load(source: str | Path, device: str = "cpu", noise_prior: str = "run") -> P
 
     device = check_device(device)
     path = Path(source)
-    if path.is_dir() and (path / runs.CONFIG).is_file() and (path / runs.TOKENIZER_DIR).is_dir():
+    if path.is_dir() and (path / runs.CONFIG).is_file() and _is_run_config(path / runs.CONFIG):
+        if not (path / runs.TOKENIZER_DIR).is_dir():
+            raise DidiError(f"{path} is a didi run without its {runs.TOKENIZER_DIR}/ directory; copy it back from the "
+                            "run it came from, or train again")
         return Pipeline(runs.load_run(path, device), device, noise_prior)
     from . import interop
 
     return Pipeline(interop.load(str(source), device=device), device, noise_prior)
+
+
+def _is_run_config(path: Path) -> bool:
+    """A didi run's config.json (sections model and train), not an official checkpoint's."""
+    from .fileio import read_json
+
+    try:
+        d = read_json(path)
+    except DidiError:
+        return False
+    return isinstance(d, dict) and isinstance(d.get("model"), dict) and isinstance(d.get("train"), dict)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -113,47 +114,62 @@ def _refuse_overwrite(path: Path, overwrite: bool) -> None:
         if parent.exists():
             if not parent.is_dir():
                 raise DidiError(f"cannot write {path}: {parent} is a file, not a directory")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise DidiError(f"cannot write {path}: {parent} is not writable")
             break
 
 
 def cmd_sample(args) -> None:
     from .api import load
+    from .fasta import is_fasta_path
 
-    pipe = load(args.run, device=args.device, noise_prior=args.noise_prior)
-    if args.out:
+    if args.out:  # before any work: the output path is checked, then written as the batches come
         _refuse_overwrite(Path(args.out), args.overwrite)
+    pipe = load(args.run, device=args.device, noise_prior=args.noise_prior)
     if args.compile:
         pipe.compile()
-    out = pipe.sample(num=args.num, steps=args.steps, seed=args.seed, batch_size=args.batch_size,
-                      temperature=args.temperature, top_p=args.top_p, prefix=args.prefix, suffix=args.suffix,
-                      final_step=args.final_step, guided=args.guided, rho=args.rho, h0=args.h0, h1=args.h1,
-                      candidates=args.candidates, grid_power=args.grid_power, progress=not args.quiet)
-    from .fasta import is_fasta_path
+    batches = pipe.stream(num=args.num, steps=args.steps, seed=args.seed, batch_size=args.batch_size,
+                          temperature=args.temperature, top_p=args.top_p, prefix=args.prefix, suffix=args.suffix,
+                          final_step=args.final_step, guided=args.guided, rho=args.rho, h0=args.h0, h1=args.h1,
+                          candidates=args.candidates, grid_power=args.grid_power, progress=not args.quiet)
+    seen = {"n": 0, "nfe": 0.0, "nfe_max": 0, "evals": 0.0, "seconds": 0.0}
+
+    def tally(out):
+        seen["n"] += len(out.text)
+        seen["nfe"] += float(out.nfe.double().sum())
+        seen["nfe_max"] = max(seen["nfe_max"], int(out.nfe.max()))
+        seen["evals"] += float(out.total_evals.double().sum())
+        seen["seconds"] += out.seconds
+        return out
 
     if args.out and is_fasta_path(args.out):
         from .fasta import write_fasta
 
-        write_fasta(args.out, ((f"didi_{i} steps={args.steps} nfe={int(n)} seed={args.seed} length={len(t)}", t)
-                               for i, (t, n) in enumerate(zip(out.text, out.nfe.tolist()))))
+        write_fasta(args.out, ((f"didi_{seen['n'] - len(out.text) + i} steps={args.steps} nfe={int(n)} "
+                                f"seed={args.seed} length={len(t)}", t)
+                               for out in map(tally, batches) for i, (t, n) in enumerate(zip(out.text,
+                                                                                              out.nfe.tolist()))))
     elif args.out:
-        from .fileio import atomic_write_text
+        from .fileio import atomic_write_lines
 
-        lines = [json.dumps({"text": t, "tokens": ids, "nfe": int(n), "total_evals": int(e), "steps": args.steps,
-                             "seed": args.seed, "guided": args.guided})
-                 for t, ids, n, e in zip(out.text, out.tokens.tolist(), out.nfe.tolist(), out.total_evals.tolist())]
-        atomic_write_text(Path(args.out), "\n".join(lines) + "\n")
+        atomic_write_lines(Path(args.out), (
+            json.dumps({"text": t, "tokens": ids, "nfe": int(n), "total_evals": int(e), "steps": args.steps,
+                        "seed": args.seed, "guided": args.guided})
+            for out in map(tally, batches)
+            for t, ids, n, e in zip(out.text, out.tokens.tolist(), out.nfe.tolist(), out.total_evals.tolist())))
     else:
-        for i, text in enumerate(out.text):
-            print(f"--- sample {i} (NFE {int(out.nfe[i])}) ---\n{text}")
-    evals = out.total_evals.double().mean().item()
-    print(f"didi: {args.num} samples, {args.steps} steps{' (guided)' if args.guided else ''}, "
-          f"student NFE mean {out.nfe_mean:.1f} (max {out.nfe_max}), total network evaluations mean {evals:.1f}, "
-          f"{out.seconds:.2f} s ({out.seconds / args.num:.3f} s/sample)"
+        for out in map(tally, batches):
+            for i, text in enumerate(out.text):
+                print(f"--- sample {seen['n'] - len(out.text) + i} (NFE {int(out.nfe[i])}) ---\n{text}")
+    n = seen["n"]
+    print(f"didi: {n} samples, {args.steps} steps{' (guided)' if args.guided else ''}, "
+          f"student NFE mean {seen['nfe'] / n:.1f} (max {seen['nfe_max']}), total network evaluations mean "
+          f"{seen['evals'] / n:.1f}, {seen['seconds']:.2f} s ({seen['seconds'] / n:.3f} s/sample)"
           + (f", written to {args.out}" if args.out else ""), file=sys.stderr if not args.out else sys.stdout)
 
 
 def cmd_distill(args) -> None:
-    from .distill import PRESET_RUN_OVERRIDES, distill, distill_preset, load_distill_config
+    from .distill import PRESET_RUN_OVERRIDES, default_preset, distill, distill_preset, load_distill_config
     from .runs import CONFIG
 
     dopts = {"max_steps": args.steps, "batch_size": args.batch_size, "group": args.group,
@@ -178,19 +194,7 @@ def cmd_distill(args) -> None:
     else:
         if not args.teacher:
             raise DidiError("distill needs --teacher RUN (a teacher run directory or converted checkpoint)")
-        name = args.preset
-        if name is None:
-            from .config import RunConfig
-            from .runs import check_run_dir
-
-            teacher_preset = RunConfig.load(check_run_dir(args.teacher) / CONFIG).preset
-            small = teacher_preset in ("tiny", "test")
-            if teacher_preset == "lang-tiny":
-                name = {"sdtt": "sdtt-lang", "latent": "latent-lang", "dmmd": "dmmd-lang"}.get(args.method, "lang")
-            elif args.method in ("sdtt", "dmmd"):
-                name = f"{args.method}-tiny" if small else args.method
-            else:
-                name = "tiny" if small else "paper"
+        name = args.preset or default_preset(args.teacher, args.method)
         dcfg = distill_preset(name, d_over + ([f"method={args.method}"] if args.method else []))
         run_over = PRESET_RUN_OVERRIDES.get(name, []) + run_over  # the user's --set come later and win
     result = distill(args.teacher, args.out, dcfg, data=args.data, overrides=run_over, resume=args.resume,
@@ -220,6 +224,17 @@ def cmd_eval(args) -> None:
                       grid_power=args.grid_power, noise_prior=args.noise_prior, progress=not args.quiet)
     print(report["markdown"].read_text(), end="")
     print("didi: wrote " + ", ".join(str(p) for p in [report["json"], report["markdown"], *report["plots"]]))
+
+
+def cmd_recipe(args) -> None:
+    from .recipe import run_recipe
+
+    if not args.teacher:
+        raise DidiError("recipe needs --teacher RUN (a teacher run directory)")
+    run = run_recipe(args.teacher, args.out, stage=args.stage, data=args.data, minutes=args.minutes,
+                     stage_minutes=args.stage_minutes, latent_steps=args.steps, stage_steps=args.stage_steps,
+                     overrides=args.overrides, progress=not args.quiet)
+    print(f"didi: the recipe's student is {run}: didi sample {run} --steps 4 (its code is drawn from its prior)")
 
 
 def cmd_prior(args) -> None:
@@ -332,10 +347,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="didi", description="Fast text generation with masked diffusion LMs.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("demo", help="offline demo on the reference language: tiny teacher, distilled student, compared")
+    p = sub.add_parser("demo", help="offline demo on the reference language: tiny teacher, few-step student, compared")
     p.add_argument("--out", default="runs/demo")
-    p.add_argument("--minutes", type=POS_FLOAT, default=5.0, help="teacher training time")
-    p.add_argument("--distill-minutes", type=NONNEG_FLOAT, default=3.0, help="student distillation time (0: skip)")
+    p.add_argument("--minutes", type=POS_FLOAT, default=4.5, help="teacher training time")
+    p.add_argument("--distill-minutes", type=NONNEG_FLOAT, default=3.5, help="student training time (0: skip)")
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=cmd_demo)
 
@@ -372,6 +387,22 @@ def build_parser() -> argparse.ArgumentParser:
                         "(repeatable)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_distill)
+
+    p = sub.add_parser("recipe", help="the few-step recipe in one command: a latent student from the teacher, its "
+                                      "exemplar prior, optionally a D-MMD or DiDi stage (resumable)")
+    p.add_argument("--teacher", help="teacher run directory")
+    p.add_argument("--out", required=True, help="directory for the stages (rerun the same command to resume)")
+    p.add_argument("--stage", choices=["none", "dmmd", "didi"], default="none",
+                   help="a last stage from the latent student (default none: the latent student is the result)")
+    p.add_argument("--data", help="the corpus (default: the teacher's training data)")
+    p.add_argument("--minutes", type=POS_FLOAT, help="cap of the latent stage (train.max_minutes)")
+    p.add_argument("--stage-minutes", type=POS_FLOAT, help="cap of the last stage")
+    p.add_argument("--steps", type=POS_INT, help="latent stage iterations (preset latent-lang: 3,000)")
+    p.add_argument("--stage-steps", type=POS_INT, help="last stage iterations")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="run settings for every stage: train.seed=1, train.cpu_bf16=true, ... (repeatable)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_recipe)
 
     p = sub.add_parser("sample", help="sample from a run")
     p.add_argument("run", help="run directory (or hf:REPO / official checkpoint path)")

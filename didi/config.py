@@ -46,7 +46,8 @@ class DataConfig:
     layout: str = "packed"  # text: "packed" (documents joined with EOS, cut into blocks) or "rows" (one
     # document per row: its ids, then EOS repeated to the row's end; the model writes where it ends)
     ambiguous: str = "keep"  # protein FASTA: ambiguous residues X B Z U O: keep, map, skip or error
-    long_sequences: str = "crop"  # rows: a document longer than a row: "crop" (its first ids, no EOS) or "skip"
+    long_sequences: str = "auto"  # rows: longer documents: "auto" (crop up to 1 % of them, else stop), "crop", "skip"
+    # ("crop": a document's first ids, no EOS; "auto" stops naming the row length that fits them)
 
 
 @dataclass
@@ -103,7 +104,7 @@ class RunConfig:
             ("data.valid_fraction", 0.0 <= d.valid_fraction < 1.0, "in [0, 1)"),
             ("data.domain", d.domain in ("text", "protein"), "text or protein"),
             ("data.layout", d.layout in ("packed", "rows"), "packed or rows"),
-            ("data.long_sequences", d.long_sequences in ("crop", "skip"), "crop or skip"),
+            ("data.long_sequences", d.long_sequences in ("auto", "crop", "skip"), "auto, crop or skip"),
             ("data.ambiguous", d.ambiguous in ("keep", "map", "skip", "error"), "keep, map, skip or error"),
             ("train.batch_size", t.batch_size >= 1, ">= 1"), ("train.lr", t.lr > 0, "> 0"),
             ("train.min_lr_ratio", 0.0 <= t.min_lr_ratio <= 1.0, "in [0, 1]"),
@@ -134,7 +135,7 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> RunConfig:
-        return _from_dict(cls, d)
+        return _from_dict(cls, d, extra=("distill",))
 
     @classmethod
     def load(cls, path: str | Path) -> RunConfig:
@@ -143,19 +144,21 @@ class RunConfig:
             raise DidiError(f"{path} is damaged: not a didi config (a JSON object); restore it, or delete the run")
         try:
             return cls.from_dict(d)
+        except DidiError as e:
+            raise DidiError(f"{path} is damaged or from another program: {e}; restore it, or delete the run") from None
         except (TypeError, ValueError, KeyError, AttributeError) as e:
             raise DidiError(f"{path} is damaged or from another program ({type(e).__name__}: {e}); restore it, or "
                             "delete the run") from None
 
 
-# Presets: model shapes (spec §2) and training settings sized for their hardware.
+# Presets: model shapes (the official ones) and training settings sized for their hardware.
 PRESETS: dict[str, dict] = {
-    # CPU-sized: 4 blocks / 256 hidden / 4 heads at length 128 (spec §7).
+    # CPU-sized: 4 blocks / 256 hidden / 4 heads at length 128 (the official CPU reference shape).
     "tiny": {
         "model": dict(hidden_dim=256, cond_dim=128, n_blocks=4, n_heads=4, length=128, dropout=0.0),
         "train": dict(batch_size=32, lr=1e-3, warmup_steps=100, max_steps=2000, ema=0.99),
     },
-    # The reference-language recipe (issue 17): the tiny shape on one text per row (EOS-anchored), short rows and a
+    # The reference-language recipe: the tiny shape on one text per row (EOS-anchored), short rows and a
     # small BPE, 30 minutes on 2 cores. Texts of the built-in `stories` grammar fit in 48 tokens; set model.length
     # for a grammar with longer texts (`didi language info` gives the word count).
     "lang-tiny": {
@@ -178,12 +181,12 @@ PRESETS: dict[str, dict] = {
     # Proteins: one sequence per row (BOS residues EOS PAD ...), the amino-acid tokenizer.
     "protein-tiny": {
         "model": dict(hidden_dim=256, cond_dim=128, n_blocks=4, n_heads=4, length=256, dropout=0.0),
-        "data": dict(tokenizer="amino", domain="protein"),
+        "data": dict(tokenizer="amino", domain="protein", long_sequences="crop"),  # long proteins: first residues
         "train": dict(batch_size=32, lr=1e-3, warmup_steps=100, max_steps=2000, ema=0.99),
     },
     "protein-small": {
         "model": dict(hidden_dim=768, cond_dim=128, n_blocks=12, n_heads=12, length=1024, dropout=0.1),
-        "data": dict(tokenizer="amino", domain="protein"),
+        "data": dict(tokenizer="amino", domain="protein", long_sequences="crop"),  # long proteins: first residues
         "train": dict(batch_size=256, lr=3e-4, warmup_steps=2500, max_steps=500_000, ema=0.9999),
     },
     # Test-sized: seconds on a laptop core.
@@ -252,16 +255,55 @@ def _coerce(raw: str, hint, name: str):
     raise DidiError(f"cannot override {name} of type {hint}")
 
 
-def _from_dict(cls, d: dict):
+def _typed(value, hint, where: str):
+    """`value` read from a saved config, checked against the field's type (an int where a float belongs is taken);
+    anything else is one error naming the field."""
+    if hint is bool:
+        ok = isinstance(value, bool)
+    elif hint is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif hint is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value == value  # NaN is refused
+        value = float(value) if ok else value
+    elif hint is str:
+        ok = isinstance(value, str)
+    elif typing.get_origin(hint) is tuple:
+        args = typing.get_args(hint)
+        ok = isinstance(value, (list, tuple)) and len(value) == len(args)
+        if ok:
+            return tuple(_typed(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    else:
+        ok = True
+    if not ok:
+        kind = getattr(hint, "__name__", str(hint))
+        raise DidiError(f"{where} is {json.dumps(value) if _jsonable(value) else repr(value)}, where a value of type "
+                        f"{kind} belongs")
+    return value
+
+
+def _jsonable(value) -> bool:
+    try:
+        json.dumps(value)
+        return True
+    except (TypeError, ValueError):
+        return False
+
+
+def _from_dict(cls, d: dict, where: str = "", extra: tuple[str, ...] = ()):
+    """A config dataclass from its saved dict: every value type-checked, unknown keys refused (naming them); keys
+    left out take their defaults, so configs saved before a field existed still load. extra: keys allowed beside
+    the fields and ignored (a run config's `distill` section)."""
+    if not isinstance(d, dict):
+        raise DidiError(f"{where or 'the config'} is {type(d).__name__}, not a JSON object")
     hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - names - set(extra))
+    if unknown:
+        raise DidiError(f"unknown key{'s' if len(unknown) > 1 else ''} {', '.join(where + k for k in unknown)} "
+                        f"(known here: {', '.join(sorted(names))})")
     kwargs = {}
-    for f in dataclasses.fields(cls):
-        if f.name not in d:
-            continue
-        v, hint = d[f.name], hints[f.name]
-        if dataclasses.is_dataclass(hint):
-            v = _from_dict(hint, v)
-        elif typing.get_origin(hint) is tuple:
-            v = tuple(v)
-        kwargs[f.name] = v
+    for name in names & set(d):
+        v, hint = d[name], hints[name]
+        kwargs[name] = (_from_dict(hint, v, f"{where}{name}.") if dataclasses.is_dataclass(hint)
+                        else _typed(v, hint, where + name))
     return cls(**kwargs)

@@ -16,7 +16,7 @@ import hashlib
 import json
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -73,6 +73,8 @@ def read_documents(source: str, ambiguous: str = "keep") -> Iterator[str]:
                             text = json.loads(line)["text"]
                         except (json.JSONDecodeError, KeyError, TypeError):
                             raise DidiError(f"{path}:{lineno}: expected a JSON object with a 'text' field") from None
+                        if not isinstance(text, str):
+                            raise DidiError(f"{path}:{lineno}: 'text' is {json.dumps(text)}, not a string")
                         if text:
                             count += 1
                             yield text
@@ -123,6 +125,7 @@ class TokenBlocks:
 
     tokens: np.ndarray
     block_size: int
+    rows: dict = field(default_factory=dict)  # row layouts: documents, cropped, skipped, longest (training split)
 
     def __len__(self) -> int:
         return len(self.tokens) // self.block_size
@@ -164,18 +167,23 @@ def text_row(ids: list[int], tokenizer, length: int, long_sequences: str = "crop
 
 
 def _tokenize_to_cache(docs: list[str], tokenizer, path: Path, show_progress: bool, what: str,
-                       rows=None) -> np.ndarray:
+                       rows=None, capacity: int = 0) -> dict:
     from tqdm.auto import tqdm
 
     dtype = np.uint16 if tokenizer.model_vocab_size <= 65536 else np.uint32
     chunks, n = [], 0
+    stats = {"documents": len(docs), "cropped": 0, "skipped": 0, "longest": 0}  # longest: ids + row specials
     bar = tqdm(total=len(docs), desc=f"tokenizing {what}", unit="doc", disable=not show_progress)
     for i in range(0, len(docs), 256):
         for ids in tokenizer.encode_batch(docs[i:i + 256]):
             if rows is not None:
+                stats["longest"] = max(stats["longest"], len(ids) + 2)
+                long = len(ids) > capacity
                 ids = rows(ids)
                 if ids is None:
+                    stats["skipped"] += 1
                     continue
+                stats["cropped"] += long
             else:
                 ids.append(tokenizer.eos_id)
             chunks.append(np.asarray(ids, dtype=dtype))
@@ -186,11 +194,13 @@ def _tokenize_to_cache(docs: list[str], tokenizer, path: Path, show_progress: bo
     tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
     arr.tofile(tmp)
     os.replace(tmp, path)
-    return arr
+    return stats
 
 
 def _load_or_build(key: str, docs_fn, tokenizer, cfg: DataConfig, show_progress: bool, what: str,
-                   rows=None) -> np.ndarray:
+                   rows=None, capacity: int = 0) -> tuple[np.ndarray, dict]:
+    """The cached ids of one split (built when missing or damaged) and its row counts (documents, cropped,
+    skipped, longest; empty for caches written before the counts were kept)."""
     directory = cache_dir(cfg)
     directory.mkdir(parents=True, exist_ok=True)
     path, meta_path = directory / f"{key}.bin", directory / f"{key}.json"
@@ -201,14 +211,15 @@ def _load_or_build(key: str, docs_fn, tokenizer, cfg: DataConfig, show_progress:
         except ValueError:  # a damaged cache entry is rebuilt
             meta = {}
         if isinstance(meta, dict) and meta.get("num_tokens") == path.stat().st_size // np.dtype(dtype).itemsize:
-            return _open_tokens(path, dtype)
-    _tokenize_to_cache(docs_fn(), tokenizer, path, show_progress, what, rows)
+            return _open_tokens(path, dtype), meta.get("rows", {})
+    stats = _tokenize_to_cache(docs_fn(), tokenizer, path, show_progress, what, rows, capacity)
     from .fileio import atomic_write_text
 
     num_tokens = path.stat().st_size // np.dtype(dtype).itemsize
-    meta = {"what": what, "num_tokens": num_tokens, "tokenizer": tokenizer.fingerprint()}
+    meta = {"what": what, "num_tokens": num_tokens, "tokenizer": tokenizer.fingerprint(),
+            "rows": stats if rows is not None else {}}
     atomic_write_text(meta_path, json.dumps(meta) + "\n")
-    return _open_tokens(path, dtype)
+    return _open_tokens(path, dtype), meta["rows"]
 
 
 def _open_tokens(path: Path, dtype) -> np.ndarray:
@@ -236,20 +247,22 @@ def prepare_data(cfg: DataConfig, tokenizer, block_size: int,
         raise DidiError("no data source given")
     rows = None  # ids -> one row (or None: skipped), for the row layouts
     layout = ""
+    capacity = block_size - 2  # a document's ids that fit in a row beside its specials (BOS/EOS, EOS)
     if cfg.domain not in ("text", "protein"):
         raise DidiError(f"data.domain must be 'text' or 'protein', not {cfg.domain!r}")
     if cfg.layout not in ("packed", "rows"):
         raise DidiError(f"data.layout must be 'packed' or 'rows', not {cfg.layout!r}")
-    if cfg.long_sequences not in ("crop", "skip"):
-        raise DidiError(f"data.long_sequences must be 'crop' or 'skip', not {cfg.long_sequences!r}")
+    if cfg.long_sequences not in ("auto", "crop", "skip"):
+        raise DidiError(f"data.long_sequences must be 'auto', 'crop' or 'skip', not {cfg.long_sequences!r}")
+    crop = "skip" if cfg.long_sequences == "skip" else "crop"  # auto crops (up to LONG_SHARE of the documents)
     if cfg.domain == "protein":
         if tokenizer.bos_id is None or tokenizer.pad_id is None:
             raise DidiError("protein data needs a tokenizer with BOS and PAD ids (use tokenizer 'amino')")
-        rows = lambda ids: sequence_row(ids, tokenizer, block_size, cfg.long_sequences)
-        layout = f"\0rows{block_size}:{cfg.long_sequences}:{cfg.ambiguous}"
+        rows = lambda ids: sequence_row(ids, tokenizer, block_size, crop)
+        layout = f"\0rows{block_size}:{crop}:{cfg.ambiguous}"
     elif cfg.layout == "rows":
-        rows = lambda ids: text_row(ids, tokenizer, block_size, cfg.long_sequences)
-        layout = f"\0textrows-anchored{block_size}:{cfg.long_sequences}"
+        rows = lambda ids: text_row(ids, tokenizer, block_size, crop)
+        layout = f"\0textrows-anchored{block_size}:{crop}"
 
     def docs(source):
         return list(read_documents(source, cfg.ambiguous))
@@ -260,9 +273,10 @@ def prepare_data(cfg: DataConfig, tokenizer, block_size: int,
 
     base = key_of(cfg.source)
     if cfg.valid_source:
-        train = _load_or_build(f"{base}-all", lambda: docs(cfg.source), tokenizer, cfg, show_progress, "train", rows)
-        valid = _load_or_build(f"{key_of(cfg.valid_source)}-all", lambda: docs(cfg.valid_source), tokenizer, cfg,
-                               show_progress, "valid", rows)
+        train, counts = _load_or_build(f"{base}-all", lambda: docs(cfg.source), tokenizer, cfg, show_progress,
+                                       "train", rows, capacity)
+        valid, _ = _load_or_build(f"{key_of(cfg.valid_source)}-all", lambda: docs(cfg.valid_source), tokenizer, cfg,
+                                  show_progress, "valid", rows, capacity)
     else:
         key = f"{base}-split{cfg.valid_fraction:g}"
         docs_cache: dict[str, tuple[list[str], list[str]]] = {}
@@ -272,16 +286,39 @@ def prepare_data(cfg: DataConfig, tokenizer, block_size: int,
                 docs_cache["s"] = _split_documents(docs(cfg.source), cfg.valid_fraction)
             return docs_cache["s"]
 
-        train = _load_or_build(f"{key}-train", lambda: split()[0], tokenizer, cfg, show_progress, "train", rows)
-        valid = _load_or_build(f"{key}-valid", lambda: split()[1], tokenizer, cfg, show_progress, "valid", rows)
+        train, counts = _load_or_build(f"{key}-train", lambda: split()[0], tokenizer, cfg, show_progress, "train",
+                                       rows, capacity)
+        valid, _ = _load_or_build(f"{key}-valid", lambda: split()[1], tokenizer, cfg, show_progress, "valid", rows,
+                                  capacity)
         if len(valid) < block_size and len(train) >= 2 * block_size and rows is None:
             # one document (or tiny held-out share): hold out the tail of the token stream instead
             n_valid = max(block_size, int(len(train) * cfg.valid_fraction) // block_size * block_size)
             train, valid = train[:-n_valid], train[-n_valid:]
-    train_blocks, valid_blocks = TokenBlocks(train, block_size), TokenBlocks(valid, block_size)
+    _check_long_documents(cfg, counts, block_size, show_progress)
+    train_blocks, valid_blocks = TokenBlocks(train, block_size, counts), TokenBlocks(valid, block_size)
     if len(train_blocks) == 0:
         raise DidiError(f"not enough data: {len(train)} training tokens cannot fill one block of {block_size}")
     return train_blocks, valid_blocks
+
+
+LONG_SHARE = 0.01  # data.long_sequences "auto": crop up to this share of the training documents, refuse beyond
+
+
+def _check_long_documents(cfg: DataConfig, counts: dict, block_size: int, show_progress: bool) -> None:
+    """Row layouts: say how many training documents were cropped or skipped; with long_sequences "auto" more than
+    LONG_SHARE cropped is an error naming the row length that fits them."""
+    if not counts or not (counts.get("cropped") or counts.get("skipped")):
+        return
+    n, cropped, skipped, longest = (counts[k] for k in ("documents", "cropped", "skipped", "longest"))
+    if cfg.long_sequences == "auto" and cropped > LONG_SHARE * n:
+        raise DidiError(f"{cropped} of {n} training documents ({cropped / n:.1%}) are longer than a row of "
+                        f"{block_size} tokens (the longest needs {longest}): set model.length={longest}, or "
+                        "data.long_sequences=crop to train on their first tokens, or "
+                        "data.long_sequences=skip to leave them out")
+    if show_progress:
+        what = f"{cropped} cropped to the row's first tokens" if cropped else f"{skipped} skipped"
+        print(f"didi: data: {what} of {n} training documents longer than a row of {block_size} tokens (the "
+              f"longest needs {longest})", flush=True)
 
 
 def iterate_blocks(blocks: TokenBlocks, batch_size: int, max_batches: int | None = None) -> Iterator[torch.Tensor]:

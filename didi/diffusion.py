@@ -1,4 +1,4 @@
-"""The masked diffusion process (spec §1): log-linear schedule, masking, SUBS, continuous-time NELBO."""
+"""The masked diffusion process (MDLM, Sahoo et al. 2024): log-linear schedule, masking, SUBS, continuous-time NELBO."""
 
 from __future__ import annotations
 

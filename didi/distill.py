@@ -1,4 +1,4 @@
-"""DiDi-Instruct distillation of a trained MDLM teacher run into a few-step student run (spec §3).
+"""DiDi-Instruct distillation of a trained MDLM teacher run into a few-step student run (arXiv 2509.25035).
 
 The output is an ordinary didi run directory: `config.json` (the teacher's RunConfig, with the
 distillation settings under "distill"), `tokenizer/`, `model.safetensors` (the student's EMA weights:
@@ -18,11 +18,12 @@ from pathlib import Path
 import torch
 
 from . import fileio, runs
-from .config import RunConfig, apply_overrides
+from .config import RunConfig, _from_dict, apply_overrides
 from .errors import DidiError
+from .methods import STUDENTS, StudentSetup, method_class
 
 DISCRIMINATOR = "discriminator.safetensors"
-METHODS = ("didi-instruct", "sdtt", "dmmd", "latent")  # distill methods (teachers: `methods.make_method`)
+METHODS = tuple(STUDENTS)  # distill methods, registered in `didi.methods` beside the teachers' (`make_method`)
 
 
 @dataclass
@@ -52,8 +53,8 @@ class DMMDConfig:
 
 @dataclass
 class DistillConfig:
-    """Every knob of DiDi-Instruct (and of the SDTT baseline, `method="sdtt"`, spec §6); DiDi-Instruct
-    defaults follow the authors' final config (spec §3) unless noted."""
+    """Every knob of DiDi-Instruct (and of the SDTT baseline, `method="sdtt"`); DiDi-Instruct
+    defaults follow the authors' final config unless noted."""
 
     method: str = "didi-instruct"  # or "sdtt", "dmmd" (D-MMD, `methods.dmmd`), or "latent" (a latent-variable student)
     # run length and batch (B real sequences per step, global; N = B * group rollouts)
@@ -164,11 +165,9 @@ class DistillConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> DistillConfig:
-        names = {f.name: f for f in dataclasses.fields(cls)}
-        kw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in names}
-        if isinstance(kw.get("dmmd"), dict):
-            kw["dmmd"] = DMMDConfig(**kw["dmmd"])
-        return cls(**kw)
+        """From a preset or a run's saved `distill` section (types checked, unknown keys refused; `teacher`, which a
+        run saves beside the fields, is ignored)."""
+        return _from_dict(cls, d, "distill.", extra=("teacher",))
 
     def validate(self) -> None:
         if self.method not in METHODS:
@@ -273,20 +272,20 @@ class DistillConfig:
             raise DidiError("distill: need 0 < tau_min <= tau_max < 1")
 
 
-# Named starting points. "paper": the authors' settings (spec §3), for the 169 M OpenWebText teacher.
+# Named starting points. "paper": the authors' settings, for the 169 M OpenWebText teacher.
 # "tiny": a CPU-sized run of a few hundred steps (larger learning rates, short warm-up, a faster EMA so the
 # saved EMA student has moved), for teachers of the `tiny` preset.
 DISTILL_PRESETS: dict[str, dict] = {
     "paper": {},
     "tiny": dict(batch_size=8, group=4, student_lr=1e-4, disc_lr=1e-4, warmup_steps=20, disc_only_steps=20,
                  disc_trainable_blocks=2, ema=0.95, max_steps=400),
-    # The reference-language recipe (issue 17; teachers of preset lang-tiny): 4-step rollouts on the 4-step sampler's
+    # The reference-language recipe (teachers of preset lang-tiny): 4-step rollouts on the 4-step sampler's
     # grid and rewards on every rollout state (reward-to-go), a lower student lr. bench/results/reference.md measures
     # it against the paper's defaults (preset tiny).
     "lang": dict(batch_size=8, group=4, student_lr=3e-5, disc_lr=1e-4, warmup_steps=20, disc_only_steps=20,
                  disc_trainable_blocks=2, ema=0.95, max_steps=600, student_steps=4, rollout_grid="uniform",
                  reward_states="path"),
-    # SDTT at the scale of spec §6 (7 rounds of 10k steps, 1024 -> 8 steps) and a CPU-sized version.
+    # SDTT at the scale of its paper (7 rounds of 10k steps, 1024 -> 8 steps) and a CPU-sized version.
     # The learning rate stays constant after warm-up (min_lr_ratio=1): a decay spanning all rounds would starve
     # the last rounds, the ones that make the few-step student.
     "sdtt": dict(method="sdtt", max_steps=70_000, batch_size=128, student_lr=6e-5, warmup_steps=500, ema=0.9999,
@@ -299,7 +298,7 @@ DISTILL_PRESETS: dict[str, dict] = {
     # A latent-variable student for lang-tiny teachers (README, reference language): the teacher's batch, a
     # fine-tuning learning rate, a 16-dimensional latent, beta 0.01: a code that carries most of a text, to be
     # sampled from the exemplar prior of `didi prior RUN --components 0` (beta 0.03 was best with N(0, I) draws,
-    # E19-E21, E37; with that prior three of four beta-0.01 students pass issue 17's bar, reference-log E46-E47),
+    # E19-E21, E37; with that prior three of four beta-0.01 students pass the bar of the reference log, E46-E47),
     # trained more where few tokens are visible (time power 2: E54-E55 on errands, E57 on stories) at twice the
     # first learning rate (6e-4: E58, E60 on errands, E61 on stories).
     "latent-lang": dict(method="latent", max_steps=3000, batch_size=64, student_lr=6e-4, warmup_steps=100, ema=0.99,
@@ -314,7 +313,7 @@ DISTILL_PRESETS: dict[str, dict] = {
                        student_steps=4, rollout_grid="uniform", reward_states="path", reward_source="teacher",
                        student_noise_dim=16, noise_prior="init", group_noise="shared", kl_reference="init",
                        kl_beta=15.0, disc_trainable_blocks=2),
-    # D-MMD (spec §9): for lang-tiny teachers (4-step students, the batch of the teacher's training), for tiny and
+    # D-MMD: for lang-tiny teachers (4-step students, the batch of the teacher's training), for tiny and
     # test teachers, and at the paper's 169 M shape (16-step students; lrs as for moment matching at that scale).
     "dmmd-lang": dict(method="dmmd", max_steps=3000, batch_size=64, student_lr=5e-5, warmup_steps=50, ema=0.99,
                       min_lr_ratio=0.1, student_clip=1.0, dmmd=dict(steps=4, aux_lr=1e-4)),
@@ -327,6 +326,21 @@ DISTILL_PRESETS: dict[str, dict] = {
 PRESET_RUN_OVERRIDES: dict[str, list[str]] = {
     "lang-stage": ["diffusion.grid_power=3", "train.snapshot_every=50"],
 }
+
+
+def default_preset(teacher: str | Path, method: str | None = None) -> str:
+    """The distill preset for `method` (default didi-instruct) that fits the teacher run's own preset: the
+    reference-language presets for lang-tiny teachers, the CPU-sized ones for tiny and test teachers, else the
+    paper-sized ones."""
+    teacher_preset = RunConfig.load(runs.check_run_dir(teacher) / runs.CONFIG).preset
+    if teacher_preset == "lang-tiny":
+        return {"sdtt": "sdtt-lang", "latent": "latent-lang", "dmmd": "dmmd-lang"}.get(method or "", "lang")
+    small = teacher_preset in ("tiny", "test")
+    if method in ("sdtt", "dmmd"):
+        return f"{method}-tiny" if small else method
+    if method == "latent":
+        return "latent-lang"
+    return "tiny" if small else "paper"
 
 
 def distill_preset(name: str, overrides: list[str] | None = None) -> DistillConfig:
@@ -374,8 +388,6 @@ def distill(teacher: str | Path | None, out: str | Path, dcfg: DistillConfig | N
     import torch.distributed as dist
 
     from .data import prepare_data
-    from .methods.didi_instruct import DiDiInstruct
-    from .nn.discriminator import Discriminator
     from .tokenizers import Tokenizer
     from .trainer import PartSpec, Trainer, init_distributed, resolve_device
 
@@ -483,83 +495,19 @@ def distill(teacher: str | Path | None, out: str | Path, dcfg: DistillConfig | N
                             decay="linear",
                             lr_scale={"noise_map.": dcfg.noise_lr_mult}
                             if dcfg.student_noise_dim and dcfg.noise_lr_mult != 1.0 else {})
-    n_student = sum(p.numel() for p in student.parameters()) / 1e6
     from .diffusion import Kept
 
     keep = Kept.for_run(cfg.data, tok)  # protein BOS/EOS/PAD (the length is given), the first position of text rows
-    if dcfg.method == "latent":
-        from .methods.latent import LatentMDLM
-        from .nn.encoder import SequenceEncoder
-
-        if dcfg.latent_encoder_blocks > len(teacher_model.blocks):
-            raise DidiError(f"distill.latent_encoder_blocks = {dcfg.latent_encoder_blocks}: the teacher has only "
-                            f"{len(teacher_model.blocks)} blocks")
-        encoder = SequenceEncoder(teacher_model, dcfg.student_noise_dim, dcfg.latent_encoder_blocks)
-        torch.manual_seed(cfg.train.seed + d.rank)
-        method = LatentMDLM(cfg, dcfg, tok.mask_id, keep)
-        specs = {"student": student_spec,
-                 "encoder": PartSpec(encoder, lr=dcfg.student_lr, max_steps=dcfg.max_steps,
-                                     warmup_steps=dcfg.warmup_steps, min_lr_ratio=dcfg.min_lr_ratio,
-                                     betas=tuple(dcfg.student_betas), weight_decay=dcfg.student_weight_decay,
-                                     grad_clip=dcfg.student_clip, ema=0.0, decay="linear")}
-        n_enc = sum(p.numel() for p in encoder.parameters()) / 1e6
-        banner = (f"didi: latent student from {teacher} ({n_student:.2f} M parameters, a {dcfg.student_noise_dim}-"
-                  f"dimensional latent, encoder {n_enc:.2f} M), beta {dcfg.latent_beta}, batch {dcfg.batch_size}, "
-                  f"device {device}, {d.world} process(es)")
-    elif dcfg.method == "dmmd":
-        from .methods.dmmd import DMMD
-
-        m = dcfg.dmmd
-        aux = copy.deepcopy(student if m.aux_init == "student" else teacher_model).train().requires_grad_(True)
-        frozen = teacher_model.to(device).eval().requires_grad_(False)
-        torch.manual_seed(cfg.train.seed + d.rank)
-        method = DMMD(cfg, dcfg, tok.mask_id, frozen, keep, prior=prior)
-        specs = {"student": student_spec,
-                 "auxiliary": PartSpec(aux, lr=m.aux_lr, max_steps=dcfg.max_steps * m.aux_updates,
-                                       warmup_steps=dcfg.warmup_steps * m.aux_updates,
-                                       min_lr_ratio=dcfg.min_lr_ratio, betas=tuple(dcfg.student_betas),
-                                       weight_decay=dcfg.student_weight_decay, grad_clip=dcfg.student_clip, ema=0.0,
-                                       decay="linear")}
-        start = f", student from {dcfg.student_init}" if dcfg.student_init else ""
-        code = (f", a {dcfg.student_noise_dim}-dimensional code ({dcfg.noise_prior} prior)"
-                if dcfg.student_noise_dim else "")
-        banner = (f"didi: D-MMD from {teacher}{start} ({n_student:.2f} M parameters{code}), a {m.steps}-step "
-                  f"student, z_t from {m.states}, auxiliary lr {m.aux_lr} x{m.aux_updates}, batch {dcfg.batch_size}, "
-                  f"device {device}, {d.world} process(es)")
-    elif dcfg.method == "sdtt":
-        from .methods.sdtt import SDTT
-
-        frozen = teacher_model.to(device).eval().requires_grad_(False)
-        torch.manual_seed(cfg.train.seed + d.rank)
-        method = SDTT(cfg, dcfg, tok.mask_id, frozen, keep)
-        specs = {"student": student_spec}
-        banner = (f"didi: SDTT from {teacher} ({n_student:.2f} M parameters), {len(method.rounds)} rounds "
-                  f"{dcfg.sdtt_start_steps} -> {dcfg.sdtt_end_steps} steps, batch {dcfg.batch_size}, device {device}, "
-                  f"{d.world} process(es)")
-    else:
-        frozen = teacher_model.to(device).eval().requires_grad_(False)
-        method = DiDiInstruct(cfg, dcfg, tok.mask_id, frozen, keep,
-                              kl_ref=kl_ref.to(device) if kl_ref is not None else None, prior=prior)
-        specs = {"student": student_spec}
-        what = "the teacher's evidence as the reward"
-        if dcfg.reward_source == "discriminator":  # reward_source "teacher" reads no discriminator: none is built
-            disc = Discriminator.from_teacher(teacher_model, dcfg.disc_trainable_blocks, dcfg.disc_time_conditioning)
-            specs["discriminator"] = PartSpec(disc, lr=dcfg.disc_lr, max_steps=dcfg.max_steps,
-                                              warmup_steps=dcfg.warmup_steps, min_lr_ratio=dcfg.min_lr_ratio,
-                                              betas=tuple(dcfg.disc_betas), weight_decay=dcfg.disc_weight_decay,
-                                              grad_clip=dcfg.disc_clip, ema=0.0, decay="linear")
-            what = f"discriminator trains {sum(p.numel() for p in disc.parameters() if p.requires_grad) / 1e6:.2f} M"
-        torch.manual_seed(cfg.train.seed + d.rank)  # dropout differs per rank
-        banner = (f"didi: distilling {teacher} ({n_student:.2f} M parameters; {what}) with "
-                  f"{dcfg.batch_size}x{dcfg.group} rollouts per step, "
-                  f"{dcfg.student_steps if dcfg.score_decomposition else 1}-step rollouts, device {device}, "
-                  f"{d.world} process(es)")
+    setup = StudentSetup(cfg, dcfg, tok, keep, teacher, teacher_model, student, student_spec, kl_ref, prior, device,
+                         d.rank, d.world)
+    method, specs, banner = method_class(dcfg.method).build(setup)
     trainer = Trainer(cfg, out, method, specs, train_blocks, valid_blocks, d, device, progress=progress)
     if not resume and d.main:  # written last: a start that failed before this leaves nothing that blocks a retry
         if dcfg.method == "didi-instruct" and dcfg.reward_source == "discriminator":  # for guided sampling
             fileio.atomic_write_text(out / "discriminator.json", json.dumps(
                 {"time_conditioning": dcfg.disc_time_conditioning, "trainable_blocks": dcfg.disc_trainable_blocks})
                 + "\n")
+        runs.save_data_counts(out, train_blocks)
         fileio.atomic_write_text(out / runs.CONFIG, json.dumps(
             {**cfg.to_dict(), "distill": {**asdict(dcfg), "teacher": str(teacher)}}, indent=2) + "\n")
     if d.main:

@@ -37,6 +37,16 @@ def atomic_write_text(path: Path, text: str) -> None:
     _atomic(path, write)
 
 
+def atomic_write_lines(path: Path, lines) -> None:
+    """Write an iterable of lines as they come (one per line) into a temporary file, renamed over `path` at the
+    end: a failure part-way leaves `path` as it was."""
+    def write(tmp):
+        with open(tmp, "w") as f:
+            for line in lines:
+                f.write(line + "\n")
+    _atomic(path, write)
+
+
 def atomic_torch_save(obj, path: Path) -> None:
     _atomic(path, lambda tmp: torch.save(obj, tmp))
 

@@ -1,4 +1,4 @@
-"""Reward-guided ancestral sampling (RGAS, spec §4): a student guided by the DiDi-Instruct discriminator.
+"""Reward-guided ancestral sampling (RGAS, from the paper): a student guided by the DiDi-Instruct discriminator.
 
 With T steps and re-ranking ratio rho, K = int(T (1 - rho)):
 

@@ -1,6 +1,6 @@
 """Interop with the official checkpoints: convert them into didi run directories, export didi runs back.
 
-Layouts read (spec §2; names of the DiT are the official ones, see `didi.nn.dit`):
+Layouts read (names of the DiT are the official ones, see `didi.nn.dit`):
 
 * ``mdlm-hf``        -- a Hugging Face directory (e.g. ``kuleshov-group/mdlm-owt``): ``config.json``
   (hidden_dim, cond_dim, n_blocks, n_heads, model_length, vocab_size, time_conditioning) and

@@ -12,6 +12,7 @@ Layout of a run directory:
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,9 +75,29 @@ def load_run(path: str | Path, device: str | torch.device = "cpu", weights: str 
     wpath = path / weights
     if not wpath.is_file():
         raise DidiError(f"{path} has no trained weights yet ({weights} missing)")
-    missing, unexpected = model.load_state_dict(load_weights(wpath), strict=False)
+    state = load_weights(wpath)
+    expected = model.state_dict()
+    shapes = [f"{k} {tuple(v.shape)} (the config makes {tuple(expected[k].shape)})" for k, v in state.items()
+              if k in expected and v.shape != expected[k].shape]
+    if shapes:
+        raise DidiError(f"weights in {wpath} do not match {path / CONFIG}: {len(shapes)} tensors of another shape, "
+                        f"e.g. {shapes[0]}; the weights come from a run of another model shape")
+    missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.endswith("inv_freq")]
     if missing or unexpected:
         raise DidiError(f"weights in {wpath} do not match the config: "
                         f"missing {missing[:5]}, unexpected {unexpected[:5]}")
     return Run(path=path, config=cfg, tokenizer=tok, model=model.to(device).eval())
+
+
+DATA_COUNTS = "data.json"
+
+
+def save_data_counts(out: Path, train_blocks) -> None:
+    """Row layouts: how many training documents the run saw, cropped and skipped (`data.long_sequences`), and the
+    row length the longest needed, saved beside the config."""
+    if getattr(train_blocks, "rows", None):
+        from .fileio import atomic_write_text
+
+        atomic_write_text(Path(out) / DATA_COUNTS, json.dumps({**train_blocks.rows,
+                                                               "row_length": train_blocks.block_size}) + "\n")

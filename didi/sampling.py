@@ -1,4 +1,4 @@
-"""Samplers. Every categorical draw is made in float64 (probabilities and noise, spec §1): by inverse CDF with one
+"""Samplers. Every categorical draw is made in float64 (probabilities and noise): by inverse CDF with one
 uniform per row, or by the exponential race (`draw="race"`); both have the same law.
 
 `ancestral_sample` takes a denoiser (the teacher, a student, a guided student) and returns token
@@ -102,7 +102,7 @@ def draw_tokens(logits: torch.Tensor, mask_id: int | None = None, temperature: f
     with the mask column removed (SUBS: the mask is never an output). Returns [N] ids.
 
     The sampler's hot path: a float64 copy of the logits, exponentiated and summed in place, then `inverse_cdf`
-    (one uniform per row) or, with method="race", the exponential race of spec §1 (`sample_categorical`: K float64
+    (one uniform per row) or, with method="race", the exponential race (`sample_categorical`: K float64
     exponentials per row, about 2x the time). Both have the law of
     `sample_categorical(nucleus_probs(masked_log_probs(...)))`. workspace: where the float64 copy goes. On a CPU
     the rows go through in blocks of about 1 MB (`DRAW_BLOCK_BYTES`). With inverse CDF and no nucleus, each block
@@ -154,7 +154,7 @@ def draw_tokens(logits: torch.Tensor, mask_id: int | None = None, temperature: f
 
 def step_probs(logp: torch.Tensor, alpha_t: float, alpha_s: float, mask_id: int, temperature: float = 1.0,
                top_p: float = 1.0) -> torch.Tensor:
-    """Unnormalized float64 q(x_s | z_t) at masked positions (spec §1). logp: [N, V+1] with the mask excluded.
+    """Unnormalized float64 q(x_s | z_t) at masked positions. logp: [N, V+1] with the mask excluded.
 
     q(x_s = v) ∝ p(x0 = v | z_t) (alpha_s - alpha_t) for real tokens v, q(x_s = m) ∝ 1 - alpha_s.
     """

@@ -22,6 +22,7 @@ def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("errs")
     corpus = write_corpus(Grammar.load("stories"), 200, 0, root / "corpus.jsonl")
     cfg = preset("test", [f"data.source={corpus}", "data.layout=rows", f"data.cache_dir={root / 'cache'}",
+                          "data.long_sequences=crop",
                           "model.length=48", "train.max_steps=4", "train.eval_every=0", "train.save_every=2"])
     didi.train(cfg, root / "teacher", progress=False)
     distill(root / "teacher", root / "student", distill_preset("tiny", ["max_steps=2", "batch_size=2", "group=2",
@@ -125,7 +126,64 @@ CASES = [
      ["train", "--out", "{run}", "--resume", "--set", "model.hidden_dim=64"]),
     ("resume with another tokenizer", ("teacher", lambda r: None),
      ["train", "--out", "{run}", "--resume", "--tokenizer", "gpt2"]),
+    # config.json read strictly: types, NaN, unknown keys and sections
+    ("config int as a string", ("teacher", lambda r: edit_config(r, "model", "hidden_dim", "256")),
+     ["sample", "{run}"]),
+    ("config int as null", ("teacher", lambda r: edit_config(r, "train", "max_steps", None)), ["sample", "{run}"]),
+    ("config int as a float", ("teacher", lambda r: edit_config(r, "model", "n_blocks", 2.5)), ["sample", "{run}"]),
+    ("config bool as a string", ("teacher", lambda r: edit_config(r, "model", "time_conditioning", "no")),
+     ["sample", "{run}"]),
+    ("config float NaN", ("teacher", lambda r: edit_config(r, "diffusion", "eps", float("nan"))), ["sample", "{run}"]),
+    ("config unknown key", ("teacher", lambda r: edit_config(r, "model", "hidden_size", 64)), ["sample", "{run}"]),
+    ("config unknown section", ("teacher", lambda r: edit_config(r, None, "optimizer", {})), ["sample", "{run}"]),
+    ("config preset a number", ("teacher", lambda r: edit_config(r, None, "preset", 5)), ["sample", "{run}"]),
+    ("config betas of three", ("teacher", lambda r: edit_config(r, "train", "betas", [0.9, 0.99, 0.999])),
+     ["train", "--out", "{run}", "--resume", "--steps", "8"]),
+    ("student distill section damaged", ("student", lambda r: edit_config(r, "distill", "group", "four")),
+     ["distill", "--out", "{run}", "--resume"]),
+    ("student distill unknown key", ("student", lambda r: edit_config(r, "distill", "groups", 4)),
+     ["distill", "--out", "{run}", "--resume"]),
+    # the other files of a run
+    ("weights of another shape", ("teacher", lambda r: edit_config(r, "model", "hidden_dim", 48)),
+     ["sample", "{run}"]),
+    ("teacher weights of another shape", ("teacher", lambda r: edit_config(r, "model", "hidden_dim", 48)),
+     ["distill", "--teacher", "{run}", "--out", "{tmp}/d"]),
+    ("no tokenizer directory", ("teacher", lambda r: shutil.rmtree(r / "tokenizer")), ["sample", "{run}"]),
+    ("no weights yet", ("teacher", lambda r: (r / "model.safetensors").unlink()),
+     ["eval", "{run}", "--steps", "2", "--judge", "grammar:stories"]),
+    # data files
+    ("jsonl text a number", ("teacher", lambda r: (r / "bad.jsonl").write_text('{"text": 5}\n')),
+     ["train", "--data", "{run}/bad.jsonl", "--out", "{tmp}/t", "--preset", "test"]),
+    ("jsonl text NaN", ("teacher", lambda r: (r / "bad.jsonl").write_text('{"text": "a b"}\n{"text": NaN}\n')),
+     ["train", "--data", "{run}/bad.jsonl", "--out", "{tmp}/t", "--preset", "test"]),
+    ("jsonl text null in distill data", ("teacher", lambda r: (r / "bad.jsonl").write_text('{"text": null}\n')),
+     ["distill", "--teacher", "{run}", "--data", "{run}/bad.jsonl", "--out", "{tmp}/d"]),
+    ("scored texts not strings", ("teacher", lambda r: (r / "bad.jsonl").write_text('{"text": [1, 2]}\n')),
+     ["language", "score", "stories", "{run}/bad.jsonl"]),
+    ("empty text file", ("teacher", lambda r: (r / "empty.txt").write_text("")),
+     ["train", "--data", "{run}/empty.txt", "--out", "{tmp}/t", "--preset", "test"]),
+    ("data file missing", None, ["train", "--data", "{tmp}/missing.jsonl", "--out", "{tmp}/t", "--preset", "test"]),
+    ("documents longer than a row", None, ["train", "--data", "{corpus}", "--out", "{tmp}/t", "--preset", "test",
+                                           "--set", "data.layout=rows", "--set", "model.length=8", "--quiet"]),
+    ("long_sequences unknown", None, ["train", "--data", "{corpus}", "--out", "{tmp}/t", "--preset", "test",
+                                      "--set", "data.long_sequences=wrap"]),
+    # outputs and the recipe
+    ("sample out is a directory", None, ["sample", "{teacher}", "--num", "1", "--steps", "1", "--out", "{tmp}"]),
+    ("sample batch larger than allowed", None, ["sample", "{teacher}", "--batch-size", "-3"]),
+    ("recipe without a teacher", None, ["recipe", "--out", "{tmp}/r"]),
+    ("recipe teacher missing", None, ["recipe", "--teacher", "{tmp}/none", "--out", "{tmp}/r"]),
+    ("recipe unknown stage", None, ["recipe", "--teacher", "{teacher}", "--out", "{tmp}/r", "--stage", "sdtt"]),
+    ("recipe minutes 0", None, ["recipe", "--teacher", "{teacher}", "--out", "{tmp}/r", "--minutes", "0"]),
+    ("recipe model override", None, ["recipe", "--teacher", "{teacher}", "--out", "{tmp}/r", "--set",
+                                     "model.hidden_dim=64"]),
 ]
+
+
+def edit_config(run: Path, section: str | None, key: str, value) -> None:
+    """Set one value of a run's config.json (section None: the top level), as a damaged or hand-edited file."""
+    d = json.loads((run / "config.json").read_text())
+    (d[section] if section else d)[key] = value
+    (run / "config.json").write_text(json.dumps(d))
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
@@ -140,7 +198,8 @@ def test_bad_input_is_one_line_and_changes_nothing(case, runs, tmp_path, capsys)
     subs = {"{teacher}": str(runs / "teacher"), "{student}": str(runs / "student"), "{tmp}": str(tmp_path),
             "{corpus}": str(runs / "corpus.jsonl"), "{run}": str(run)}
     argv = [subs.get(a, a) for a in argv]
-    argv = [a.replace("{tmp}", str(tmp_path)).replace("{corpus}", str(runs / "corpus.jsonl")) for a in argv]
+    argv = [a.replace("{tmp}", str(tmp_path)).replace("{corpus}", str(runs / "corpus.jsonl")).replace("{run}", str(run))
+            for a in argv]
     code, err = run_cli(argv, capsys)
     assert code not in (0, None), err
     lines = [x for x in err.splitlines() if x.strip() and not x.startswith("didi: distilling")]
@@ -170,6 +229,7 @@ def test_resume_from_a_damaged_latest_checkpoint_uses_the_previous_one_exactly(r
     cfg = json.loads((runs / "teacher" / "config.json").read_text())
     src = cfg["data"]["source"]
     common = ["--data", src, "--preset", "test", "--set", "data.layout=rows", "--set", "model.length=48",
+              "--set", "data.long_sequences=crop",
               "--set", f"data.cache_dir={cfg['data']['cache_dir']}", "--set", "train.eval_every=0",
               "--set", "train.save_every=2", "--steps", "6", "--quiet"]
     main(["train", "--out", str(tmp_path / "full"), *common])

@@ -83,7 +83,7 @@ class Judge:
             tok_nll = F.cross_entropy(logits[:, :-1].transpose(1, 2), ids[:, 1:], reduction="none")
             tgt = ids[:, 1:]
             tgt_mask = mask[:, 1:].bool()
-            if self.eos_id is not None:  # all non-EOS tokens plus the first EOS of each text (spec §5)
+            if self.eos_id is not None:  # all non-EOS tokens plus the first EOS of each text (the paper's protocol)
                 is_eos = (tgt == self.eos_id) & tgt_mask
                 first = is_eos & (is_eos.long().cumsum(1) == 1)
                 tgt_mask = tgt_mask & (~is_eos | first)

@@ -1,5 +1,5 @@
-"""DiDi-Instruct distillation (spec §3): a policy-gradient estimator of the integral-KL gradient whose reward
-comes from a discriminator between noised real and noised student sequences.
+"""DiDi-Instruct distillation (arXiv 2509.25035): a policy-gradient estimator of the integral-KL gradient whose
+reward comes from a discriminator between noised real and noised student sequences.
 
 One iteration on this rank's B real sequences x:
 
@@ -146,6 +146,30 @@ class DiDiInstruct:
     name = "didi-instruct"
     eval_part = "student"
     progress_keys = ("disc_loss", "reward_mean", "loss", "kl", "tokens_per_s")
+
+    @classmethod
+    def build(cls, s):
+        """The method, the parts it trains (the student and, unless the teacher gives the reward, the
+        discriminator) and its banner, from a StudentSetup."""
+        from ..nn.discriminator import Discriminator
+
+        d = s.dcfg
+        frozen = s.frozen_teacher()
+        method = cls(s.cfg, d, s.tok.mask_id, frozen, s.keep,
+                     kl_ref=s.kl_ref.to(s.device) if s.kl_ref is not None else None, prior=s.prior)
+        specs = {"student": s.student_spec}
+        what = "the teacher's evidence as the reward"
+        if d.reward_source == "discriminator":  # reward_source "teacher" reads no discriminator: none is built
+            disc = Discriminator.from_teacher(s.teacher_model, d.disc_trainable_blocks, d.disc_time_conditioning)
+            specs["discriminator"] = s.part(disc, d.disc_lr, betas=tuple(d.disc_betas),
+                                            weight_decay=d.disc_weight_decay, grad_clip=d.disc_clip)
+            what = f"discriminator trains {sum(p.numel() for p in disc.parameters() if p.requires_grad) / 1e6:.2f} M"
+        torch.manual_seed(s.cfg.train.seed + s.rank)  # dropout differs per rank
+        banner = (f"didi: distilling {s.teacher} ({s.n_student:.2f} M parameters; {what}) with "
+                  f"{d.batch_size}x{d.group} rollouts per step, "
+                  f"{d.student_steps if d.score_decomposition else 1}-step rollouts, device {s.device}, "
+                  f"{s.world} process(es)")
+        return method, specs, banner
 
     def __init__(self, cfg, dcfg, mask_id: int, teacher: torch.nn.Module, kept: Kept | None = None,
                  kl_ref: torch.nn.Module | None = None, prior=None):

@@ -1,4 +1,4 @@
-"""D-MMD, discrete moment matching distillation (Hoogeboom et al., arXiv 2603.20155; spec §9).
+"""D-MMD, discrete moment matching distillation (Hoogeboom et al., arXiv 2603.20155).
 
 Three networks: the frozen teacher θ, the few-step student η, and an auxiliary denoiser φ, an ordinary MDLM denoiser
 trained on the student's own states so that it predicts what the student's distribution looks like after a step.
@@ -32,6 +32,8 @@ a copy of the student, code input included.
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn.functional as F
 
@@ -58,6 +60,21 @@ class DMMD:
     name = "dmmd"
     eval_part = "student"
     progress_keys = ("loss", "aux_loss", "gap", "tokens_per_s")
+
+    @classmethod
+    def build(cls, s):
+        """The method, the parts it trains (the student and the auxiliary) and its banner, from a StudentSetup."""
+        d, m = s.dcfg, s.dcfg.dmmd
+        aux = copy.deepcopy(s.student if m.aux_init == "student" else s.teacher_model).train().requires_grad_(True)
+        frozen = s.frozen_teacher()
+        torch.manual_seed(s.cfg.train.seed + s.rank)
+        method = cls(s.cfg, d, s.tok.mask_id, frozen, s.keep, prior=s.prior)
+        start = f", student from {d.student_init}" if d.student_init else ""
+        code = f", a {d.student_noise_dim}-dimensional code ({d.noise_prior} prior)" if d.student_noise_dim else ""
+        banner = (f"didi: D-MMD from {s.teacher}{start} ({s.n_student:.2f} M parameters{code}), a {m.steps}-step "
+                  f"student, z_t from {m.states}, auxiliary lr {m.aux_lr} x{m.aux_updates}, {s.where()}")
+        return method, {"student": s.student_spec,
+                        "auxiliary": s.part(aux, m.aux_lr, steps_per_iteration=m.aux_updates)}, banner
 
     def __init__(self, cfg, dcfg, mask_id: int, teacher: torch.nn.Module, kept: Kept | None = None, prior=None):
         """teacher: frozen θ. kept: never masked (the first position of text rows, protein BOS/EOS/PAD). prior: the

@@ -9,7 +9,7 @@ autoencoder whose decoder is the student:
     loss = NELBO(x0 | xi) / tokens + beta * KL(q(xi | x0) || N(0, I)) / tokens,   xi ~ q(xi | x0)
 
 on the teacher's training data, with the student starting as a copy of the teacher and the encoder
-(`nn.encoder.SequenceEncoder`) reading the clean text. NELBO(x0 | xi) is the MDLM loss of spec §1 with xi as
+(`nn.encoder.SequenceEncoder`) reading the clean text. NELBO(x0 | xi) is the MDLM loss with xi as
 the student's extra input. beta = 1 is the ELBO; beta < 1 makes xi carry more of the text (a plan the
 parallel steps can share) at the price of a prior that covers the codes less tightly. At sampling time xi ~
 N(0, I), as in DiDi-Instruct rollouts, so the result starts a DiDi run (`distill.student_init`) as it is.
@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 
 from ..diffusion import Kept, nelbo_to_ppl
+from ..errors import DidiError
 from ..nn.encoder import gaussian_kl
 from .mdlm import MDLM
 
@@ -36,6 +37,23 @@ class LatentMDLM:
     name = "latent"
     eval_part = "student"
     progress_keys = ("loss", "nelbo", "kl")
+
+    @classmethod
+    def build(cls, s):
+        """The method, the parts it trains (the student and its encoder) and its banner, from a StudentSetup."""
+        from ..nn.encoder import SequenceEncoder
+
+        d = s.dcfg
+        if d.latent_encoder_blocks > len(s.teacher_model.blocks):
+            raise DidiError(f"distill.latent_encoder_blocks = {d.latent_encoder_blocks}: the teacher has only "
+                            f"{len(s.teacher_model.blocks)} blocks")
+        encoder = SequenceEncoder(s.teacher_model, d.student_noise_dim, d.latent_encoder_blocks)
+        torch.manual_seed(s.cfg.train.seed + s.rank)
+        n_enc = sum(p.numel() for p in encoder.parameters()) / 1e6
+        banner = (f"didi: latent student from {s.teacher} ({s.n_student:.2f} M parameters, a {d.student_noise_dim}-"
+                  f"dimensional latent, encoder {n_enc:.2f} M), beta {d.latent_beta}, {s.where()}")
+        return cls(s.cfg, d, s.tok.mask_id, s.keep), {"student": s.student_spec,
+                                                      "encoder": s.part(encoder, d.student_lr)}, banner
 
     def __init__(self, cfg, dcfg, mask_id: int, kept: Kept | None = None):
         self.cfg, self.dcfg = cfg, dcfg

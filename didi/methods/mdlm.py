@@ -1,4 +1,4 @@
-"""MDLM teacher training: the continuous-time NELBO of spec §1 with antithetic time sampling."""
+"""MDLM teacher training: the continuous-time NELBO of MDLM (Sahoo et al. 2024) with antithetic time sampling."""
 
 from __future__ import annotations
 

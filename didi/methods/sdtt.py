@@ -1,4 +1,4 @@
-"""SDTT, Self-Distillation Through Time (spec §6): the baseline DiDi-Instruct is compared against.
+"""SDTT, Self-Distillation Through Time (arXiv 2410.21035): the baseline DiDi-Instruct is compared against.
 
 Rounds k = 0 .. R-1 with R = log2(start_steps / end_steps). In round k the round's teacher runs
 `start_steps / 2**k` ancestral steps per sequence, i.e. steps of size dt/2 with dt = 2**(k+1) / start_steps;
@@ -64,6 +64,16 @@ class SDTT:
     name = "sdtt"
     eval_part = "student"
     progress_keys = ("loss", "round", "tokens_per_s")
+
+    @classmethod
+    def build(cls, s):
+        """The method, the part it trains (the student) and its banner, from a StudentSetup."""
+        frozen = s.frozen_teacher()
+        torch.manual_seed(s.cfg.train.seed + s.rank)
+        method = cls(s.cfg, s.dcfg, s.tok.mask_id, frozen, s.keep)
+        banner = (f"didi: SDTT from {s.teacher} ({s.n_student:.2f} M parameters), {len(method.rounds)} rounds "
+                  f"{s.dcfg.sdtt_start_steps} -> {s.dcfg.sdtt_end_steps} steps, {s.where()}")
+        return method, {"student": s.student_spec}, banner
 
     def __init__(self, cfg, dcfg, mask_id: int, teacher: torch.nn.Module, kept: Kept | None = None):
         self.cfg, self.dcfg, self.mask_id = cfg, dcfg, mask_id

@@ -1,4 +1,4 @@
-"""The DiDi-Instruct discriminator: a DiT backbone copy whose output layer is a spectral-norm head (spec §2).
+"""The DiDi-Instruct discriminator: a DiT backbone copy whose output layer is a spectral-norm head.
 
 State-dict names match the released `discriminator.safetensors`: the backbone's names, with
 `output_layer.main.0.{weight_orig,weight_u,weight_v,bias}` and `output_layer.main.2.*`.

@@ -1,4 +1,4 @@
-"""The MDLM/DUO diffusion transformer (DiT), with the official parameter names and shapes (spec §2).
+"""The MDLM/DUO diffusion transformer (DiT), with the official parameter names and shapes.
 
 Names are kept exactly so official `model.safetensors` files load without renaming:
 vocab_embed.embedding, sigma_map.mlp.{0,2}, rotary_emb.inv_freq, blocks.i.{norm1,norm2,attn_qkv,
