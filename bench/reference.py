@@ -90,6 +90,9 @@ def main() -> None:
     ap.add_argument("--temperatures", default="0.8,1.3", help="extra temperatures of the validity / diversity "
                     "frontier (above 1 restores the diversity a student lost)")
     ap.add_argument("--teacher-temperature-steps", default="4,8,128", help="the teacher's steps in that sweep")
+    ap.add_argument("--no-rgas", action="store_true", help="no guided-sampling rows")
+    ap.add_argument("--no-own-grid", action="store_true", help="the recipe students on the uniform grid (and each "
+                    "--grid-powers) only, not also on their training grid")
     ap.add_argument("--num", type=int, default=512)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--name", default="reference")
@@ -168,9 +171,10 @@ def main() -> None:
     specs += [RowSpec(f"{name}+prior", str(path), s, prior=fingerprint(path), grid_power=1.0)
               for name, path in with_prior.items() for s in ints(args.student_steps)]
     specs += [RowSpec(f"{name}+prior p{p:g}", str(path), s, prior=fingerprint(path), grid_power=p)
-              for name, path in recipe.items() for p in sorted(set(powers) | {own_grid(path)}) for s in (4, 8)]
+              for name, path in recipe.items()
+              for p in sorted(set(powers) | (set() if args.no_own_grid else {own_grid(path)})) for s in (4, 8)]
     specs += [RowSpec("ar", str(ar), args.length, "ar+kv")]
-    specs += [RowSpec(first, str(students[first]), s, "RGAS") for s in (4, 8)]
+    specs += [] if args.no_rgas else [RowSpec(first, str(students[first]), s, "RGAS") for s in (4, 8)]
     for t in floats(args.temperatures):
         specs += [RowSpec("teacher", T, s, temperature=t) for s in ints(args.teacher_temperature_steps)]
         specs += [RowSpec(f"teacher p{p:g}", T, s, temperature=t, grid_power=p) for p in powers for s in (4, 8)]

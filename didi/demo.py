@@ -1,6 +1,12 @@
 """`didi demo`: offline, on the built-in reference language (the `stories` grammar): train a tiny teacher on a
-corpus drawn from it, distil a few-step student, then show both side by side with the exact share of valid
-sentences beside each row (the grammar decides validity exactly), NFE and wall-clock per sample."""
+corpus drawn from it, train a few-step student from it, then show both side by side with the exact share of valid
+sentences and texts beside each row (the grammar decides validity exactly), the diversity of the choices made (choice
+entropy over its true value), NFE and wall-clock per sample.
+
+The student is the reference-language recipe's first stage, which the comparison in docs/results.md found to be the
+one method that closes the few-step gap at the teacher's diversity: a latent-variable student (`--method latent`,
+preset latent-lang, started from the teacher) whose 16-dimensional code is drawn from the exemplar prior
+(`didi prior --components 0`)."""
 
 from __future__ import annotations
 
@@ -12,11 +18,12 @@ from .config import preset
 from .errors import DidiError
 
 GRAMMAR = "stories"
-DEMO_STEPS = (2, 4, 8, 32, 128)
+DEMO_STEPS = (2, 4, 8, 128)
 STUDENT_STEPS = (2, 4, 8)
 
 
-def run_demo(out: Path, minutes: float = 5.0, device: str = "cpu", num: int = 64, distill_minutes: float = 3.0) -> None:
+def run_demo(out: Path, minutes: float = 4.5, device: str = "cpu", num: int = 256,
+             distill_minutes: float = 3.5) -> None:
     from .language import Grammar, write_corpus
 
     out = Path(out)
@@ -42,17 +49,21 @@ def run_demo(out: Path, minutes: float = 5.0, device: str = "cpu", num: int = 64
 
 def _distill_stage(teacher: Path, student: Path, minutes: float, device: str) -> None:
     from .distill import distill, distill_preset
+    from .prior import write_prior
 
     if (student / runs.WEIGHTS).is_file():
         print(f"didi demo: found a distilled student in {student}; skipping distillation")
         return
     if student.exists() and any(student.iterdir()):
         raise DidiError(f"{student} exists without a finished student; delete it to distil again")
-    print(f"\ndidi demo: distilling a few-step DiDi-Instruct student for up to {minutes:g} minutes into {student}")
-    # the lang recipe, shortened to the demo's few minutes
-    dcfg = distill_preset("lang", ["max_steps=150", "disc_only_steps=10", "warmup_steps=5", "student_lr=1e-4"])
+    print(f"\ndidi demo: training a few-step latent student from the teacher for up to {minutes:g} minutes into "
+          f"{student}")
+    # the latent-lang preset with its schedule shortened to the demo's few minutes
+    dcfg = distill_preset("latent-lang", ["max_steps=400", "warmup_steps=40"])
     distill(teacher, student, dcfg, overrides=[f"train.max_minutes={minutes}", "train.eval_every=0",
-                                                 "train.save_every=50", f"train.device={device}"])
+                                                 "train.save_every=100", f"train.device={device}"])
+    write_prior(student, 0)  # the exemplar prior: the codes of 8,192 training texts; sampling draws from it
+    print("didi demo: the student draws its code from the exemplar prior (noise_prior.safetensors)")
 
 
 def _table(teacher: Path, student: Path | None, device: str, num: int) -> None:
@@ -64,9 +75,10 @@ def _table(teacher: Path, student: Path | None, device: str, num: int) -> None:
     if student is not None:
         rows += [("student", student, s) for s in STUDENT_STEPS]
     pipes = {}
-    print(f"\n{num} samples per row; valid: the share of sentences (and whole texts) the grammar accepts")
-    print(f"{'model':<8} {'steps':>6} {'valid sent.':>11} {'valid texts':>11} {'NFE/seq':>8} {'s/sample':>9}  "
-          f"first sample")
+    print(f"\n{num} samples per row; valid: the share of sentences (and whole texts) the grammar accepts; diversity: "
+          "the entropy of the grammar's choices in the samples over its true value (1 = the language's own)")
+    print(f"{'model':<8} {'steps':>6} {'valid sent.':>11} {'valid texts':>11} {'diversity':>9} {'NFE/seq':>8} "
+          f"{'s/sample':>9}  first sample")
     for label, path, steps in rows:
         if label not in pipes:
             pipes[label] = load(path, device=device)
@@ -76,4 +88,4 @@ def _table(teacher: Path, student: Path | None, device: str, num: int) -> None:
         score = score_texts(grammar, s.text, parser)
         text = s.text[0].replace("\n", " ")
         print(f"{label:<8} {steps:>6} {score['valid_sentences']:>11.2f} {score['valid_texts']:>11.2f} "
-              f"{s.nfe_mean:>8.1f} {s.seconds / num:>9.4f}  {text[:90]}")
+              f"{score['choice_entropy_ratio']:>9.2f} {s.nfe_mean:>8.1f} {s.seconds / num:>9.4f}  {text[:70]}")

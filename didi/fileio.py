@@ -16,6 +16,9 @@ from safetensors.torch import load_file, save_file
 
 from .errors import DidiError
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 
 def _atomic(path: Path, write) -> None:
     path = Path(path)
@@ -24,6 +27,7 @@ def _atomic(path: Path, write) -> None:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes it private; the file gets what open() would have given it
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -9,6 +9,22 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
+def english_teacher(root: Path, docs: int = 300, steps: int = 30, length: int = 16) -> Path:
+    """A teacher run at the test preset, trained for a few steps on the built-in English documents, in root/run."""
+    import json
+
+    import didi
+    from didi.config import preset
+    from didi.demo_corpus import demo_documents
+
+    corpus = root / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in demo_documents(docs)))
+    cfg = preset("test", [f"data.source={corpus}", f"data.cache_dir={root / 'cache'}", f"train.max_steps={steps}",
+                          "train.eval_every=0", f"model.length={length}"])
+    didi.train(cfg, root / "run", progress=False)
+    return root / "run"
+
+
 @pytest.fixture
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():

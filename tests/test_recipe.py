@@ -5,12 +5,11 @@ import json
 
 import pytest
 import torch
+from conftest import english_teacher
 from safetensors.torch import load_file
 
 import didi
 from didi.cli import main
-from didi.config import preset
-from didi.demo_corpus import demo_documents
 from didi.distill import distill, distill_preset
 from didi.errors import DidiError
 from didi.recipe import run_recipe
@@ -20,13 +19,7 @@ QUIET = ["train.eval_every=0", "train.log_every=1"]
 
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory):
-    root = tmp_path_factory.mktemp("recipe_teacher")
-    corpus = root / "c.jsonl"
-    corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in demo_documents(200)))
-    cfg = preset("test", [f"data.source={corpus}", f"data.cache_dir={root / 'cache'}", "train.max_steps=10",
-                          "train.eval_every=0", "model.length=16"])
-    didi.train(cfg, root / "run", progress=False)
-    return root / "run"
+    return english_teacher(tmp_path_factory.mktemp("recipe_teacher"), docs=200, steps=10)
 
 
 def test_recipe_runs_its_stages_once_and_the_result_samples_from_its_prior(teacher, tmp_path):

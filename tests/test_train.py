@@ -263,3 +263,13 @@ def _alive(pid: int) -> bool:
         return stat.is_file() and stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def test_atomic_writes_get_the_permissions_open_would_give(tmp_path):
+    """Files written whole then renamed (configs, weights, checkpoints) get the mode open() would give them under the
+    process's umask, not the owner-only mode of the temporary file they were written to."""
+    from didi import fileio
+
+    fileio.atomic_write_text(tmp_path / "a.json", "{}")
+    (tmp_path / "b.json").write_text("{}")
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == (tmp_path / "b.json").stat().st_mode & 0o777
