@@ -40,7 +40,7 @@ def run_demo(out: Path, minutes: float = 4.5, device: str = "cpu", num: int = 25
         print(f"didi demo: training a tiny MDLM teacher for up to {minutes:g} minutes on {corpus} "
               f"(20,000 texts of the built-in `{GRAMMAR}` grammar, one per row)")
         train(cfg, out)
-    student = out / "student"
+    student = out / "latent"  # not "student": a directory from an older demo held a DiDi-Instruct student there
     if distill_minutes > 0:
         _distill_stage(out, student, distill_minutes, device)
     _table(out, student if (student / runs.WEIGHTS).is_file() else None, device, num)
