@@ -49,13 +49,15 @@ def run_demo(out: Path, minutes: float = 4.5, device: str = "cpu", num: int = 25
 
 def _distill_stage(teacher: Path, student: Path, minutes: float, device: str) -> None:
     from .distill import distill, distill_preset
-    from .prior import write_prior
+    from .prior import load_prior, write_prior
 
     if (student / runs.WEIGHTS).is_file():
-        print(f"didi demo: found a distilled student in {student}; skipping distillation")
+        print(f"didi demo: found a trained latent student in {student}; sampling from it (delete it to train again)")
+        if load_prior(student) is None:  # stopped between training and the prior: finish it
+            write_prior(student, 0)
         return
     if student.exists() and any(student.iterdir()):
-        raise DidiError(f"{student} exists without a finished student; delete it to distil again")
+        raise DidiError(f"{student} exists without a finished student; delete it to train the student again")
     print(f"\ndidi demo: training a few-step latent student from the teacher for up to {minutes:g} minutes into "
           f"{student}")
     # the latent-lang preset with its schedule shortened to the demo's few minutes
