@@ -77,6 +77,7 @@ def main() -> None:
     ap.add_argument("--no-sdtt", action="store_true")
     ap.add_argument("--no-recipe", action="store_true", help="skip the latent + prior + lang-stage students")
     ap.add_argument("--no-dmmd", action="store_true", help="skip the D-MMD students")
+    ap.add_argument("--skip", default="", help="stages neither built nor sampled, by name (e.g. paper-s1,recipe-s1)")
     ap.add_argument("--dmmd-minutes", type=float, default=25.0, help="cap of each D-MMD student")
     ap.add_argument("--no-compile", action="store_true", help="train the recipe's latent students uncompiled "
                     "(train.compile needs a C++ compiler; compiled is 1.19x faster, reference log E59)")
@@ -109,8 +110,10 @@ def main() -> None:
         write_corpus(grammar, args.texts, 0, corpus)
     base = [f"data.source={corpus}", f"model.length={args.length}", "data.long_sequences=skip"]
 
-    def build_stage(name: str, build) -> Path:  # the user's finished run (--teacher, --ar, --stage) or one built now
-        return stage(work, name, given.get(name), build)
+    skip = set(args.skip.split(",")) - {""}
+
+    def build_stage(name: str, build) -> Path | None:  # the user's run (--teacher, --ar, --stage), or one built now
+        return None if name in skip else stage(work, name, given.get(name), build)
 
     teacher = build_stage("teacher", lambda o, resume: didi.train(
         preset("lang-tiny", base + [f"train.max_minutes={args.teacher_minutes}"]), o, resume=resume))
@@ -148,12 +151,13 @@ def main() -> None:
         students[f"dmmd-s{s}"] = build_stage(f"dmmd-s{s}", lambda o, resume, over=over: distill(
             None if resume else teacher, o, None if resume else distill_preset("dmmd-lang"), overrides=over,
             resume=resume))
-        if f"latent-s{s}" in latents:
+        if latents.get(f"latent-s{s}") is not None:
             dcfg = distill_preset("dmmd-lang", [f"student_init={latents[f'latent-s{s}']}"])
             over = common + [f"train.max_minutes={args.stage_minutes}"]  # in place of the DiDi stage, its time
             recipe[f"dmmd-recipe-s{s}"] = build_stage(f"dmmd-recipe-s{s}", lambda o, resume, over=over, dcfg=dcfg:
                                                       distill(None if resume else teacher, o,
                                                               None if resume else dcfg, overrides=over, resume=resume))
+    students, latents, recipe = ({k: v for k, v in d.items() if v is not None} for d in (students, latents, recipe))
     paths = {"teacher": teacher, "ar": ar, **students, **latents, **recipe}
 
     T = str(teacher)
@@ -243,6 +247,8 @@ def recipe_student(build_stage, teacher: Path, seed: int, corpus: Path, args) ->
         None if resume else teacher, o, None if resume else distill_preset("latent-lang"),
         overrides=common + [f"train.max_minutes={args.latent_minutes}",
                             f"train.compile={str(not args.no_compile).lower()}"], resume=resume))
+    if latent is None:
+        return None, None
     prior = load_prior(latent) or write_prior(latent, 0)
     if prior.info.get("components") != 0:
         raise SystemExit(f"bench: {latent} holds a prior that is not the recipe's exemplar prior ({prior.info}); "

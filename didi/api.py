@@ -117,6 +117,9 @@ class Pipeline:
             raise DidiError(f"noise_prior must be 'run' or 'normal', not {noise_prior!r}")
         self.run, self.device, self.noise_prior = run, device, noise_prior
         self._prior = None
+        from .codes import EXEMPLAR_SHARPNESS
+
+        self.exemplar_sharpness = EXEMPLAR_SHARPNESS  # prompt codes: `didi.codes.exemplar_codes`
 
     @property
     def config(self) -> RunConfig:
@@ -162,19 +165,27 @@ class Pipeline:
             self._prior = prior or False
         return self._prior or None
 
-    def denoiser(self, num: int = 0, generator: torch.Generator | None = None):
+    def denoiser(self, num: int = 0, generator: torch.Generator | None = None, clamp: torch.Tensor | None = None,
+                 prompt_code: str = "exemplar"):
         """The model as a `SplitDenoiser`. A model with a noise input (a student distilled with
         `distill.student_noise_dim`) gets one draw of xi per sequence for `num` sequences from `generator`:
-        from the run's saved prior (`prior()`), else xi ~ N(0, I)."""
+        from the run's saved prior (`prior()`), else xi ~ N(0, I); when `clamp` [num, L] fixes tokens (a prompt),
+        xi given them, by `prompt_code` (`didi.codes`: "exemplar", "encoder", or "prior" to ignore them)."""
+        from .codes import check_prompt_code, clamped_positions
+
         model = self.model
         noise = None
         dim = getattr(self.config.model, "noise_dim", 0)
+        check_prompt_code(prompt_code)
         if dim:
             if num < 1:
                 raise DidiError("this model takes a noise input per sequence: say how many sequences (num)")
             gdev = generator.device if generator is not None else torch.device(self.device)
             prior = self.prior()
-            if prior is not None:  # generator None: the global RNG, as torch.randn below
+            fixed = None if clamp is None else clamped_positions(clamp, self.config.data.layout == "rows")
+            if fixed is not None and fixed.any() and prompt_code != "prior":
+                noise = self.prompt_codes(clamp, fixed, prompt_code, generator).to(self.device)
+            elif prior is not None:  # generator None: the global RNG, as torch.randn below
                 noise = prior.sample(num, generator).to(self.device)
             else:
                 noise = torch.randn(num, dim, generator=generator, device=gdev).to(self.device)
@@ -187,6 +198,35 @@ class Pipeline:
             blocked += load_lengths(self.run.path).get("unseen_residue_ids", [])
 
         return SplitDenoiser(model, blocked, noise)
+
+    def prompt_codes(self, clamp: torch.Tensor, fixed: torch.Tensor, method: str,
+                     generator: torch.Generator | None) -> torch.Tensor:
+        """Codes xi [num, D] given the clamped tokens (`didi.codes`)."""
+        from . import codes
+
+        prior = self.prior()
+        if method == "exemplar":
+            if prior is None:
+                raise DidiError(f"{self.run.path}: exemplar codes for a prompt weigh the run's prior, and it has none "
+                                f"(fit one: didi prior {self.run.path}), or use prompt_code 'encoder' or 'prior'")
+            if getattr(self, "_scorer", None) is None or self._scorer.prior is not prior:
+                self._scorer = codes.ExemplarScorer(self.model, prior, self.tokenizer.mask_id,
+                                                    codes.sigma_at_one(self.config.diffusion.eps))
+            return codes.exemplar_codes(self._scorer, clamp, fixed, self.exemplar_sharpness, generator)
+        return codes.encoder_codes_for(self.encoder(), clamp, self.tokenizer.mask_id, generator)
+
+    def encoder(self) -> torch.nn.Module:
+        """The encoder q(xi | x) of the latent student this run is (or started from: its prior names it)."""
+        if getattr(self, "_encoder", None) is None:
+            from .prior import load_encoder
+
+            if self.run.path is None:
+                raise DidiError("encoder codes need a run directory with encoder.safetensors")
+            prior = self.prior()
+            named = Path(prior.info["encoder"]) if prior is not None and prior.info.get("encoder") else None
+            where = named if named is not None and (named / "encoder.safetensors").is_file() else self.run.path
+            self._encoder = load_encoder(where, self.model).to(self.device)
+        return self._encoder
 
     def protein_clamp(self, num: int, generator: torch.Generator) -> torch.Tensor:
         """Lengths drawn from the run's training histogram, as a BOS/EOS/PAD clamp."""
@@ -221,7 +261,7 @@ class Pipeline:
                temperature: float = 1.0, top_p: float = 1.0, prefix: str | None = None, suffix: str | None = None,
                clamp: torch.Tensor | None = None, final_step: str = "argmax", cache: bool | None = None,
                guided: bool = False, rho: float = 0.5, h0: float = 30.0, h1: float = 40.0, candidates: int = 4,
-               grid_power: float | None = None, progress: bool = False) -> SampleOutput:
+               grid_power: float | None = None, prompt_code: str = "exemplar", progress: bool = False) -> SampleOutput:
         """Generate `num` sequences. Float64 draws; NFE counted per sequence; text decoded. Sampled in batches of
         `batch_size` (default: at most SAMPLE_BATCH); `stream` yields them one by one.
 
@@ -229,11 +269,14 @@ class Pipeline:
         beside a distilled student; `total_evals` then counts its forwards and backwards too.
         grid_power: the time grid (`sampling.time_grid`); default the run's `diffusion.grid_power` (a student
         distilled on a grid samples on it).
+        prefix: one text every sample starts with, or a list of `num` texts, one per sample.
+        prompt_code: how a student with a code input (a latent student) draws its code when tokens are fixed
+        (`didi.codes`): "exemplar" (default), "encoder", or "prior" (ignore them). Unprompted calls draw from the prior.
         """
         outs = list(self.stream(num, steps, seed=seed, batch_size=batch_size, temperature=temperature, top_p=top_p,
                                 prefix=prefix, suffix=suffix, clamp=clamp, final_step=final_step, cache=cache,
                                 guided=guided, rho=rho, h0=h0, h1=h1, candidates=candidates, grid_power=grid_power,
-                                progress=progress))
+                                prompt_code=prompt_code, progress=progress))
         return SampleOutput(tokens=torch.cat([o.tokens for o in outs]), nfe=torch.cat([o.nfe for o in outs]),
                             seconds=sum(o.seconds for o in outs),
                             total_evals=torch.cat([o.total_evals for o in outs]),
@@ -243,7 +286,7 @@ class Pipeline:
                temperature: float = 1.0, top_p: float = 1.0, prefix: str | None = None, suffix: str | None = None,
                clamp: torch.Tensor | None = None, final_step: str = "argmax", cache: bool | None = None,
                guided: bool = False, rho: float = 0.5, h0: float = 30.0, h1: float = 40.0, candidates: int = 4,
-               grid_power: float | None = None, progress: bool = False):
+               grid_power: float | None = None, prompt_code: str = "exemplar", progress: bool = False):
         """`sample`, one batch at a time: yields a SampleOutput (tokens on the CPU, text decoded) per batch of at most
         `batch_size` sequences, so any `num` runs in bounded memory."""
         if num < 1:
@@ -255,6 +298,15 @@ class Pipeline:
         grid_power = self.config.diffusion.grid_power if grid_power is None else grid_power
         if grid_power <= 0:
             raise DidiError(f"grid power must be > 0, not {grid_power}")
+        if isinstance(prefix, (list, tuple)):  # one prefix per sample: an explicit clamp
+            if clamp is not None:
+                raise DidiError("give either per-sample prefixes or a clamp, not both")
+            if len(prefix) != num:
+                raise DidiError(f"{len(prefix)} prefixes for {num} samples: give one per sample, or one string")
+            L = self.config.model.length
+            rows = [self.clamp_from_text(1, p, suffix) for p in prefix]
+            clamp = torch.cat([torch.full((1, L), -1, dtype=torch.long) if r is None else r for r in rows])
+            prefix = None
         text_clamp = self.clamp_from_text(1, prefix, suffix) if clamp is None else None  # one row, every batch
         batch_size = batch_size or min(num, SAMPLE_BATCH)
         gen = torch.Generator(self.device).manual_seed(seed)
@@ -275,15 +327,15 @@ class Pipeline:
             elif guided:
                 from .guidance import rgas_sample
 
-                out = rgas_sample(self.denoiser(n, gen), self.discriminator(), n, mcfg.length, steps,
+                out = rgas_sample(self.denoiser(n, gen, c, prompt_code), self.discriminator(), n, mcfg.length, steps,
                                   self.tokenizer.mask_id, rho=rho, h0=h0, h1=h1, candidates=candidates, clamp=c,
                                   temperature=temperature, top_p=top_p, final_step=final_step, cache=use_cache,
                                   generator=gen, device=self.device, progress=progress, grid_power=grid_power)
             else:
-                out = ancestral_sample(self.denoiser(n, gen), n, mcfg.length, steps, self.tokenizer.mask_id,
-                                       clamp=c, temperature=temperature, top_p=top_p, final_step=final_step,
-                                       cache=use_cache, generator=gen, device=self.device, progress=progress,
-                                       grid_power=grid_power)
+                out = ancestral_sample(self.denoiser(n, gen, c, prompt_code), n, mcfg.length, steps,
+                                       self.tokenizer.mask_id, clamp=c, temperature=temperature, top_p=top_p,
+                                       final_step=final_step, cache=use_cache, generator=gen, device=self.device,
+                                       progress=progress, grid_power=grid_power)
             total = out.total_evals if out.total_evals is not None else out.nfe
             yield SampleOutput(tokens=out.tokens.cpu(), nfe=out.nfe, seconds=out.seconds, total_evals=total,
                                text=self.decode(out.tokens))
@@ -322,12 +374,12 @@ class Pipeline:
         from .nn.ar import generate
 
         prefix = None
-        if clamp is not None:
-            k = int((clamp[0] >= 0).sum())
-            is_prefix = (clamp[:, :k] >= 0).all() and (clamp[:, k:] < 0).all()
-            if not is_prefix:
+        if clamp is not None:  # each row's prefix (rows may differ in length: -1 after a shorter one)
+            lengths = (clamp >= 0).sum(1)
+            is_prefix = (clamp >= 0) == (torch.arange(clamp.shape[1])[None] < lengths[:, None])
+            if not is_prefix.all():
                 raise DidiError("an autoregressive model can only be conditioned on a prefix")
-            prefix = clamp[:, :k].to(self.device)
+            prefix = clamp[:, :int(lengths.max())].to(self.device)
         tok = self.tokenizer
         start = time.perf_counter()
         tokens, calls = generate(self.model, n, self.config.model.length,

@@ -46,6 +46,10 @@ NONNEG_FLOAT = _number(float, 0)
 FLOAT = _number(float)
 NOISE_PRIOR_HELP = ("a student with a noise input: draw it from the run's saved prior (`didi prior`; N(0, I) when it "
                     "has none) or always from N(0, I)")
+PROMPT_CODES = ("exemplar", "encoder", "prior")  # didi.codes.PROMPT_CODES (not imported: the CLI starts fast)
+PROMPT_CODE_HELP = ("a student with a code input (a latent student), given a prompt: draw the code from the prior's "
+                    "components weighted by how well each explains the prompt (exemplar), from its encoder on the "
+                    "prompt with the rest masked (encoder), or ignore the prompt (prior)")
 GRID_HELP = ("time grid t_i = 1 - (i/steps)^p: p > 1 reveals few tokens first (default: the run's "
              "diffusion.grid_power, 1 = uniform)")
 
@@ -131,7 +135,8 @@ def cmd_sample(args) -> None:
     batches = pipe.stream(num=args.num, steps=args.steps, seed=args.seed, batch_size=args.batch_size,
                           temperature=args.temperature, top_p=args.top_p, prefix=args.prefix, suffix=args.suffix,
                           final_step=args.final_step, guided=args.guided, rho=args.rho, h0=args.h0, h1=args.h1,
-                          candidates=args.candidates, grid_power=args.grid_power, progress=not args.quiet)
+                          candidates=args.candidates, grid_power=args.grid_power, prompt_code=args.prompt_code,
+                          progress=not args.quiet)
     seen = {"n": 0, "nfe": 0.0, "nfe_max": 0, "evals": 0.0, "seconds": 0.0}
 
     def tally(out):
@@ -221,7 +226,8 @@ def cmd_eval(args) -> None:
                       seed=args.seed, temperatures=tuple(_number_list(args.temperatures, float, "--temperatures")),
                       guided=args.guided, reference=args.reference, target_entropy=args.target_entropy,
                       batch_size=args.batch_size, out=args.out, name=args.name, domain=args.domain,
-                      grid_power=args.grid_power, noise_prior=args.noise_prior, progress=not args.quiet)
+                      grid_power=args.grid_power, noise_prior=args.noise_prior, prompts=args.prompts,
+                      prompt_code=args.prompt_code, progress=not args.quiet)
     print(report["markdown"].read_text(), end="")
     print("didi: wrote " + ", ".join(str(p) for p in [report["json"], report["markdown"], *report["plots"]]))
 
@@ -414,6 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-p", type=_number(float, 0, 1, lo_open=True), default=1.0)
     p.add_argument("--prefix", help="text the samples must start with")
     p.add_argument("--suffix", help="text the samples must end with")
+    p.add_argument("--prompt-code", choices=PROMPT_CODES, default="exemplar", help=PROMPT_CODE_HELP)
     p.add_argument("--final-step", choices=["argmax", "sample", "none"], default="argmax")
     p.add_argument("--grid-power", type=POS_FLOAT, help=GRID_HELP)
     p.add_argument("--guided", action="store_true", help="reward-guided ancestral sampling (a distilled student)")
@@ -448,6 +455,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=POS_INT, default=64)
     p.add_argument("--grid-power", type=POS_FLOAT, help=GRID_HELP)
     p.add_argument("--noise-prior", choices=["run", "normal"], default="run", help=NOISE_PRIOR_HELP)
+    p.add_argument("--prompts", type=NONNEG_INT, default=0, metavar="K",
+                   help="prompted rows (a grammar judge): each sample continues the first K sentences of a held-out "
+                        "text, judged as a continuation (valid texts, the completion's valid sentences, agreement "
+                        "with the prompt's variables, its choice entropy against the true conditional law)")
+    p.add_argument("--prompt-code", choices=PROMPT_CODES, default="exemplar", help=PROMPT_CODE_HELP)
     p.add_argument("--out", help="report directory (default RUN/eval); finished rows there are reused")
     p.add_argument("--name", default="eval", help="report file stem")
     p.add_argument("--domain", choices=["text", "protein"],

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from ..errors import DidiError
+from ..language.prompts import PROMPT_SEED
 from .metrics import interpolate_at_entropy, mean_unigram_entropy
 
 COLUMNS = ["model", "steps", "sampler", "temperature", "judge_ppl", "entropy", "nfe", "nfe_max", "total_evals",
@@ -26,6 +27,9 @@ COLUMNS = ["model", "steps", "sampler", "temperature", "judge_ppl", "entropy", "
 GRAMMAR_COLUMNS = ["model", "steps", "sampler", "temperature", "grid_power", "valid_sentences", "valid_texts",
                    "nll_per_word", "choice_entropy_ratio", "distinct_texts", "entropy", "nfe", "nfe_max", "total_evals",
                    "tokens_per_step", "s_per_sample", "tokens_per_s", "seed"]
+PROMPTED_COLUMNS = ["model", "steps", "sampler", "temperature", "prompts", "prompt_code", "valid_sentences",
+                    "valid_texts", "prompt_agreement", "choice_entropy_ratio", "prompt_kept", "nfe", "s_per_sample",
+                    "seed"]
 PROTEIN_COLUMNS = ["model", "steps", "sampler", "temperature", "judge_ppl", "entropy", "composition_js", "length_w1",
                    "mean_length", "unique_frac", "mean_pairwise_identity", "novelty_max_identity_mean",
                    "low_complexity_frac", "repeat_frac", "nfe", "s_per_sample", "seed"]
@@ -46,10 +50,16 @@ class RowSpec:
     temperature: float = 1.0
     grid_power: float | None = None  # the sampler's time grid (None: the run's diffusion.grid_power)
     prior: str = ""  # the fingerprint of the noise prior the run's rows draw xi from ("" for N(0, I) or no noise input)
+    prompts: int = 0  # prompted rows: each sample continues the first `prompts` sentences of a held-out text
+    prompt_code: str = "exemplar"  # prompted rows of a student with a code input: how xi is drawn (`didi.codes`)
 
     def __post_init__(self):
         if self.sampler not in SAMPLERS:
             raise DidiError(f"unknown sampler {self.sampler!r} (choose from: {', '.join(SAMPLERS)})")
+        if self.prompts < 0:
+            raise DidiError(f"prompts is a number of sentences >= 0, not {self.prompts}")
+        if self.prompts and self.sampler == "data":
+            raise DidiError("the data row is not prompted")
 
 
 @dataclass
@@ -63,7 +73,8 @@ class RowCache:
     def key(spec: RowSpec, num: int, seed: int, judge: str) -> str:
         key = [spec.model, str(spec.run), spec.steps, spec.sampler, spec.temperature, num, seed, judge]
         key = key if spec.grid_power is None else key + [spec.grid_power]
-        return json.dumps(key + ["prior", spec.prior] if spec.prior else key)
+        key = key + ["prior", spec.prior] if spec.prior else key
+        return json.dumps(key + ["prompts", spec.prompts, spec.prompt_code] if spec.prompts else key)
 
     def load(self) -> RowCache:
         if self.path.is_file():
@@ -91,9 +102,11 @@ def heldout_tokens(pipe, num: int) -> torch.Tensor:
     return valid.get(torch.arange(min(num, len(valid))))
 
 
-def sample_row(pipe, spec: RowSpec, num: int, seed: int, batch_size: int, progress: bool = False
-               ) -> tuple[dict, list[str], torch.Tensor]:
-    """Sample one row (timed after a small warm-up call) -> (row without judge columns, texts, tokens)."""
+def sample_row(pipe, spec: RowSpec, num: int, seed: int, batch_size: int, progress: bool = False,
+               prefixes: list[str] | None = None) -> tuple[dict, list[str], torch.Tensor]:
+    """Sample one row (timed after a small warm-up call) -> (row without judge columns, texts, tokens). prefixes:
+    one prompt per sample (the warm-up takes the two longest, so a student's one-time pass over its prior's
+    components for prompt codes is not timed)."""
     if spec.sampler == "data":
         tokens = heldout_tokens(pipe, num)
         if getattr(pipe, "is_protein", False):
@@ -105,8 +118,13 @@ def sample_row(pipe, spec: RowSpec, num: int, seed: int, batch_size: int, progre
         return row, pipe.decode(tokens), tokens
     steps = spec.steps
     kw = dict(temperature=spec.temperature, guided=spec.sampler == "RGAS", grid_power=spec.grid_power)
-    pipe.sample(num=2, steps=min(steps, 2), seed=seed + 1, **kw)  # warm-up: allocator, kernels, lazy loads
-    out = pipe.sample(num=num, steps=steps, seed=seed, batch_size=batch_size, progress=progress, **kw)
+    warm = None
+    if prefixes is not None:
+        kw["prompt_code"] = spec.prompt_code
+        warm = sorted(prefixes, key=len)[-2:]
+    pipe.sample(num=len(warm) if warm else 2, steps=min(steps, 2), seed=seed + 1, prefix=warm, **kw)  # warm-up
+    out = pipe.sample(num=num, steps=steps, seed=seed, batch_size=batch_size, progress=progress, prefix=prefixes,
+                      **kw)
     L = out.tokens.shape[1]
     ent_ids = [pipe.tokenizer.encode(t) for t in out.text] if getattr(pipe, "is_protein", False) else out.tokens
     row = {"entropy": mean_unigram_entropy(ent_ids), "nfe": out.nfe_mean, "nfe_max": out.nfe_max,
@@ -139,15 +157,26 @@ def run_rows(specs: list[RowSpec], *, num: int, seed: int, judge_name: str, cach
             print(f"didi eval: {spec.model}, {spec.sampler}, {spec.steps} steps, temperature {spec.temperature:g}",
                   flush=True)
         pipe = pipes[spec.run]
-        row, texts, tokens = sample_row(pipe, spec, num, seed, batch_size, progress)
+        prompts = None
+        if spec.prompts:
+            if not hasattr(judge, "grammar"):
+                raise DidiError("prompted rows cut their prompts from a reference language: --judge grammar:NAME")
+            from ..language import heldout_prompts
+
+            prompts = heldout_prompts(judge.grammar, num, spec.prompts)
+        row, texts, tokens = sample_row(pipe, spec, num, seed, batch_size, progress,
+                                        prefixes=prompts and [p.text for p in prompts])
         start = time.perf_counter()
-        row.update(judge.score(texts))
+        row.update(judge.score(texts) if prompts is None else judge.score_prompted(prompts, texts))
         if getattr(pipe, "is_protein", False):
             from .protein import protein_metrics
 
             heldout, train = protein_reference(pipe)
             row.update(protein_metrics(texts, heldout, train, seed=seed))
         grid = pipe.config.diffusion.grid_power if spec.grid_power is None else spec.grid_power
+        if prompts is not None:
+            row.update(prompts=spec.prompts,
+                       prompt_code=spec.prompt_code if getattr(pipe.config.model, "noise_dim", 0) else "")
         row.update(model=spec.model, run=str(spec.run), steps=spec.steps, sampler=spec.sampler,
                    temperature=spec.temperature, grid_power=grid if spec.sampler in ("ancestral", "RGAS") else None,
                    seed=seed, num=len(texts), judge=judge_name,
@@ -156,6 +185,7 @@ def run_rows(specs: list[RowSpec], *, num: int, seed: int, judge_name: str, cach
             samples_dir.mkdir(parents=True, exist_ok=True)
             stem = f"{spec.model}.{spec.sampler}.{spec.steps}.T{spec.temperature:g}.seed{seed}".replace(" ", "_")
             stem += "" if spec.grid_power is None else f".p{spec.grid_power:g}"
+            stem += f".prompt{spec.prompts}.{spec.prompt_code}" if spec.prompts else ""
             torch.save(tokens.to(torch.int32), samples_dir / f"{stem}.pt")  # all ids: rows can be re-judged later
             (samples_dir / f"{stem}.txt").write_text("\n=====\n".join(texts[:16]) + "\n")
         cache.add(row)
@@ -287,6 +317,7 @@ def write_reports(rows: list[dict], out_dir: Path, name: str, meta: dict, target
     clean = [{k: v for k, v in r.items() if k != "key"} for r in rows]
     atomic_write_text(out_dir / f"{name}.json", json.dumps({**meta, "rows": clean, "frontier": front}, indent=2) + "\n")
     columns = (PROTEIN_COLUMNS if any("composition_js" in r for r in clean)
+               else PROMPTED_COLUMNS if any(r.get("prompts") for r in clean)
                else GRAMMAR_COLUMNS if any("valid_sentences" in r for r in clean) else COLUMNS)
     atomic_write_text(out_dir / f"{name}.md", markdown(clean, meta, front, columns))
     pngs = plot_rows(clean, out_dir, name, target_entropy)
@@ -297,12 +328,14 @@ def evaluate(run: str, steps: list[int], *, num: int = 256, judge: str = "smollm
              temperatures: tuple[float, ...] = (1.0,), guided: bool = False, reference: bool = False,
              target_entropy: float | None = None, batch_size: int = 64, out: str | Path | None = None,
              name: str = "eval", domain: str | None = None, grid_power: float | None = None,
-             noise_prior: str = "run", progress: bool = True) -> dict:
+             noise_prior: str = "run", prompts: int = 0, prompt_code: str = "exemplar", progress: bool = True) -> dict:
     """Evaluate one run at `steps` x `temperatures` (plus RGAS rows with `guided`, the held-out data row with
     `reference`). The frontier's target entropy defaults to the data row's entropy when there is one.
     grid_power: the sampler's time grid for every diffusion row (default: the run's own).
     noise_prior: a student with a noise input draws xi from the run's saved prior ("run", when it has one: its rows
-    are labelled RUN+prior) or from N(0, I) ("normal")."""
+    are labelled RUN+prior) or from N(0, I) ("normal").
+    prompts: k > 0 makes every row prompted (a grammar judge): sample i continues the first k sentences of held-out
+    text i (`didi.language.prompts`), and a student with a code input draws it by `prompt_code` (`didi.codes`)."""
     if not steps:
         raise DidiError("eval needs at least one step count (--steps 8,16,...)")
     if any(s < 1 for s in steps):
@@ -313,6 +346,13 @@ def evaluate(run: str, steps: list[int], *, num: int = 256, judge: str = "smollm
         raise DidiError("temperatures must be > 0")
     if grid_power is not None and grid_power <= 0:
         raise DidiError(f"grid power must be > 0, not {grid_power}")
+    if prompts and not judge.startswith("grammar:"):
+        raise DidiError("prompted rows (--prompts) need a reference-language judge: --judge grammar:NAME")
+    if prompts and (guided or reference):
+        raise DidiError("prompted rows are plain ancestral samples: drop --guided and --reference")
+    from ..codes import check_prompt_code
+
+    check_prompt_code(prompt_code)
     from ..api import load
 
     pipe = load(run, noise_prior=noise_prior)
@@ -330,9 +370,10 @@ def evaluate(run: str, steps: list[int], *, num: int = 256, judge: str = "smollm
 
         label, mark = label + "+prior", fingerprint(run)
     if pipe.config.model.arch == "ar":  # one row per temperature: an AR model writes one token per call
-        specs = [RowSpec(label, run, pipe.config.model.length, "ar+kv", t) for t in temperatures]
+        specs = [RowSpec(label, run, pipe.config.model.length, "ar+kv", t, prompts=prompts) for t in temperatures]
     else:
-        specs = [RowSpec(label, run, s, "ancestral", t, grid_power, mark) for s in steps for t in temperatures]
+        specs = [RowSpec(label, run, s, "ancestral", t, grid_power, mark, prompts, prompt_code)
+                 for s in steps for t in temperatures]
         if guided:
             specs += [RowSpec(label, run, s, "RGAS", t, grid_power, mark) for s in steps for t in temperatures]
     if reference:
@@ -344,6 +385,8 @@ def evaluate(run: str, steps: list[int], *, num: int = 256, judge: str = "smollm
         target_entropy = rows[0][frontier_axes(rows)[0]]
     meta = {"run": str(run), "judge": judge, "num": num, "seed": seed, "temperatures": list(temperatures),
             "target_entropy": target_entropy, "commit": git_commit()}
+    if prompts:
+        meta["prompts"] = {"sentences": prompts, "prompt_code": prompt_code, "texts_seed": PROMPT_SEED}
     if getattr(pipe.config.model, "noise_dim", 0):
         meta["noise_prior"] = {**prior.info, "fingerprint": mark} if prior is not None else "N(0, I)"
     report = write_reports(rows, out_dir, name, meta, target_entropy)

@@ -168,6 +168,12 @@ class GrammarJudge:
 
         return score_texts(self.grammar, texts, self.parser)
 
+    def score_prompted(self, prompts, texts: list[str]) -> dict:
+        """Samples as continuations of their prompts (`didi.language.prompts`)."""
+        from ..language import score_prompted
+
+        return score_prompted(self.grammar, prompts, texts, self.parser)
+
 
 def _smollm2_dir() -> Path:
     # find_spec doesn't execute the package, whose __init__ needs the `llm` CLI we don't want or need.

@@ -3,6 +3,7 @@
 from .grammar import Grammar, builtin_names, check, render, split_sentences, words_of, write_corpus
 from .metrics import score_texts
 from .parse import Parser
+from .prompts import Prompt, heldout_prompts, make_prompt, prompt_of, score_prompted
 
-__all__ = ["Grammar", "Parser", "builtin_names", "check", "render", "score_texts", "split_sentences", "words_of",
-           "write_corpus"]
+__all__ = ["Grammar", "Parser", "Prompt", "builtin_names", "check", "heldout_prompts", "make_prompt", "prompt_of",
+           "render", "score_prompted", "score_texts", "split_sentences", "words_of", "write_corpus"]
