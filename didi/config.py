@@ -25,7 +25,6 @@ class ModelConfig:
     time_conditioning: bool = False  # the official OWT teacher is not time-conditioned
     noise_dim: int = 0  # > 0: a per-sequence Gaussian input added to the conditioning (a distilled student's own
     # randomness, `distill.student_noise_dim`); 0 for teachers and every official checkpoint
-    noise_positions: bool = False  # also add a per-position linear map of the noise input to the token embeddings
 
 
 @dataclass
@@ -99,7 +98,6 @@ class RunConfig:
              f"a multiple of model.n_heads ({m.n_heads})"),
             ("model.length", m.length >= 2, ">= 2"), ("model.dropout", 0.0 <= m.dropout < 1.0, "in [0, 1)"),
             ("model.noise_dim", m.noise_dim >= 0, ">= 0"),
-            ("model.noise_positions", not m.noise_positions or m.noise_dim > 0, "false without model.noise_dim"),
             ("diffusion.eps", 0.0 < dif.eps < 1.0, "in (0, 1)"), ("diffusion.grid_power", dif.grid_power > 0, "> 0"),
             ("data.valid_fraction", 0.0 <= d.valid_fraction < 1.0, "in [0, 1)"),
             ("data.domain", d.domain in ("text", "protein"), "text or protein"),
@@ -144,6 +142,8 @@ class RunConfig:
             raise DidiError(f"{path} is damaged: not a didi config (a JSON object); restore it, or delete the run")
         try:
             return cls.from_dict(d)
+        except RemovedOption as e:
+            raise DidiError(f"{path}: {e}") from None
         except DidiError as e:
             raise DidiError(f"{path} is damaged or from another program: {e}; restore it, or delete the run") from None
         except (TypeError, ValueError, KeyError, AttributeError) as e:
@@ -289,6 +289,32 @@ def _jsonable(value) -> bool:
         return False
 
 
+# Options removed after they were measured never to help (their numbers stay in docs/reference-log.md), with the
+# value that meant "off": a saved config that holds that value still loads; one that used the option is refused.
+REMOVED = {"ModelConfig": {"noise_positions": False},
+           "DistillConfig": {"student_noise_positions": False, "noise_lr_mult": 1.0, "reward_credit": "sequence",
+                             "norm_scope": "group"}}
+
+
+class RemovedOption(DidiError):
+    """A saved config uses an option that no longer exists."""
+
+
+RENAMED = {"DistillConfig": {"rollout_grid": {"uniform": "sampler"}}}  # values saved under an older name
+
+
+def _without_removed(cls, d: dict, where: str) -> dict:
+    for key, names in RENAMED.get(cls.__name__, {}).items():
+        if isinstance(d.get(key), str) and d[key] in names:
+            d = {**d, key: names[d[key]]}
+    removed = REMOVED.get(cls.__name__, {})
+    for key in set(d) & set(removed):
+        if d[key] != removed[key]:
+            raise RemovedOption(f"{where}{key} = {d[key]!r}: this option was removed (measured never to help; "
+                            f"docs/reference-log.md); a run that used it needs the didi it was made with")
+    return {k: v for k, v in d.items() if k not in removed}
+
+
 def _from_dict(cls, d: dict, where: str = "", extra: tuple[str, ...] = ()):
     """A config dataclass from its saved dict: every value type-checked, unknown keys refused (naming them); keys
     left out take their defaults, so configs saved before a field existed still load. extra: keys allowed beside
@@ -297,6 +323,7 @@ def _from_dict(cls, d: dict, where: str = "", extra: tuple[str, ...] = ()):
         raise DidiError(f"{where or 'the config'} is {type(d).__name__}, not a JSON object")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
+    d = _without_removed(cls, d, where)
     unknown = sorted(set(d) - names - set(extra))
     if unknown:
         raise DidiError(f"unknown key{'s' if len(unknown) > 1 else ''} {', '.join(where + k for k in unknown)} "

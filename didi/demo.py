@@ -36,7 +36,7 @@ def run_demo(out: Path, minutes: float = 4.5, device: str = "cpu", num: int = 25
         cfg = preset("lang-tiny", [f"data.source={corpus}", f"train.max_minutes={minutes}", "train.max_steps=900",
                                    "train.eval_every=300",
                                    "train.save_every=200", "train.snapshot_every=0", f"train.device={device}",
-                                   f"data.cache_dir={out / 'cache'}"])
+                                   f"data.cache_dir={out / 'cache'}", *_fast_cpu(device)])
         print(f"didi demo: training a tiny MDLM teacher for up to {minutes:g} minutes on {corpus} "
               f"(20,000 texts of the built-in `{GRAMMAR}` grammar, one per row)")
         train(cfg, out)
@@ -45,6 +45,18 @@ def run_demo(out: Path, minutes: float = 4.5, device: str = "cpu", num: int = 25
         _distill_stage(out, student, distill_minutes, device)
     _table(out, student if (student / runs.WEIGHTS).is_file() else None, device, num)
     print("\nA full teacher sample at 128 steps:\n" + load(out, device=device).sample(num=1, steps=128, seed=1).text[0])
+
+
+def _fast_cpu(device: str) -> list[str]:
+    """bf16 autocast on a CPU with AVX512-BF16 (`train.cpu_bf16`: 1.8-2.1x faster training steps there), so the
+    demo's minutes buy more steps; nothing elsewhere."""
+    if device != "cpu":
+        return []
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return []
+    return ["train.cpu_bf16=true"] if "avx512_bf16" in flags else []
 
 
 def _distill_stage(teacher: Path, student: Path, minutes: float, device: str) -> None:
@@ -63,7 +75,7 @@ def _distill_stage(teacher: Path, student: Path, minutes: float, device: str) ->
     # the latent-lang preset with its schedule shortened to the demo's few minutes
     dcfg = distill_preset("latent-lang", ["max_steps=400", "warmup_steps=40"])
     distill(teacher, student, dcfg, overrides=[f"train.max_minutes={minutes}", "train.eval_every=0",
-                                                 "train.save_every=100", f"train.device={device}"])
+                                                 "train.save_every=100", f"train.device={device}", *_fast_cpu(device)])
     write_prior(student, 0)  # the exemplar prior: the codes of 8,192 training texts; sampling draws from it
     print("didi demo: the student draws its code from the exemplar prior (noise_prior.safetensors)")
 
@@ -77,8 +89,9 @@ def _table(teacher: Path, student: Path | None, device: str, num: int) -> None:
     if student is not None:
         rows += [("student", student, s) for s in STUDENT_STEPS]
     pipes = {}
-    print(f"\n{num} samples per row; valid: the share of sentences (and whole texts) the grammar accepts; diversity: "
-          "the entropy of the grammar's choices in the samples over its true value (1 = the language's own)")
+    print(f"\n{num} samples per row; valid: the share of sentences (and the number of whole texts) the grammar "
+          "accepts; diversity: the entropy of the grammar's choices in the samples over its true value (1 = the "
+          "language's own)")
     print(f"{'model':<8} {'steps':>6} {'valid sent.':>11} {'valid texts':>11} {'diversity':>9} {'NFE/seq':>8} "
           f"{'s/sample':>9}  first sample")
     for label, path, steps in rows:
@@ -89,5 +102,6 @@ def _table(teacher: Path, student: Path | None, device: str, num: int) -> None:
         s = pipe.sample(num=num, steps=steps, seed=0)
         score = score_texts(grammar, s.text, parser)
         text = s.text[0].replace("\n", " ")
-        print(f"{label:<8} {steps:>6} {score['valid_sentences']:>11.2f} {score['valid_texts']:>11.2f} "
+        texts = f"{round(score['valid_texts'] * num)}/{num}"
+        print(f"{label:<8} {steps:>6} {score['valid_sentences']:>11.2f} {texts:>11} "
               f"{score['choice_entropy_ratio']:>9.2f} {s.nfe_mean:>8.1f} {s.seconds / num:>9.4f}  {text[:70]}")

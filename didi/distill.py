@@ -64,7 +64,7 @@ class DistillConfig:
     # rollout
     student_steps: int = 2  # ancestral steps 1 -> tau -> ... -> t_end (k > 2: linspace(tau, t_end, k) after tau)
     score_decomposition: bool = True  # False = ablation: one step 1 -> t_end
-    rollout_grid: str = "tau"  # "tau": 1 -> tau -> ... (paper); "sampler" (alias "uniform"): the k-step sampler's
+    rollout_grid: str = "tau"  # "tau": 1 -> tau -> ... (paper); "sampler": the k-step sampler's
     # grid, time_grid(k, t_end, diffusion.grid_power) (tau then only sets the coupled masking level)
     t_end: float = 1e-3
     final_fill: str = "sample"  # masks left after the last step: "sample" (counted in log p) or "argmax"
@@ -89,9 +89,6 @@ class DistillConfig:
     # against real rows masked to its time
     path_credit: str = "togo"  # path: a step's decisions get the rewards of every later state ("togo") or of the
     # state right after the step ("step")
-    reward_credit: str = "sequence"  # path: "sequence" (a row's mean logit credits all its decisions) or "token"
-    # (each decided token is credited with the discriminator's logit at its own position, baseline per position;
-    # with reward_source="teacher": with its own position's term of the teacher's bound)
     reward_clip: float = 8.0
     # where the reward comes from: "discriminator" (paper) or "teacher" (beyond the paper: no discriminator; each
     # rollout's reward is the teacher's evidence bound -NELBO(x̂0) in nats, over reward_repeats noise draws stratified
@@ -100,8 +97,6 @@ class DistillConfig:
     reward_source: str = "discriminator"
     reward_repeats: int = 8
     group_norm: bool = True  # False: A = r - mean(r)
-    norm_scope: str = "group"  # group_norm over each group of G rollouts of one real row (paper) or over the whole
-    # global batch ("batch"; every text-row rollout starts from the same state, so the G-groups are arbitrary)
     adv_clip: float = 3.0
     time_weight: bool = True  # w(tau) = -alpha'/(1 - alpha) clamped; False: w = 1
     w_min: float = 0.1
@@ -112,8 +107,6 @@ class DistillConfig:
     # agree with each other through it; its map starts at random with scale student_noise_init
     student_noise_dim: int = 0
     student_noise_init: float = 0.1
-    student_noise_positions: bool = False  # xi also enters each position's embedding (`model.noise_positions`)
-    noise_lr_mult: float = 1.0  # the noise map's learning rate is student_lr times this (its own optimizer group)
     # "independent" (every rollout draws its own xi) or "shared" (beyond the paper: the G rollouts of a group share one
     # xi, so the group's mean reward is a baseline per code: the same gradient with the between-code spread of the
     # reward taken out, and what the advantage ranks is how well the student decodes a given code)
@@ -188,7 +181,7 @@ class DistillConfig:
                   ("entropy_reward", self.entropy_reward >= 0, ">= 0"),
                   ("reward_repeats", self.reward_repeats >= 1, ">= 1"),
                   ("student_noise_init", self.student_noise_init >= 0, ">= 0"),
-                  ("noise_lr_mult", self.noise_lr_mult > 0, "> 0"), ("latent_beta", self.latent_beta >= 0, ">= 0"),
+                  ("latent_beta", self.latent_beta >= 0, ">= 0"),
                   ("latent_encoder_blocks", self.latent_encoder_blocks >= 1, ">= 1"),
                   ("latent_time_power", self.latent_time_power > 0, "> 0")]
         for name, ok, allowed in ranges:
@@ -238,9 +231,9 @@ class DistillConfig:
             return
         if self.group < 1 or self.batch_size < 1 or self.max_steps < 1:
             raise DidiError("distill: group, batch_size and max_steps must be >= 1")
-        if self.group == 1 and self.group_norm and self.norm_scope == "group":
+        if self.group == 1 and self.group_norm:
             raise DidiError("distill.group = 1: advantages are normalized within each group, so a group of one gives "
-                            "a policy gradient of exactly zero; use group >= 2 (or norm_scope=batch)")
+                            "a policy gradient of exactly zero; use group >= 2")
         if self.real not in ("data", "teacher"):
             raise DidiError(f"distill: real must be 'data' or 'teacher', not {self.real!r}")
         if self.final_fill not in ("sample", "argmax"):
@@ -249,25 +242,14 @@ class DistillConfig:
             raise DidiError("distill: score decomposition needs student_steps >= 2")
         if self.path_credit not in ("togo", "step"):
             raise DidiError(f"distill: path_credit must be 'togo' or 'step', not {self.path_credit!r}")
-        if self.reward_credit not in ("sequence", "token"):
-            raise DidiError(f"distill: reward_credit must be 'sequence' or 'token', not {self.reward_credit!r}")
-        if self.entropy_reward and self.reward_credit == "token":
-            raise DidiError("distill: entropy_reward needs reward_credit='sequence' (a rollout's surprisal is one "
-                            "number per step)")
-        if self.reward_credit == "token" and self.reward_states != "path":
-            raise DidiError("distill: reward_credit='token' needs reward_states='path'")
         if self.group_noise not in ("independent", "shared"):
             raise DidiError(f"distill: group_noise must be 'independent' or 'shared', not {self.group_noise!r}")
         if self.group_noise == "shared" and not self.student_noise_dim:
             raise DidiError("distill: group_noise='shared' needs a student with a noise input (student_noise_dim > 0)")
-        if self.group_noise == "shared" and self.norm_scope != "group":
-            raise DidiError("distill: group_noise='shared' needs norm_scope='group' (the baseline per code)")
-        if self.norm_scope not in ("group", "batch"):
-            raise DidiError(f"distill: norm_scope must be 'group' or 'batch', not {self.norm_scope!r}")
         if self.reward_states not in ("final", "path"):
             raise DidiError(f"distill: reward_states must be 'final' or 'path', not {self.reward_states!r}")
-        if self.rollout_grid not in ("tau", "sampler", "uniform"):
-            raise DidiError(f"distill: rollout_grid must be 'tau', 'sampler' or 'uniform', not {self.rollout_grid!r}")
+        if self.rollout_grid not in ("tau", "sampler"):
+            raise DidiError(f"distill: rollout_grid must be 'tau' or 'sampler', not {self.rollout_grid!r}")
         if not 0 < self.tau_min <= self.tau_max < 1:
             raise DidiError("distill: need 0 < tau_min <= tau_max < 1")
 
@@ -283,7 +265,7 @@ DISTILL_PRESETS: dict[str, dict] = {
     # grid and rewards on every rollout state (reward-to-go), a lower student lr. bench/results/reference.md measures
     # it against the paper's defaults (preset tiny).
     "lang": dict(batch_size=8, group=4, student_lr=3e-5, disc_lr=1e-4, warmup_steps=20, disc_only_steps=20,
-                 disc_trainable_blocks=2, ema=0.95, max_steps=600, student_steps=4, rollout_grid="uniform",
+                 disc_trainable_blocks=2, ema=0.95, max_steps=600, student_steps=4, rollout_grid="sampler",
                  reward_states="path"),
     # SDTT at the scale of its paper (7 rounds of 10k steps, 1024 -> 8 steps) and a CPU-sized version.
     # The learning rate stays constant after warm-up (min_lr_ratio=1): a decay spanning all rounds would starve
@@ -305,14 +287,13 @@ DISTILL_PRESETS: dict[str, dict] = {
                         min_lr_ratio=0.1, student_clip=1.0, student_noise_dim=16, student_noise_init=0.1,
                         latent_beta=0.01, latent_encoder_blocks=2, latent_time_power=2.0),
     # The DiDi stage of the reference-language recipe (E48-E49): from a latent-lang student (--student-init) whose
-    # prior `didi prior` fitted; rollouts draw their code from that prior, a group of 4 shares one code, the
-    # reward is the teacher's evidence (no discriminator), the KL anchors the student to where it started.
+    # prior `didi prior` fitted; rollouts draw their code from that prior, the reward is the teacher's evidence (no
+    # discriminator, so no discriminator settings), the KL anchors the student to where it started. (Until
+    # 2026-12-07 it also gave a group one shared code, group_noise=shared, measured to change nothing.)
     # Its run settings (PRESET_RUN_OVERRIDES): the power-3 grid, a snapshot every 50 iterations for bench/curve.py.
-    "lang-stage": dict(batch_size=8, group=4, student_lr=3e-5, disc_lr=1e-4, warmup_steps=20, disc_only_steps=20,
-                       ema=0.95, max_steps=300,
-                       student_steps=4, rollout_grid="uniform", reward_states="path", reward_source="teacher",
-                       student_noise_dim=16, noise_prior="init", group_noise="shared", kl_reference="init",
-                       kl_beta=15.0, disc_trainable_blocks=2),
+    "lang-stage": dict(batch_size=8, group=4, student_lr=3e-5, warmup_steps=20, ema=0.95, max_steps=300,
+                       student_steps=4, rollout_grid="sampler", reward_states="path", reward_source="teacher",
+                       student_noise_dim=16, noise_prior="init", kl_reference="init", kl_beta=15.0),
     # D-MMD: for lang-tiny teachers (4-step students, the batch of the teacher's training), for tiny and
     # test teachers, and at the paper's 169 M shape (16-step students; lrs as for moment matching at that scale).
     "dmmd-lang": dict(method="dmmd", max_steps=3000, batch_size=64, student_lr=5e-5, warmup_steps=50, ema=0.99,
@@ -436,11 +417,6 @@ def distill(teacher: str | Path | None, out: str | Path, dcfg: DistillConfig | N
         if cfg.model.noise_dim:
             raise DidiError("the teacher has a noise input (model.noise_dim > 0): distil a teacher, not a student")
         cfg.model.noise_dim = dcfg.student_noise_dim  # the student run's model
-        cfg.model.noise_positions = dcfg.student_noise_positions
-        if dcfg.student_init:  # a latent student's noise input comes with it, per-position map included
-            init_model = RunConfig.load(runs.check_run_dir(dcfg.student_init) / runs.CONFIG).model
-            if init_model.noise_dim:
-                cfg.model.noise_positions = init_model.noise_positions
     _train_from_dcfg(cfg, dcfg)
     cfg.validate()
     teacher = Path(teacher).resolve()
@@ -483,8 +459,7 @@ def distill(teacher: str | Path | None, out: str | Path, dcfg: DistillConfig | N
         student.load_state_dict(init_weights)
     if dcfg.student_noise_dim:
         student.add_noise_input(dcfg.student_noise_dim, dcfg.student_noise_init,
-                                torch.Generator().manual_seed(cfg.train.seed),
-                                positions=cfg.model.noise_positions)
+                                torch.Generator().manual_seed(cfg.train.seed))
     if init_has_noise:  # a latent student (method "latent"): its noise map comes with it
         student.load_state_dict(init_weights)
     kl_ref = copy.deepcopy(student) if dcfg.kl_reference == "init" else None  # frozen by DiDiInstruct
@@ -492,9 +467,7 @@ def distill(teacher: str | Path | None, out: str | Path, dcfg: DistillConfig | N
     student_spec = PartSpec(student, lr=dcfg.student_lr, max_steps=dcfg.max_steps, warmup_steps=dcfg.warmup_steps,
                             min_lr_ratio=dcfg.min_lr_ratio, betas=tuple(dcfg.student_betas),
                             weight_decay=dcfg.student_weight_decay, grad_clip=dcfg.student_clip, ema=dcfg.ema,
-                            decay="linear",
-                            lr_scale={"noise_map.": dcfg.noise_lr_mult}
-                            if dcfg.student_noise_dim and dcfg.noise_lr_mult != 1.0 else {})
+                            decay="linear")
     from .diffusion import Kept
 
     keep = Kept.for_run(cfg.data, tok)  # protein BOS/EOS/PAD (the length is given), the first position of text rows
@@ -550,9 +523,9 @@ def _student_init_weights(path: str, cfg: RunConfig, teacher: Path) -> dict:
     """The sampling weights of run `path`, checked to fit the teacher's model and tokenizer."""
     init = runs.load_run(path, "cpu")
     # an init without a noise input (SDTT) gets the student's fresh one; a latent student's must be the student's
-    mine, theirs = asdict(init.config.model), {**asdict(cfg.model), "noise_dim": 0, "noise_positions": False}
+    mine, theirs = asdict(init.config.model), {**asdict(cfg.model), "noise_dim": 0}
     if init.config.model.noise_dim:
-        theirs["noise_dim"], theirs["noise_positions"] = cfg.model.noise_dim, cfg.model.noise_positions
+        theirs["noise_dim"] = cfg.model.noise_dim
     if mine != theirs:
         diff = [k for k in mine if mine[k] != theirs.get(k)]
         raise DidiError(f"distill.student_init {init.path}: its model differs from the teacher's ({', '.join(diff)})")

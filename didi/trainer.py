@@ -38,7 +38,6 @@ class PartSpec:
     ema: float = 0.0
     decay: str = "cosine"  # "cosine" or "linear" after the warmup
     params: list[nn.Parameter] | None = None  # default: every parameter that requires grad
-    lr_scale: dict[str, float] = field(default_factory=dict)  # parameter-name prefix -> lr multiplier (own group)
 
 
 @dataclass
@@ -173,24 +172,6 @@ class Context:
         return x
 
 
-def param_groups(spec: PartSpec, params: list[nn.Parameter]) -> list[dict]:
-    """The optimizer's groups: one at spec.lr, and one per `lr_scale` prefix (matched against the module's
-    parameter names) at spec.lr times its scale. The schedule multiplies every group alike."""
-    if not spec.lr_scale:
-        return [{"params": params}]
-    names = {id(p): n for n, p in spec.module.named_parameters()}
-    groups: dict[str, list] = {prefix: [] for prefix in spec.lr_scale}
-    rest = []
-    for p in params:
-        prefix = next((k for k in spec.lr_scale if names.get(id(p), "").startswith(k)), None)
-        (groups[prefix] if prefix is not None else rest).append(p)
-    for prefix, found in groups.items():
-        if not found:
-            raise DidiError(f"lr_scale: no trainable parameter is named {prefix}*")
-    return [{"params": rest}] + [{"params": found, "lr": spec.lr * spec.lr_scale[prefix]}
-                                 for prefix, found in groups.items()]
-
-
 def build_parts(specs: dict[str, PartSpec], device: str, d: Dist, compile_model: bool) -> dict[str, Part]:
     parts = {}
     for name, spec in specs.items():
@@ -203,7 +184,7 @@ def build_parts(specs: dict[str, PartSpec], device: str, d: Dist, compile_model:
             wrapped = nn.parallel.DistributedDataParallel(
                 wrapped, device_ids=[d.local_rank] if device.startswith("cuda") else None,
                 forward_sync_buffers=False)  # spectral-norm buffers update in place within a step
-        opt = torch.optim.AdamW(param_groups(spec, params), lr=spec.lr, betas=spec.betas,
+        opt = torch.optim.AdamW(params, lr=spec.lr, betas=spec.betas,
                                 weight_decay=spec.weight_decay)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(spec))
         ema = [p.detach().clone() for p in params] if spec.ema > 0 else None

@@ -4,7 +4,8 @@ from pathlib import Path
 import pytest
 import torch
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# DIDI_TEST_THREADS=1 leaves a core to a long run beside the suite
+torch.set_num_threads(int(os.environ.get("DIDI_TEST_THREADS", min(2, os.cpu_count() or 1))))
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

@@ -2,6 +2,7 @@ import json
 import math
 import shutil
 import socket
+from dataclasses import asdict
 
 import pytest
 import torch
@@ -332,9 +333,8 @@ def distill_twice_and_resume(teacher, tmp_path, dcfg, extra):
     return a, wa
 
 
-@pytest.mark.parametrize("credit", ["sequence", "token"])
-def test_path_rewards_on_the_sampler_grid_train_and_resume_exactly(teacher, tmp_path, credit):
-    dcfg = small_dcfg(reward_states="path", rollout_grid="uniform", student_steps=3, reward_credit=credit)
+def test_path_rewards_on_the_sampler_grid_train_and_resume_exactly(teacher, tmp_path):
+    dcfg = small_dcfg(reward_states="path", rollout_grid="sampler", student_steps=3)
     extra = ["train.eval_every=0", "train.save_every=0", "train.log_every=1"]
     a, _ = distill_twice_and_resume(teacher, tmp_path, dcfg, extra)
     rows = [json.loads(x) for x in (a / "metrics.jsonl").read_text().splitlines()]
@@ -374,17 +374,6 @@ def test_path_advantages_credit_each_step_with_its_reward_to_go():
     assert torch.allclose(r.flip(1).cumsum(1).flip(1), togo)
     assert torch.allclose(adv, togo - togo.mean(0))  # group_norm off: minus the batch mean, per step
 
-    # token credit: each position its own reward-to-go, minus the mean over rows at that (step, position)
-    d.reward_credit, d.adv_clip = "token", 100.0
-    r_tok = torch.randn(3 * 2, 4)  # [k*N, L]
-    m._rewards = lambda ctx, z, sigma, counted: r_tok
-    adv, _ = m._path_rewards(Ctx(), states, torch.ones(2, 4, dtype=torch.long), grid, torch.ones(2, 4).long(),
-                             torch.rand(2, 4), torch.rand(2))
-    per = r_tok.reshape(3, 2, 4).transpose(0, 1)  # [N, k, L]
-    togo = per.flip(1).cumsum(1).flip(1)
-    centered = togo - togo.mean(0, keepdim=True)
-    assert adv.shape == (2, 3, 4)
-    assert torch.allclose(adv, centered / centered.pow(2).mean((0, 2), keepdim=True).sqrt(), atol=1e-5)
 
 
 def test_distill_bad_input(teacher, tmp_path):
@@ -394,8 +383,6 @@ def test_distill_bad_input(teacher, tmp_path):
         distill(teacher, tmp_path / "o", small_dcfg(real="teachers"), progress=False)
     with pytest.raises(DidiError, match="reward_states must be"):
         distill(teacher, tmp_path / "o", small_dcfg(reward_states="all"), progress=False)
-    with pytest.raises(DidiError, match="reward_credit='token' needs"):
-        distill(teacher, tmp_path / "o", small_dcfg(reward_credit="token"), progress=False)
     with pytest.raises(DidiError, match="rollout_grid must be"):
         distill(teacher, tmp_path / "o", small_dcfg(rollout_grid="cosine"), progress=False)
     with pytest.raises(DidiError, match="already holds a run"):
@@ -482,8 +469,8 @@ def test_split_denoiser_gives_each_row_its_own_noise_whatever_rows_are_evaluated
 
 
 def test_noise_student_distils_resumes_exactly_and_samples_from_the_seed(teacher, tmp_path):
-    dcfg = small_dcfg(reward_states="path", rollout_grid="uniform", student_steps=3, student_noise_dim=4,
-                      student_noise_init=0.5, noise_lr_mult=10.0)
+    dcfg = small_dcfg(reward_states="path", rollout_grid="sampler", student_steps=3, student_noise_dim=4,
+                      student_noise_init=0.5)
     extra = ["train.eval_every=2", "train.save_every=0"]
     a, b = tmp_path / "a", tmp_path / "b"
     distill(teacher, a, dcfg, overrides=extra, progress=False)
@@ -529,14 +516,13 @@ def test_group_noise_shared_gives_a_group_one_code_and_a_baseline_per_code(teach
     assert float(within_group_share(r, 2)) == 0.0 and abs(float(within_group_share(r, 4)) - 1.0) < 1e-6
     assert 0 < float(within_group_share(torch.tensor([0.0, 2.0, 4.0, 4.0]), 2)) < 1
     # a run with shared codes trains, logs the share, and resumes exactly
-    dcfg = small_dcfg(reward_states="path", rollout_grid="uniform", student_steps=3, student_noise_dim=4,
+    dcfg = small_dcfg(reward_states="path", rollout_grid="sampler", student_steps=3, student_noise_dim=4,
                       student_noise_init=0.5, group_noise="shared", reward_source="teacher", reward_repeats=2)
     a, _ = distill_twice_and_resume(teacher, tmp_path, dcfg, ["train.eval_every=0", "train.save_every=0"])
     rows = [json.loads(x) for x in (a / "metrics.jsonl").read_text().splitlines()]
     shares = [r["reward_within_share"] for r in rows if "reward_within_share" in r]
     assert shares and all(0.0 <= v <= 1.0 + 1e-6 for v in shares)
     for bad, match in ((dict(group_noise="shared"), "needs a student with a noise input"),
-                       (dict(group_noise="shared", student_noise_dim=4, norm_scope="batch"), "norm_scope='group'"),
                        (dict(group_noise="same"), "group_noise must be")):
         with pytest.raises(DidiError, match=match):
             DistillConfig(**bad).validate()
@@ -552,47 +538,6 @@ def _after_draws(gen: torch.Generator, n: int, length: int) -> torch.Generator:
     return gen
 
 
-def test_lr_scale_gives_named_parameters_their_own_learning_rate_through_the_schedule():
-    from didi.trainer import Dist, PartSpec, build_parts
-
-    m = random_dit()
-    m.add_noise_input(4, 0.1, torch.Generator().manual_seed(0))
-    spec = PartSpec(m, lr=1e-4, max_steps=10, warmup_steps=2, decay="linear", lr_scale={"noise_map.": 30.0})
-    part = build_parts({"s": spec}, "cpu", Dist(), False)["s"]
-    base, noise = part.optimizer.param_groups
-    assert noise["params"] == [m.noise_map.weight] and len(base["params"]) == len(part.params) - 1
-    for _ in range(4):
-        part.optimizer.step()
-        part.scheduler.step()
-        assert noise["lr"] == pytest.approx(30 * base["lr"]) and 0 < base["lr"] <= 1e-4
-    assert base["lr"] == pytest.approx(1e-4 * (0.1 + 0.9 * 0.75))  # linear decay to 0.1: 2 of its 8 steps done
-    with pytest.raises(DidiError, match="no trainable parameter is named nothing"):
-        build_parts({"s": PartSpec(m, lr=1e-4, max_steps=10, lr_scale={"nothing": 2.0})}, "cpu", Dist(), False)
-    with pytest.raises(DidiError, match="noise_lr_mult"):
-        DistillConfig(noise_lr_mult=0).validate()
-
-
-def test_batch_scope_normalizes_advantages_over_the_whole_batch():
-    from types import SimpleNamespace
-
-    from didi.methods.didi_instruct import DiDiInstruct
-
-    ctx = SimpleNamespace(all_mean=lambda x: x)
-    r = torch.tensor([0.0, 1.0, 2.0, 3.0, 10.0, 11.0, 12.0, 13.0])
-    valid = torch.ones(8, dtype=torch.bool)
-    batch = SimpleNamespace(dcfg=DistillConfig(group=4, norm_scope="batch", adv_clip=10.0))
-    group = SimpleNamespace(dcfg=DistillConfig(group=4, adv_clip=10.0))
-    a_b, a_g = DiDiInstruct._advantage(batch, ctx, r, valid), DiDiInstruct._advantage(group, ctx, r, valid)
-    assert float(a_b.mean()) == pytest.approx(0, abs=1e-6) and float(a_b.std(unbiased=False)) == pytest.approx(1)
-    assert torch.all(a_b[:4] < 0) and torch.all(a_b[4:] > 0)  # the first group is worse than the second
-    assert torch.allclose(a_g[:4], a_g[4:])  # per group, both look alike
-    valid[0] = False
-    a = DiDiInstruct._advantage(batch, ctx, r, valid)
-    assert a[0] == 0 and float(a[1:].mean()) == pytest.approx(0, abs=1e-6)
-    with pytest.raises(DidiError, match="norm_scope"):
-        DistillConfig(norm_scope="rank").validate()
-
-
 def test_rollout_log_probs_are_those_the_loss_recomputes_and_entropy_reward_trains(teacher, tmp_path):
     from didi.diffusion import masked_log_probs
     from didi.methods.didi_instruct import DiDiInstruct
@@ -600,7 +545,7 @@ def test_rollout_log_probs_are_those_the_loss_recomputes_and_entropy_reward_trai
     m = random_dit()
     cfg = preset("test")
     cfg.model = m.config
-    method = DiDiInstruct(cfg, DistillConfig(student_steps=3, rollout_grid="uniform"), 8, m)
+    method = DiDiInstruct(cfg, DistillConfig(student_steps=3, rollout_grid="sampler"), 8, m)
     n = 6
     grid = method.times(torch.zeros(n))
     x_hat, states, decided, lp = method.rollout(m, n, 8, grid, torch.Generator().manual_seed(0), "cpu")
@@ -611,15 +556,13 @@ def test_rollout_log_probs_are_those_the_loss_recomputes_and_entropy_reward_trai
             picked = logp.gather(-1, x_hat[..., None]).squeeze(-1)
             assert torch.allclose((picked * dec).sum(1), lp[:, j], atol=1e-4)
     assert torch.stack(decided).sum(0).eq(1).all()  # every position decided exactly once
-    dcfg = small_dcfg(reward_states="path", rollout_grid="uniform", student_steps=3, entropy_reward=0.1, max_steps=3)
+    dcfg = small_dcfg(reward_states="path", rollout_grid="sampler", student_steps=3, entropy_reward=0.1, max_steps=3)
     result = distill(teacher, tmp_path / "ent", dcfg, overrides=["train.eval_every=0", "train.log_every=1"],
                      progress=False)
     assert math.isfinite(result["loss"]) and result["surprisal"] > 0
     result = distill(teacher, tmp_path / "ent-final", small_dcfg(entropy_reward=0.1, max_steps=2),
                      overrides=["train.eval_every=0", "train.log_every=1"], progress=False)
     assert math.isfinite(result["loss"]) and result["surprisal"] > 0
-    with pytest.raises(DidiError, match="entropy_reward needs"):
-        DistillConfig(reward_states="path", reward_credit="token", entropy_reward=0.1).validate()
 
 
 def moved_copy(teacher, init, scale: float) -> dict:
@@ -715,33 +658,32 @@ def test_latent_time_power_moves_training_times_toward_all_masked():
         DistillConfig(method="latent", student_noise_dim=4, latent_time_power=0).validate()
 
 
-def test_noise_positions_start_as_the_plain_noise_input_train_and_pass_to_a_didi_stage(teacher, tmp_path):
-    """student_noise_positions: a per-position map of xi into the embeddings, zero at the start (the same output as
-    without it), trained by the latent method, saved in the run's model config, and inherited by a DiDi run that
-    starts from it (its weights carried over)."""
-    m, plain = random_dit(), random_dit()
-    plain.load_state_dict(m.state_dict())
-    m.add_noise_input(4, 0.5, torch.Generator().manual_seed(0), positions=True)
-    plain.add_noise_input(4, 0.5, torch.Generator().manual_seed(0))
-    z, sigma = torch.full((2, 8), 8), torch.zeros(2)
-    xi = torch.randn(2, 4, generator=torch.Generator().manual_seed(1))
-    assert m.config.noise_positions and torch.allclose(m(z, sigma, xi), plain(z, sigma, xi))
-    lat = DistillConfig(method="latent", student_noise_dim=4, student_noise_positions=True, max_steps=4, batch_size=4,
-                        warmup_steps=1, student_lr=3e-3, ema=0.0, latent_beta=0.1, latent_time_power=2.0)
-    a = tmp_path / "a"
-    distill(teacher, a, lat, overrides=["train.eval_every=0", "train.save_every=0"], progress=False)
-    run = didi.load(a)
-    assert run.config.model.noise_positions and run.model.noise_pos_map.weight.abs().sum() > 0
-    d = tmp_path / "d"
-    distill(teacher, d, small_dcfg(max_steps=1, disc_only_steps=1, student_noise_dim=4, student_init=str(a)),
-            overrides=["train.eval_every=0"], progress=False)
-    assert didi.load(d).config.model.noise_positions
-    got, want = load_file(d / "model.safetensors"), load_file(a / "model.safetensors")
-    assert torch.equal(got["noise_pos_map.weight"], want["noise_pos_map.weight"])
-    from didi.config import ModelConfig, RunConfig
+def test_options_removed_as_never_helping_load_when_off_and_are_refused_when_used(teacher, tmp_path, capsys):
+    """Configs saved before the removal of options measured never to help (per-position code map, noise-map lr,
+    token credit, batch-scope normalization; the grid alias "uniform") load when they hold the value that meant
+    "off" (the alias as its name); a run that used one is refused in one line."""
+    from didi.cli import main
+    from didi.config import RunConfig
 
-    with pytest.raises(DidiError, match="noise_positions"):
-        RunConfig(model=ModelConfig(noise_positions=True)).validate()
+    old = {**asdict(DistillConfig()), "student_noise_positions": False, "noise_lr_mult": 1.0,
+           "reward_credit": "sequence", "norm_scope": "group", "rollout_grid": "uniform"}
+    assert DistillConfig.from_dict(old).rollout_grid == "sampler"
+    run = {**asdict(RunConfig()), "distill": old}
+    run["model"]["noise_positions"] = False
+    (tmp_path / "config.json").write_text(json.dumps(run))
+    assert RunConfig.load(tmp_path / "config.json").model.noise_dim == 0
+    for key, used in (("reward_credit", "token"), ("norm_scope", "batch"), ("noise_lr_mult", 10.0)):
+        with pytest.raises(DidiError, match=f"distill.{key} = .*was removed"):
+            DistillConfig.from_dict({**old, key: used})
+    run["model"]["noise_positions"] = True
+    (tmp_path / "config.json").write_text(json.dumps(run))
+    with pytest.raises(DidiError, match="model.noise_positions = True: this option was removed"):
+        RunConfig.load(tmp_path / "config.json")
+    with pytest.raises(SystemExit):
+        main(["distill", "--teacher", str(teacher), "--out", str(tmp_path / "o"), "--set",
+              "distill.norm_scope=batch"])
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "norm_scope" in err and "Traceback" not in err
 
 
 def test_kl_reference_init_anchors_the_kl_to_the_starting_student_and_resumes_exactly(teacher, tmp_path):
@@ -805,7 +747,7 @@ def test_teacher_evidence_is_the_nelbo_bound_stratified_in_time():
 def test_teacher_reward_trains_without_the_discriminator_and_resumes_exactly(teacher, tmp_path):
     extra = ["train.eval_every=0", "train.save_every=0", "train.log_every=1"]
     dcfg = small_dcfg(reward_source="teacher", reward_repeats=2, entropy_reward=1.0, reward_states="path",
-                      rollout_grid="uniform", student_steps=3, disc_only_steps=2)
+                      rollout_grid="sampler", student_steps=3, disc_only_steps=2)
     a, wa = distill_twice_and_resume(teacher, tmp_path, dcfg, extra)
     rows = [json.loads(x) for x in (a / "metrics.jsonl").read_text().splitlines() if "reward_mean" in x]
     assert len(rows) == 4 and all("disc_loss" not in r and r["surprisal"] > 0 and r["teacher_nelbo"] > 0 for r in rows)
@@ -818,10 +760,6 @@ def test_teacher_reward_trains_without_the_discriminator_and_resumes_exactly(tea
     assert pipe.sample(num=2, steps=4).tokens.shape == (2, 16)
     with pytest.raises(DidiError, match="reward_source=teacher: it has no discriminator"):
         pipe.sample(num=2, steps=4, guided=True)
-    tok_cfg = small_dcfg(reward_source="teacher", reward_repeats=2, reward_credit="token", reward_states="path",
-                         rollout_grid="uniform", student_steps=3, max_steps=2)
-    tok = distill(teacher, tmp_path / "token", tok_cfg, overrides=extra, progress=False)
-    assert math.isfinite(tok["loss"]) and tok["grad_norm"] > 0
     with pytest.raises(DidiError, match="reward_source must be"):
         small_dcfg(reward_source="oracle").validate()
     with pytest.raises(DidiError, match="reward_repeats"):
@@ -905,15 +843,19 @@ def test_noise_prior_fitted_to_a_latent_student_drives_sampling_and_didi_rollout
 
 def test_named_recipe_presets_are_the_measured_commands_and_the_user_set_wins(teacher, tmp_path, capsys):
     """`latent-lang` + `lang-stage` are the reference-language recipe's commands (E48-E49: preset lang plus nine
-    --set) under two names; lang-stage's run settings (power-3 grid, snapshots) are saved, a user's --set wins, and
-    without --student-init it is one clear error."""
+    --set) under two names, less what does nothing there (the discriminator's settings: the reward is the teacher's;
+    a group's shared code, measured to change nothing); lang-stage's run settings (power-3 grid, snapshots) are
+    saved, a user's --set wins, and without --student-init it is one clear error."""
     from didi.cli import main
     from didi.distill import PRESET_RUN_OVERRIDES
     from didi.prior import load_prior
 
     measured = distill_preset("lang", ["max_steps=300", "student_noise_dim=16", "kl_reference=init", "kl_beta=15",
                                        "reward_source=teacher", "group_noise=shared", "noise_prior=init"])
-    assert distill_preset("lang-stage") == measured
+    stage = distill_preset("lang-stage")
+    differ = {k for k, v in asdict(stage).items() if asdict(measured)[k] != v}
+    assert differ == {"group_noise", "disc_lr", "disc_only_steps", "disc_trainable_blocks"}
+    assert stage.group_noise == "independent" and stage.reward_source == "teacher"
     assert PRESET_RUN_OVERRIDES["lang-stage"] == ["diffusion.grid_power=3", "train.snapshot_every=50"]
     lat_cfg = distill_preset("latent-lang")
     assert (lat_cfg.latent_beta, lat_cfg.latent_time_power, lat_cfg.student_lr) == (0.01, 2.0, 6e-4)

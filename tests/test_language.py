@@ -224,9 +224,8 @@ def test_end_to_end_write_train_distil_score(tmp_path, grammar_teacher):
 
     g, teacher = grammar_teacher(TINY)
     assert preset("lang-tiny").data.layout == "rows"
-    dcfg = distill_preset("lang", ["max_steps=3", "batch_size=2", "group=2", "disc_only_steps=1",
-                                   "reward_credit=token"])
-    assert (dcfg.reward_states, dcfg.rollout_grid, dcfg.student_steps) == ("path", "uniform", 4)
+    dcfg = distill_preset("lang", ["max_steps=3", "batch_size=2", "group=2", "disc_only_steps=1"])
+    assert (dcfg.reward_states, dcfg.rollout_grid, dcfg.student_steps) == ("path", "sampler", 4)
     result = distill(teacher, tmp_path / "student", dcfg,
                      overrides=["train.eval_every=0", "diffusion.grid_power=2"], progress=False)
     assert math.isfinite(result["loss"]) and result["pg"] != 0

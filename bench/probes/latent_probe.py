@@ -60,7 +60,7 @@ class FixedNoise(Pipeline):
         super().__init__(run)
         self.noise = noise
 
-    def denoiser(self, num: int = 0, generator=None):
+    def denoiser(self, num: int = 0, generator=None, clamp=None, prompt_code="exemplar"):
         return SplitDenoiser(self.model, [], self.noise[:num])
 
 

@@ -218,12 +218,12 @@ class DiDiInstruct:
 
     def times(self, tau: torch.Tensor) -> torch.Tensor:
         """The rollout grid per row [N, k+1]: 1 -> tau -> linspace(tau, t_end, k)[1:], or 1 -> t_end, or (grid
-        "sampler", alias "uniform") the k-step sampler's grid `time_grid(k, t_end, diffusion.grid_power)`."""
+        "sampler") the k-step sampler's grid `time_grid(k, t_end, diffusion.grid_power)`."""
         d = self.dcfg
         n = tau.shape[0]
         if not d.score_decomposition:
             return torch.tensor([1.0, d.t_end], device=tau.device).expand(n, 2).clone()
-        if d.rollout_grid in ("sampler", "uniform"):
+        if d.rollout_grid == "sampler":
             grid = time_grid(d.student_steps, d.t_end, self.cfg.diffusion.grid_power).float().to(tau.device)
             return grid.expand(n, -1).clone()
         frac = torch.linspace(0, 1, d.student_steps, device=tau.device)  # k-1 steps from tau to t_end
@@ -363,10 +363,7 @@ class DiDiInstruct:
         entropy = ent_sum / max(ent_count, 1.0)
         logp_tok = torch.stack(logp_steps, 1)  # [N, k, L]
         logp_rows = logp_tok.sum((1, 2))
-        if adv_steps.dim() == 3:  # token credit: mean over rows of the sum over every decision
-            pg = policy_gradient_loss(logp_tok, adv_steps) * logp_tok.shape[1] * L
-        else:  # one advantage per (row, step): mean over rows of the step sum
-            pg = policy_gradient_loss(logp_tok.sum(2), adv_steps) * logp_tok.shape[1]
+        pg = policy_gradient_loss(logp_tok.sum(2), adv_steps) * logp_tok.shape[1]  # mean over rows of the step sum
         loss = pg + d.kl_beta * kl_total - d.entropy_beta * entropy
         grad_norm = ctx.update("student", loss)
         metrics.update(loss=loss.detach(), pg=pg.detach(), kl=kl_total.detach(), entropy=entropy.detach(),
@@ -424,12 +421,6 @@ class DiDiInstruct:
         d = self.dcfg
         if not d.group_norm:
             return (r - ctx.all_mean(r.mean())) * valid
-        if d.norm_scope == "batch":  # one mean and (population) std over the global batch's valid rows
-            v = valid.double()
-            share = ctx.all_mean(v.mean()).clamp_min(1e-12)
-            mean = ctx.all_mean((r.double() * v).mean()) / share
-            std = (ctx.all_mean(((r.double() - mean) ** 2 * v).mean()) / share).sqrt()
-            return (((r.double() - mean) / (std + 1e-8)).clamp(-d.adv_clip, d.adv_clip) * v).to(r.dtype)
         return group_normalize(r, d.group, d.adv_clip, valid=valid)
 
     def _final_rewards(self, ctx, x_hat, real, tau, tau_real, noise_fake, noise_real, k: int, surprisal=None):
@@ -476,8 +467,6 @@ class DiDiInstruct:
         r_tok = self._rewards(ctx, post.reshape(k * N, L), sched.sigma(t_post.T.reshape(-1)), None)
         r_tok = r_tok.reshape(k, N, L).transpose(0, 1)  # [N, k, L]
         metrics["reward_mean"] = r_tok.mean()
-        if self.dcfg.reward_credit == "token":
-            return self._token_advantage(ctx, r_tok), metrics
         r = r_tok.mean(2)  # [N, k]
         metrics["reward_within_share"] = within_group_share(r.sum(1), self.dcfg.group)
         if self.dcfg.entropy_reward and surprisal is not None:
@@ -492,9 +481,7 @@ class DiDiInstruct:
         """reward_source="teacher": r = the teacher's evidence bound -NELBO(x̂0) (nats, `teacher_evidence`), plus
         entropy_reward times the surprisal of the decisions from each step on; every step's decisions get the final
         text's reward as their reward-to-go (with reward_states="final": the whole rollout's surprisal, one
-        advantage), normalized per step like the discriminator's rewards; with reward_credit="token" each decided
-        token gets its own position's term of the bound instead, normalized per position over the rollouts
-        (`_token_advantage`). No discriminator trains."""
+        advantage), normalized per step like the discriminator's rewards. No discriminator trains."""
         d = self.dcfg
         keep = self.kept(x_hat) if self.kept else None
         with ctx.autocast():
@@ -504,8 +491,6 @@ class DiDiInstruct:
         n = x_hat.shape[0]
         metrics = {"reward_mean": r.mean(), "teacher_nelbo": -r.mean() / x_hat.shape[1],
                    "reward_within_share": within_group_share(r, d.group)}
-        if d.reward_credit == "token":  # each decided token gets its own position's term (every step: one state)
-            return self._token_advantage(ctx, r_pos[:, None, :].expand(n, k, -1).contiguous(), "step"), metrics
         togo = r[:, None].expand(n, k)
         if d.entropy_reward and surprisal is not None:
             metrics["surprisal"] = surprisal.sum(1).mean()
@@ -516,19 +501,6 @@ class DiDiInstruct:
         valid = torch.ones(n, dtype=torch.bool, device=x_hat.device)
         adv = torch.stack([self._advantage(ctx, togo[:, s], valid) for s in range(k)], 1)
         return adv, metrics
-
-    def _token_advantage(self, ctx, r_tok: torch.Tensor, credit: str | None = None) -> torch.Tensor:
-        """Token credit [N, k, L] (`credit` overrides path_credit): the token decided at step s and position i gets the
-        per-position reward (the discriminator's logit, or the teacher's term) at i in
-        the states from s on ("togo") or in the state s made ("step"), minus that (step, position)'s mean over all
-        rollouts (every rollout starts from the same state, so all N rows are one group), over the step's std."""
-        c = r_tok.flip(1).cumsum(1).flip(1) if (credit or self.dcfg.path_credit) == "togo" else r_tok
-        c = c.double()
-        mean = ctx.all_mean(c.mean(0, keepdim=True))
-        centered = c - mean
-        std = ctx.all_mean((centered ** 2).mean((0, 2), keepdim=True)).sqrt()
-        clip = self.dcfg.adv_clip
-        return (centered / (std + 1e-8)).clamp(-clip, clip).float()
 
     # -- validation and exports ------------------------------------------------------------------------
     @torch.no_grad()

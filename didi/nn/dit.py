@@ -155,32 +155,20 @@ class DIT(nn.Module):
         # a student's own randomness (model.noise_dim > 0): xi [B, noise_dim] ~ N(0, I) per sequence, added to the
         # conditioning through a linear map; every block's modulation sees it (see `add_noise_input`)
         self.noise_map = nn.Linear(cfg.noise_dim, cfg.cond_dim, bias=False) if cfg.noise_dim else None
-        # model.noise_positions: xi also reaches each position's embedding through its own linear map (a code that
-        # can say what goes where, which the per-sequence modulation can say only through the attention)
-        self.noise_pos_map = (nn.Linear(cfg.noise_dim, cfg.length * cfg.hidden_dim, bias=False)
-                              if cfg.noise_dim and cfg.noise_positions else None)
 
-    def add_noise_input(self, dim: int, init_std: float, generator: torch.Generator | None = None,
-                        positions: bool = False) -> DIT:
+    def add_noise_input(self, dim: int, init_std: float, generator: torch.Generator | None = None) -> DIT:
         """Give this model (a copy of a teacher) a per-sequence noise input of `dim` dimensions, its map drawn with
         entries N(0, (init_std / sqrt(dim))^2), so each conditioning coordinate moves by about init_std. A zero map
         would leave the student exactly the teacher but is a stationary point of any objective that averages over
-        the noise (the gradient of the map is E[xi] ... = 0), hence a small random one. positions: also a
-        per-position map into the embeddings (`model.noise_positions`), started at zero (the conditioning map
-        already makes the output depend on xi, so this one's gradient is not zero)."""
+        the noise (the gradient of the map is E[xi] ... = 0), hence a small random one."""
         if self.noise_map is not None:
             raise ValueError("this model already has a noise input")
-        self.config.noise_dim, self.config.noise_positions = dim, positions
+        self.config.noise_dim = dim
         p = next(self.parameters())
         self.noise_map = nn.Linear(dim, self.config.cond_dim, bias=False).to(device=p.device, dtype=p.dtype)
         with torch.no_grad():
             w = torch.randn(self.noise_map.weight.shape, generator=generator) * (init_std / math.sqrt(dim))
             self.noise_map.weight.copy_(w)
-        if positions:
-            cfg = self.config
-            self.noise_pos_map = nn.Linear(dim, cfg.length * cfg.hidden_dim, bias=False).to(device=p.device,
-                                                                                          dtype=p.dtype)
-            nn.init.zeros_(self.noise_pos_map.weight)
         return self
 
     def hidden_states(self, x: torch.Tensor, sigma: torch.Tensor, noise: torch.Tensor | None = None
@@ -195,9 +183,6 @@ class DIT(nn.Module):
             if self.noise_map is None:
                 raise ValueError("this model has no noise input (model.noise_dim = 0)")
             c = c + self.noise_map(noise.to(c.dtype))
-            if self.noise_pos_map is not None:
-                B, L, H = h.shape
-                h = h + self.noise_pos_map(noise.to(h.dtype)).view(B, -1, H)[:, :L]
         cos, sin = self.rotary_emb(h.shape[1], h.device)
         for block in self.blocks:
             h = block(h, cos, sin, c)
