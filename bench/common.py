@@ -10,6 +10,7 @@ from pathlib import Path
 
 from didi.evaluation.evaluate import git_commit as commit
 from didi.evaluation.evaluate import machine
+from didi.fileio import read_metrics
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -73,8 +74,9 @@ def stage(work: Path, name: str, given: str | None, build) -> Path:
 def stage_facts(paths: dict[str, Path]) -> dict:
     facts = {}
     for name, path in paths.items():
-        metrics = [json.loads(x) for x in (path / "metrics.jsonl").read_text().splitlines() if x.strip()] \
-            if (path / "metrics.jsonl").is_file() else []
+        metrics, damaged = read_metrics(path / "metrics.jsonl") if (path / "metrics.jsonl").is_file() else ([], [])
+        if damaged:
+            print(f"bench: {path / 'metrics.jsonl'}: damaged lines {damaged} left out", flush=True)
         train = [m for m in metrics if "loss" in m]
         val = [m for m in metrics if any(k.startswith("val_") for k in m)]
         facts[name] = {"path": str(path), "steps": train[-1]["step"] if train else None,

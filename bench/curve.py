@@ -42,7 +42,9 @@ def snapshots(run: Path) -> list[tuple[int, Path]]:
 
 def training_metrics(run: Path, every: int) -> dict[int, dict]:
     """Mean of each logged training metric over the window of iterations that ends at each snapshot."""
-    rows = [json.loads(line) for line in (run / runs.METRICS).read_text().splitlines() if line.strip()]
+    rows, damaged = fileio.read_metrics(run / runs.METRICS)
+    if damaged:
+        print(f"curve: {run / runs.METRICS}: damaged lines {damaged} left out", flush=True)
     rows = [r for r in rows if "loss" in r]
     out: dict[int, dict] = {}
     for r in rows:

@@ -93,8 +93,8 @@ def summary(rows: list[dict], unprompted: list[dict]) -> list[dict]:
     entropy (over the teacher's at 256 steps with the same prompts), beside its unprompted valid texts at the same
     steps (temperature 1, uniform grid, ancestral) and the two bars."""
     top = max((r for r in rows if r["model"] == "teacher"), key=lambda r: r["steps"])
-    plain = {(r["model"], r["steps"]): r for r in unprompted
-             if r["sampler"] in ("ancestral", "ar+kv") and r["temperature"] == 1.0 and (r.get("grid_power") or 1.0) == 1}
+    plain = {(r["model"], r["steps"]): r for r in unprompted if r["sampler"] in ("ancestral", "ar+kv")
+             and r["temperature"] == 1.0 and (r.get("grid_power") or 1.0) == 1}
     out = []
     for r in rows:
         if r["model"] != "ar" and r["steps"] not in (4, 8):

@@ -129,21 +129,56 @@ def load_checkpoint(path: Path, map_location) -> tuple[dict, Path]:
                     "start a new one")
 
 
-def truncate_metrics(path: Path, step: int) -> None:
-    """On resume: drop metric rows logged after `step` (they are logged again) and a line cut short by a crash."""
-    path = Path(path)
-    if not path.is_file():
-        return
-    keep, dropped = [], 0
-    for line in path.read_text(errors="replace").splitlines():
+def read_metrics(path: Path) -> tuple[list[dict], list[int]]:
+    """The rows of a metrics.jsonl and the numbers of its damaged lines (not a JSON object), a last line cut short by
+    a crash included."""
+    rows, damaged = [], []
+    for number, line in enumerate(Path(path).read_text(errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
         try:
             row = json.loads(line)
         except json.JSONDecodeError:
-            dropped += 1
+            row = None
+        if isinstance(row, dict):
+            rows.append(row)
+        else:
+            damaged.append(number)
+    return rows, damaged
+
+
+def truncate_metrics(path: Path, step: int) -> str | None:
+    """On resume: drop metric rows logged after `step` (they are logged again) and a last line cut short by a crash.
+    A damaged line anywhere else is not dropped silently: it is moved to `<stem>.damaged.jsonl` beside the file, and
+    the returned message says so (None when there was none)."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    lines = path.read_text(errors="replace").splitlines()
+    keep, damaged, changed = [], [], False
+    for number, line in enumerate(lines, 1):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            row = None
+        if not isinstance(row, dict):
+            changed = True
+            if number < len(lines) and line.strip():  # not the last line: not a crash's cut, a damaged row
+                damaged.append((number, line))
             continue
-        if isinstance(row, dict) and row.get("step", 0) <= step:
+        if row.get("step", 0) <= step:
             keep.append(line)
         else:
-            dropped += 1
-    if dropped:
-        atomic_write_text(path, "".join(x + "\n" for x in keep))
+            changed = True
+    if not changed:
+        return None
+    if damaged:
+        aside = path.with_name(f"{path.stem}.damaged.jsonl")
+        with aside.open("a") as f:
+            f.write("".join(line + "\n" for _, line in damaged))
+    atomic_write_text(path, "".join(x + "\n" for x in keep))
+    if damaged:
+        numbers = ", ".join(str(n) for n, _ in damaged)
+        return (f"{path.name}: line{'s' if len(damaged) > 1 else ''} {numbers} damaged (not a JSON row); moved to "
+                f"{path.stem}.damaged.jsonl")
+    return None

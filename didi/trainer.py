@@ -255,7 +255,9 @@ class Trainer:
         state, used = fileio.load_checkpoint(self.out / runs.CHECKPOINT, map_location=self.device)
         self.load_state_dict(state)
         if self.dist.main:
-            fileio.truncate_metrics(self.out / runs.METRICS, self.step)  # rows after the checkpoint are logged again
+            note = fileio.truncate_metrics(self.out / runs.METRICS, self.step)  # later rows are logged again
+            if note:
+                print(f"didi: {note}")
             print(f"didi: resuming {self.out} at step {self.step}" + ("" if used.name == runs.CHECKPOINT
                                                                       else f" (from {used.name})"))
 

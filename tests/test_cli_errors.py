@@ -252,6 +252,25 @@ def test_resume_from_a_damaged_latest_checkpoint_uses_the_previous_one_exactly(r
     assert steps == [5, 6]  # the step-5 row logged before the damage was dropped on resume, then logged again once
 
 
+def test_a_damaged_metrics_row_is_reported_and_kept_aside_not_dropped(tmp_path):
+    """On resume, rows after the checkpoint and a last line cut short by a crash go (they are logged again); a
+    damaged line elsewhere is moved to metrics.damaged.jsonl and named, and the readers say what they left out."""
+    from didi.fileio import read_metrics, truncate_metrics
+
+    path = tmp_path / "metrics.jsonl"
+    good = [json.dumps({"step": i, "loss": 1.0 / i}) for i in (1, 2, 3)]
+    path.write_text("\n".join([good[0], "{not json", good[1], "[1, 2]", good[2], '{"step": 4, "lo']) + "\n")
+    rows, damaged = read_metrics(path)
+    assert [r["step"] for r in rows] == [1, 2, 3] and damaged == [2, 4, 6]
+    note = truncate_metrics(path, 2)
+    assert note == "metrics.jsonl: lines 2, 4 damaged (not a JSON row); moved to metrics.damaged.jsonl"
+    assert path.read_text().splitlines() == good[:2]
+    assert (tmp_path / "metrics.damaged.jsonl").read_text().splitlines() == ["{not json", "[1, 2]"]
+    path.write_text("\n".join(good + ['{"step": 4, "lo']) + "\n")  # only a crash's cut: nothing to report
+    assert truncate_metrics(path, 3) is None and path.read_text().splitlines() == good
+    assert truncate_metrics(path, 3) is None and truncate_metrics(tmp_path / "none.jsonl", 1) is None
+
+
 def test_a_failed_start_leaves_nothing_that_blocks_the_same_command(runs, tmp_path, capsys):
     """A start that fails after its first checks (here: too little data to fill one row) writes no config.json, so
     the same command runs once the cause is mended; for train and for distill."""
