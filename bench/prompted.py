@@ -97,7 +97,7 @@ def summary(rows: list[dict], unprompted: list[dict]) -> list[dict]:
              and r["temperature"] == 1.0 and (r.get("grid_power") or 1.0) == 1}
     out = []
     for r in rows:
-        if r["model"] != "ar" and r["steps"] not in (4, 8):
+        if r["model"] != "ar" and r["steps"] not in (4, 8) and r is not top:
             continue
         u = plain.get((r["model"], r["steps"]))
         diversity = r["choice_entropy_ratio"] / top["choice_entropy_ratio"]
