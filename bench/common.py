@@ -92,3 +92,14 @@ def stage_markdown(stages: dict) -> str:
         shown = ", ".join(f"{k} {v[k]:.4g}" for k in v if k.startswith("val_") and isinstance(v[k], float))
         lines.append(f"| {name} | {f['steps']} | {f['minutes']} | {shown} |")
     return "\n".join(lines) + "\n"
+
+
+def save_figure(fig, path: Path) -> None:
+    """Lay out and write a matplotlib figure as a PNG, whole then renamed, and close it."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    tmp = path.with_name(path.name + ".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)

@@ -22,6 +22,8 @@ import argparse
 import json
 from pathlib import Path
 
+from common import save_figure
+
 import didi
 from didi.evaluation.evaluate import RowCache, RowSpec, git_commit, run_rows, write_reports
 from didi.language.prompts import PROMPT_SEED
@@ -151,11 +153,7 @@ def plot_summary(table: list[dict], path: Path, title: str) -> None:
         ax.set_xlabel("valid texts")
     axes[0].legend(loc="lower right", fontsize=8)
     fig.suptitle(title)
-    fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path)
 
 
 if __name__ == "__main__":

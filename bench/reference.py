@@ -41,7 +41,7 @@ import sys
 from pathlib import Path
 
 import torch
-from common import floats, ints, stage, stage_facts, stage_markdown
+from common import floats, ints, save_figure, stage, stage_facts, stage_markdown
 
 import didi
 from didi.config import RunConfig, preset
@@ -335,11 +335,7 @@ def plot_comparison(table: list[dict], path: Path, title: str) -> None:
         ax.set_xlabel("share of the teacher's few-step gap closed (valid sentences)")
     axes[0].legend(loc="lower right", fontsize=8)
     fig.suptitle(title)
-    fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path)
 
 
 def gap_markdown(rows: list[dict], best: dict) -> str:

@@ -29,6 +29,16 @@ def miller_madow(counts: Counter) -> float:
     return entropy(c / n for c in counts.values()) + (len(counts) - 1) / (2 * n)
 
 
+def choice_entropy(seen: dict[str, Counter], truth: dict[str, list[float]]) -> tuple[dict, float]:
+    """Per choice point: observations, seen entropy (Miller-Madow) and true entropy; and their ratio summed over
+    the observations, sum_c n_c H_seen(c) / sum_c n_c H_true(c) (nan when nothing has entropy)."""
+    choices = {c: {"observations": sum(cnt.values()), "entropy_seen": miller_madow(cnt),
+                   "entropy_true": entropy(truth[c])} for c, cnt in sorted(seen.items())}
+    num = sum(v["observations"] * v["entropy_seen"] for v in choices.values())
+    den = sum(v["observations"] * v["entropy_true"] for v in choices.values())
+    return choices, num / den if den > 0 else float("nan")
+
+
 def score_texts(grammar: Grammar, texts: list[str], parser: Parser | None = None, per_choice: bool = False) -> dict:
     """Judge `texts` against `grammar` (see the module docstring). per_choice adds the table of every choice."""
     parser = parser or Parser(grammar)
@@ -55,10 +65,7 @@ def score_texts(grammar: Grammar, texts: list[str], parser: Parser | None = None
                 if point in truth:
                     seen[point][outcome] += 1
     n = max(len(texts), 1)
-    choices = {c: {"observations": sum(cnt.values()), "entropy_seen": miller_madow(cnt),
-                   "entropy_true": entropy(truth[c])} for c, cnt in sorted(seen.items())}
-    num = sum(v["observations"] * v["entropy_seen"] for v in choices.values())
-    den = sum(v["observations"] * v["entropy_true"] for v in choices.values())
+    choices, ratio = choice_entropy(seen, truth)
     out = {
         "valid_sentences": n_valid_sent / max(n_sent, 1),
         "valid_texts": n_valid_text / n,
@@ -66,7 +73,7 @@ def score_texts(grammar: Grammar, texts: list[str], parser: Parser | None = None
         "nll_per_word": nll / words if words else float("nan"),
         "entropy_rate": grammar.entropy_rate,
         "distinct_texts": len(set(texts)) / n,
-        "choice_entropy_ratio": num / den if den > 0 else float("nan"),
+        "choice_entropy_ratio": ratio,
     }
     if per_choice:
         out["choices"] = choices

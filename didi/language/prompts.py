@@ -25,8 +25,8 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
 from ..errors import DidiError
-from .grammar import WORD_RE, Grammar, entropy, split_sentences
-from .metrics import miller_madow
+from .grammar import WORD_RE, Grammar, split_sentences
+from .metrics import choice_entropy
 from .parse import Parser
 
 PROMPT_SEED = 20_261_206  # texts the prompts are cut from: a seed no corpus of this project is written with
@@ -137,13 +137,10 @@ def score_prompted(grammar: Grammar, prompts: list[Prompt], texts: list[str], pa
                 elif (var is None or var in free) and point in truth:
                     seen[point][value] += 1
     n = max(len(texts), 1)
-    choices = {c: {"observations": sum(cnt.values()), "entropy_seen": miller_madow(cnt),
-                   "entropy_true": entropy(truth[c])} for c, cnt in sorted(seen.items())}
-    num = sum(v["observations"] * v["entropy_seen"] for v in choices.values())
-    den = sum(v["observations"] * v["entropy_true"] for v in choices.values())
+    choices, ratio = choice_entropy(seen, truth)
     out = {"valid_sentences": valid_sent / max(n_sent, 1), "valid_texts": valid_text / n, "prompt_kept": kept / n,
            "prompt_agreement": agree / uses if uses else math.nan, "sentences_per_text": n_sent / n,
-           "distinct_texts": len(set(texts)) / n, "choice_entropy_ratio": num / den if den > 0 else math.nan}
+           "distinct_texts": len(set(texts)) / n, "choice_entropy_ratio": ratio}
     if per_choice:
         out["choices"] = choices
     return out
