@@ -36,7 +36,7 @@ def run_demo(out: Path, minutes: float = 4.5, device: str = "cpu", num: int = 25
         cfg = preset("lang-tiny", [f"data.source={corpus}", f"train.max_minutes={minutes}", "train.max_steps=900",
                                    "train.eval_every=300",
                                    "train.save_every=200", "train.snapshot_every=0", f"train.device={device}",
-                                   f"data.cache_dir={out / 'cache'}", *_fast_cpu(device)])
+                                   f"data.cache_dir={out / 'cache'}"])
         print(f"didi demo: training a tiny MDLM teacher for up to {minutes:g} minutes on {corpus} "
               f"(20,000 texts of the built-in `{GRAMMAR}` grammar, one per row)")
         train(cfg, out)
@@ -45,18 +45,6 @@ def run_demo(out: Path, minutes: float = 4.5, device: str = "cpu", num: int = 25
         _distill_stage(out, student, distill_minutes, device)
     _table(out, student if (student / runs.WEIGHTS).is_file() else None, device, num)
     print("\nA full teacher sample at 128 steps:\n" + load(out, device=device).sample(num=1, steps=128, seed=1).text[0])
-
-
-def _fast_cpu(device: str) -> list[str]:
-    """bf16 autocast on a CPU with AVX512-BF16 (`train.cpu_bf16`: 1.8-2.1x faster training steps there), so the
-    demo's minutes buy more steps; nothing elsewhere."""
-    if device != "cpu":
-        return []
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return []
-    return ["train.cpu_bf16=true"] if "avx512_bf16" in flags else []
 
 
 def _distill_stage(teacher: Path, student: Path, minutes: float, device: str) -> None:
@@ -75,7 +63,7 @@ def _distill_stage(teacher: Path, student: Path, minutes: float, device: str) ->
     # the latent-lang preset with its schedule shortened to the demo's few minutes
     dcfg = distill_preset("latent-lang", ["max_steps=400", "warmup_steps=40"])
     distill(teacher, student, dcfg, overrides=[f"train.max_minutes={minutes}", "train.eval_every=0",
-                                                 "train.save_every=100", f"train.device={device}", *_fast_cpu(device)])
+                                                 "train.save_every=100", f"train.device={device}"])
     write_prior(student, 0)  # the exemplar prior: the codes of 8,192 training texts; sampling draws from it
     print("didi demo: the student draws its code from the exemplar prior (noise_prior.safetensors)")
 
