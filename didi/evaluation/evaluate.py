@@ -143,7 +143,7 @@ def run_rows(specs: list[RowSpec], *, num: int, seed: int, judge_name: str, cach
 
         def load(run):
             return load_run(run, noise_prior="normal")
-    judge, pipes, rows = None, {}, []
+    judge, pipes, rows, prompt_sets = None, {}, [], {}
     for spec in specs:
         key = RowCache.key(spec, num, seed, judge_name)
         if key in cache.rows:
@@ -163,7 +163,9 @@ def run_rows(specs: list[RowSpec], *, num: int, seed: int, judge_name: str, cach
                 raise DidiError("prompted rows cut their prompts from a reference language: --judge grammar:NAME")
             from ..language import heldout_prompts
 
-            prompts = heldout_prompts(judge.grammar, num, spec.prompts)
+            if spec.prompts not in prompt_sets:  # the same prompts for every row of this many sentences
+                prompt_sets[spec.prompts] = heldout_prompts(judge.grammar, num, spec.prompts)
+            prompts = prompt_sets[spec.prompts]
         row, texts, tokens = sample_row(pipe, spec, num, seed, batch_size, progress,
                                         prefixes=prompts and [p.text for p in prompts])
         start = time.perf_counter()

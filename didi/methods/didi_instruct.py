@@ -120,12 +120,10 @@ def row_step_probs(logp: torch.Tensor, alpha_t: torch.Tensor, alpha_s: torch.Ten
 
 @torch.no_grad()
 def teacher_evidence(teacher, x: torch.Tensor, schedule: LogLinearSchedule, mask_id: int, eps: float, repeats: int,
-                     gen: torch.Generator, keep: torch.Tensor | None = None,
-                     per_position: bool = False) -> torch.Tensor:
+                     gen: torch.Generator, keep: torch.Tensor | None = None) -> torch.Tensor:
     """-NELBO of each row of x [N, L] under `teacher`, summed over positions (nats; a lower bound on log p(x)),
     averaged over `repeats` draws of (t, mask) with t stratified per row: t_r = (u + r / R) mod 1, u ~ U[0, 1).
-    keep [N, L]: positions never masked (they add nothing). One teacher forward over N * R rows -> float32 [N]
-    (per_position: the terms of each position, averaged over the draws, [N, L]; their sum over positions is [N])."""
+    keep [N, L]: positions never masked (they add nothing). One teacher forward over N * R rows -> float32 [N]."""
     n, length = x.shape
     dev = x.device
     u = torch.rand(n, 1, generator=gen, dtype=torch.float64, device=gen.device).to(dev)
@@ -136,7 +134,7 @@ def teacher_evidence(teacher, x: torch.Tensor, schedule: LogLinearSchedule, mask
     if keep is not None:
         noise = noise.masked_fill(keep.repeat_interleave(repeats, 0), 0)
     terms = -nelbo_terms(teacher, rows, t, noise, schedule, mask_id).double().reshape(n, repeats, length).mean(1)
-    return (terms if per_position else terms.sum(1)).float()
+    return terms.sum(1).float()
 
 
 # -- the method ----------------------------------------------------------------------------------------
@@ -485,9 +483,8 @@ class DiDiInstruct:
         d = self.dcfg
         keep = self.kept(x_hat) if self.kept else None
         with ctx.autocast():
-            r_pos = teacher_evidence(self.teacher, x_hat, self.schedule, self.mask_id, self.cfg.diffusion.eps,
-                                     d.reward_repeats, gen, keep, per_position=True)
-        r = r_pos.sum(1)
+            r = teacher_evidence(self.teacher, x_hat, self.schedule, self.mask_id, self.cfg.diffusion.eps,
+                                 d.reward_repeats, gen, keep)
         n = x_hat.shape[0]
         metrics = {"reward_mean": r.mean(), "teacher_nelbo": -r.mean() / x_hat.shape[1],
                    "reward_within_share": within_group_share(r, d.group)}
