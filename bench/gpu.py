@@ -92,21 +92,22 @@ def mdlm_row(cfg, device: str, batch: int, reps: int, compile_model: bool) -> di
 
 
 def didi_row(cfg, device: str, batch: int, group: int, reps: int, compile_model: bool) -> dict:
-    dcfg = dataclasses.replace(distill_preset("paper"), batch_size=batch, group=group)
+    dcfg = distill_preset("paper", [f"batch_size={batch}", f"didi.group={group}"])
     torch.manual_seed(0)
     teacher = DIT(cfg.model).to(device).eval().requires_grad_(False)
     student = DIT(cfg.model)
     student.load_state_dict(teacher.state_dict())
-    disc = Discriminator.from_teacher(teacher, dcfg.disc_trainable_blocks, dcfg.disc_time_conditioning)
+    disc = Discriminator.from_teacher(teacher, dcfg.didi.disc_trainable_blocks, dcfg.didi.disc_time_conditioning)
     method = DiDiInstruct(cfg, dcfg, cfg.model.vocab_size - 1, teacher)
     specs = {"student": PartSpec(student, lr=dcfg.student_lr, max_steps=dcfg.max_steps),
-             "discriminator": PartSpec(disc, lr=dcfg.disc_lr, max_steps=dcfg.max_steps)}
+             "discriminator": PartSpec(disc, lr=dcfg.didi.disc_lr, max_steps=dcfg.max_steps)}
     ctx = context(specs, device, batch, compile_model)
     x = torch.randint(0, cfg.model.vocab_size - 1, (batch, cfg.model.length), device=device)
     gen = torch.Generator().manual_seed(0)
     sec = statistics.median(timed(lambda: method.step(x, gen, ctx), device, reps, warmup=2))
     paper = distill_preset("paper")
-    scale = (paper.batch_size * paper.group) / (batch * group)  # the paper's rollouts per iteration, if time scales
+    scale = (paper.batch_size * paper.didi.group) / (batch * group)  # the paper's rollouts per iteration, if time
+    # scales
     return {"what": f"DiDi-Instruct iteration ({batch} x {group} rollouts)", "batch": batch * group, "seconds": sec,
             "hours_per_10k": sec * 10_000 / 3600,
             "hours_per_10k_paper_batch": sec * scale * 10_000 / 3600}

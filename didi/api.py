@@ -362,8 +362,8 @@ class Pipeline:
             if self.run.path is None:
                 raise DidiError("guided sampling needs a run directory with discriminator.safetensors")
             dcfg = load_distill_config(self.run.path) if (self.run.path / runs.CONFIG).is_file() else None
-            if dcfg is not None and dcfg.reward_source == "teacher":
-                raise DidiError(f"{self.run.path} was distilled with distill.reward_source=teacher: it has no "
+            if dcfg is not None and dcfg.method == "didi-instruct" and dcfg.didi.reward_source == "teacher":
+                raise DidiError(f"{self.run.path} was distilled with distill.didi.reward_source=teacher: it has no "
                                 "discriminator, so guided sampling has nothing to follow; sample without --guided")
             self._disc = load_discriminator(self.run.path, self.device)
         return self._disc

@@ -177,9 +177,9 @@ def cmd_distill(args) -> None:
     from .distill import PRESET_RUN_OVERRIDES, default_preset, distill, distill_preset, load_distill_config
     from .runs import CONFIG
 
-    dopts = {"max_steps": args.steps, "batch_size": args.batch_size, "group": args.group,
-             "student_steps": args.student_steps, "real": args.real, "student_lr": args.student_lr,
-             "disc_lr": args.disc_lr, "student_init": args.student_init}
+    dopts = {"max_steps": args.steps, "batch_size": args.batch_size, "didi.group": args.group,
+             "didi.student_steps": args.student_steps, "didi.real": args.real, "student_lr": args.student_lr,
+             "didi.disc_lr": args.disc_lr, "student_init": args.student_init}
     d_over = [f"{k}={v}" for k, v in dopts.items() if v is not None]
     d_over += [o.split(".", 1)[1] for o in args.overrides if o.startswith("distill.")]
     run_over = [o for o in args.overrides if not o.startswith("distill.")]
@@ -192,10 +192,9 @@ def cmd_distill(args) -> None:
         if dcfg is None:
             raise DidiError(f"cannot resume: {args.out} is not a distillation run")
         if d_over:
-            from .config import apply_overrides
-            from .distill import _Holder
+            from .distill import apply_distill_overrides
 
-            apply_overrides(_Holder(distill=dcfg), ["distill." + o for o in d_over])
+            apply_distill_overrides(dcfg, d_over)
     else:
         if not args.teacher:
             raise DidiError("distill needs --teacher RUN (a teacher run directory or converted checkpoint)")
@@ -380,17 +379,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=POS_INT, help="distill.max_steps")
     p.add_argument("--minutes", type=NONNEG_FLOAT, help="train.max_minutes: stop after this much training time")
     p.add_argument("--batch-size", type=POS_INT, help="real sequences per step (distill.batch_size)")
-    p.add_argument("--group", type=POS_INT, help="rollouts per real sequence, the normalization group (distill.group)")
-    p.add_argument("--student-steps", type=POS_INT, help="ancestral steps in each student rollout (default 2)")
-    p.add_argument("--real", choices=["data", "teacher"], help="the discriminator's real side (distill.real)")
+    p.add_argument("--group", type=POS_INT, help="DiDi-Instruct: rollouts per real sequence, the normalization group "
+                   "(distill.didi.group)")
+    p.add_argument("--student-steps", type=POS_INT, help="DiDi-Instruct: ancestral steps in each student rollout "
+                   "(distill.didi.student_steps, default 2)")
+    p.add_argument("--real", choices=["data", "teacher"], help="DiDi-Instruct: the discriminator's real side "
+                   "(distill.didi.real)")
     p.add_argument("--student-lr", type=POS_FLOAT)
-    p.add_argument("--disc-lr", type=POS_FLOAT)
+    p.add_argument("--disc-lr", type=POS_FLOAT, help="DiDi-Instruct: distill.didi.disc_lr")
     p.add_argument("--student-init", metavar="RUN", help="start the student from this run's weights (e.g. an SDTT "
                                                         "student) instead of a copy of the teacher")
     p.add_argument("--device", help="cpu, cuda, or auto")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="distill.KEY=VALUE (any DistillConfig field) or train.seed=..., train.log_every=... "
-                        "(repeatable)")
+                   help="distill.KEY=VALUE (a DistillConfig field; a method's own: distill.didi.KEY, "
+                        "distill.sdtt.KEY, distill.latent.KEY, distill.dmmd.KEY; docs/options.md) or train.seed=..., "
+                        "train.log_every=... (repeatable)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_distill)
 

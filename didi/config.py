@@ -300,7 +300,7 @@ class RemovedOption(DidiError):
     """A saved config uses an option that no longer exists."""
 
 
-RENAMED = {"DistillConfig": {"rollout_grid": {"uniform": "sampler"}}}  # values saved under an older name
+RENAMED = {"DiDiInstructConfig": {"rollout_grid": {"uniform": "sampler"}}}  # values saved under an older name
 
 
 def _without_removed(cls, d: dict, where: str) -> dict:

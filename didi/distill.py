@@ -21,118 +21,25 @@ from . import fileio, runs
 from .config import RunConfig, _from_dict, apply_overrides
 from .errors import DidiError
 from .methods import STUDENTS, StudentSetup, method_class
+from .methods.didi_instruct import DiDiInstructConfig
+from .methods.dmmd import DMMDConfig
+from .methods.latent import LatentConfig
+from .methods.sdtt import SDTTConfig
 
 DISCRIMINATOR = "discriminator.safetensors"
 METHODS = tuple(STUDENTS)  # distill methods, registered in `didi.methods` beside the teachers' (`make_method`)
 
 
 @dataclass
-class DMMDConfig:
-    """D-MMD's own settings (`method="dmmd"`, `methods.dmmd`); the student's optimizer, schedule and EMA are
-    DistillConfig's student_* fields, its start student_init. Defaults: the most natural reading of the sources."""
-
-    steps: int = 4  # the student is trained for this many sampler steps (its grid: time_grid(steps, t_end, grid power))
-    states: str = "data"  # z_t: "data" (masked real rows, as moment matching does) or "student" (its own k-step states)
-    z_s: str = "sample"  # the step's revealed positions hold the drawn token ("sample") or its probabilities ("probs")
-    weight: str = "mean"  # "mean" over the scored positions of the batch, or "elbo" (-alpha'/(1-alpha) at s, clamped)
-    aux_lr: float = 1e-4
-    aux_updates: int = 1  # auxiliary updates per student update, each on fresh states
-    aux_init: str = "teacher"  # the auxiliary starts as the teacher (reads no code) or as the student ("student")
-
-    def validate(self) -> None:
-        for name, allowed in (("states", ("data", "student")), ("z_s", ("sample", "probs")),
-                              ("weight", ("mean", "elbo")), ("aux_init", ("teacher", "student"))):
-            if getattr(self, name) not in allowed:
-                raise DidiError(f"distill.dmmd.{name} must be {' or '.join(map(repr, allowed))}, not "
-                                f"{getattr(self, name)!r}")
-        for name, ok, what in (("steps", self.steps >= 1, ">= 1"), ("aux_lr", self.aux_lr > 0, "> 0"),
-                               ("aux_updates", self.aux_updates >= 1, ">= 1")):
-            if not ok:
-                raise DidiError(f"distill.dmmd.{name} = {getattr(self, name)!r} is not allowed: it must be {what}")
-
-
-@dataclass
 class DistillConfig:
-    """Every knob of DiDi-Instruct (and of the SDTT baseline, `method="sdtt"`); DiDi-Instruct
-    defaults follow the authors' final config unless noted."""
+    """A distillation run: the settings every method shares (the run's length and batch, the student's optimizer and
+    schedule, where it starts, its code input) and one section per method (`distill.<section>.KEY`); only the
+    section of `method` may differ from its defaults. Defaults follow DiDi-Instruct's authors unless noted."""
 
-    method: str = "didi-instruct"  # or "sdtt", "dmmd" (D-MMD, `methods.dmmd`), or "latent" (a latent-variable student)
-    # run length and batch (B real sequences per step, global; N = B * group rollouts)
+    method: str = "didi-instruct"  # or "sdtt", "dmmd" (D-MMD), or "latent" (a latent-variable student)
     max_steps: int = 10_000
-    batch_size: int = 32
-    group: int = 4
-    # rollout
-    student_steps: int = 2  # ancestral steps 1 -> tau -> ... -> t_end (k > 2: linspace(tau, t_end, k) after tau)
-    score_decomposition: bool = True  # False = ablation: one step 1 -> t_end
-    rollout_grid: str = "tau"  # "tau": 1 -> tau -> ... (paper); "sampler": the k-step sampler's
-    # grid, time_grid(k, t_end, diffusion.grid_power) (tau then only sets the coupled masking level)
-    t_end: float = 1e-3
-    final_fill: str = "sample"  # masks left after the last step: "sample" (counted in log p) or "argmax"
-    tau_a: float = 1.0  # tau ~ Beta(a, b) (Beta(2, 2) in earlier configs)
-    tau_b: float = 1.0
-    tau_min: float = 0.02
-    tau_max: float = 0.98
-    coupled_time: bool = True  # False: the real side gets its own tau
-    # discriminator
-    real: str = "data"  # "data" (released code) or "teacher" (paper text: teacher ancestral samples)
-    teacher_steps: int = 16  # ancestral steps for real="teacher"
-    label_smoothing: float = 0.1
-    disc_lr: float = 1e-5
-    disc_betas: tuple[float, float] = (0.9, 0.999)
-    disc_weight_decay: float = 0.0
-    disc_clip: float = 1.0
-    disc_only_steps: int = 0  # warm-up iterations in which only the discriminator trains
-    disc_trainable_blocks: int = 4
-    disc_time_conditioning: bool = True
-    # reward and policy gradient
-    reward_states: str = "final"  # "final": x̂0 masked at tau (coupled time, paper); "path": every rollout state
-    # against real rows masked to its time
-    path_credit: str = "togo"  # path: a step's decisions get the rewards of every later state ("togo") or of the
-    # state right after the step ("step")
-    reward_clip: float = 8.0
-    # where the reward comes from: "discriminator" (paper) or "teacher" (beyond the paper: no discriminator; each
-    # rollout's reward is the teacher's evidence bound -NELBO(x̂0) in nats, over reward_repeats noise draws stratified
-    # in t, so with entropy_reward=1 it is a one-sample estimate of -KL(student || teacher) of the clean texts; with
-    # reward_states=path every step gets the final text's reward as its reward-to-go)
-    reward_source: str = "discriminator"
-    reward_repeats: int = 8
-    group_norm: bool = True  # False: A = r - mean(r)
-    adv_clip: float = 3.0
-    time_weight: bool = True  # w(tau) = -alpha'/(1 - alpha) clamped; False: w = 1
-    w_min: float = 0.1
-    w_max: float = 10.0
-    importance_weight: bool = False  # divide w by the Beta density pi(tau)
-    # the student's own randomness (beyond the paper; 0 = the paper's student): a per-sequence Gaussian input of
-    # this many dimensions (`DIT.add_noise_input`), fixed over a rollout, so tokens revealed in the same step can
-    # agree with each other through it; its map starts at random with scale student_noise_init
-    student_noise_dim: int = 0
-    student_noise_init: float = 0.1
-    # "independent" (every rollout draws its own xi) or "shared" (beyond the paper: the G rollouts of a group share one
-    # xi, so the group's mean reward is a baseline per code: the same gradient with the between-code spread of the
-    # reward taken out, and what the advantage ranks is how well the student decodes a given code)
-    group_noise: str = "independent"
-    # where rollouts draw the student's xi from: "normal" (N(0, I)) or "init" (beyond the paper: the prior saved beside
-    # student_init by `didi prior`, a mixture fitted to a latent student's codes; the run keeps a copy, so sampling it
-    # draws from the same prior)
-    noise_prior: str = "normal"
-    # where the student starts: "" = a copy of the teacher (paper); or a run directory of the same model shape and
-    # tokenizer (an SDTT student, say) whose sampling weights start it. The teacher stays the discriminator's backbone
-    # either way, and the KL reference unless kl_reference says otherwise
-    student_init: str = ""
-    # what the KL term pulls the student toward: "teacher" (paper: KL(teacher || student) on the rollout's states) or
-    # "init" (beyond the paper: a frozen copy of the student as it started, its noise map and xi included), an anchor
-    # that keeps a student started from a better point (student_init) near that point rather than pulling it back
-    kl_reference: str = "teacher"
-    # regularization (released values conflict: kl_beta 0.05 or 1.0, entropy_beta 0.0005 or 0.02)
-    kl_beta: float = 0.05
-    kl_step_weight: float = 0.01  # weight of each rollout step's KL(teacher || student)
-    entropy_beta: float = 0.0005
-    # beyond the paper (0 = off): add this times the rollout's own surprisal -log q (the summed log-probabilities of
-    # the tokens it drew, with the rewards' credit: path rewards give step s the surprisal of steps s..k) to the
-    # reward. It is the student-entropy half of the reverse KL, computed exactly, where the discriminator's log-ratio
-    # carries it only as an estimate; unlike entropy_beta it does not penalize sharper marginals at positions a step
-    # leaves masked, only less entropy in what is drawn
-    entropy_reward: float = 0.0
+    batch_size: int = 32  # real sequences per step (global)
+    t_end: float = 1e-3  # the last time of a student's step grid (DiDi-Instruct, D-MMD)
     # student optimizer (lr about 1e-6 to 5e-6 at 169 M; 1e-5 for the tiny CPU scale)
     student_lr: float = 1e-5
     student_betas: tuple[float, float] = (0.9, 0.999)
@@ -142,116 +49,95 @@ class DistillConfig:
     # both schedules: linear warm-up, then linear decay to min_lr_ratio
     warmup_steps: int = 1000
     min_lr_ratio: float = 0.0
-    # SDTT (method="sdtt"): rounds halve the step count from start_steps to end_steps
-    sdtt_start_steps: int = 1024
-    sdtt_end_steps: int = 8
-    sdtt_divergence: str = "reverse_kl"  # or "kl" (forward: teacher || student)
-    # latent (method="latent", beyond the paper): the student as the decoder of a VAE over its noise input, trained
-    # on the data with loss NELBO(x0 | xi) + latent_beta * KL(q(xi | x0) || N(0, I)) (per token); the encoder is the
-    # teacher's embedding and first latent_encoder_blocks blocks. Needs student_noise_dim > 0
-    latent_beta: float = 1.0
-    latent_encoder_blocks: int = 2
-    # the latent's training times: t = eps + (1 - eps) u^(1/p) for the (antithetic) uniform u, a density rising as
-    # p t^(p-1): p > 1 trains more where few tokens are visible and the code must carry the text (1: MDLM's times)
-    latent_time_power: float = 1.0
+    # where the student starts: "" = a copy of the teacher (paper); or a run directory of the same model shape and
+    # tokenizer (an SDTT or a latent student, say) whose sampling weights start it (DiDi-Instruct, D-MMD). The
+    # teacher stays the discriminator's backbone either way, and the KL reference unless didi.kl_reference says so
+    student_init: str = ""  # "" (a copy of the teacher) or a run directory to start from
+    didi: DiDiInstructConfig = field(default_factory=DiDiInstructConfig)  # method "didi-instruct"
+    sdtt: SDTTConfig = field(default_factory=SDTTConfig)  # method "sdtt"
+    latent: LatentConfig = field(default_factory=LatentConfig)  # method "latent"
     dmmd: DMMDConfig = field(default_factory=DMMDConfig)  # method "dmmd"
+
+    # ---- beyond the paper (experimental; 0 / "normal" = the paper's student) ----
+    # the student's code input: a per-sequence Gaussian input of this many dimensions (`DIT.add_noise_input`), fixed
+    # over a rollout, so tokens revealed in the same step can agree through it; a fresh map starts at random with scale
+    # student_noise_init. Method "latent" trains it on the corpus (the recipe); D-MMD from a latent student keeps it
+    student_noise_dim: int = 0  # the code's dimensions (0: none)
+    student_noise_init: float = 0.1  # the scale of a fresh code map
+    # where the code is drawn from (DiDi-Instruct, D-MMD): "normal" (N(0, I)) or "init" (the prior `didi prior` saved
+    # beside student_init; the run keeps a copy, so sampling it draws from the same prior)
+    noise_prior: str = "normal"  # "normal" or "init" (student_init's saved prior)
+
+    def __post_init__(self):  # a section given as a dict: DistillConfig(method="sdtt", sdtt=dict(start_steps=16))
+        for name in SECTIONS.values():
+            value = getattr(self, name)
+            if isinstance(value, dict):
+                setattr(self, name, _from_dict(_SECTION_TYPES[name], value, f"distill.{name}."))
+
+    @property
+    def section(self):
+        """The settings of this run's method."""
+        return getattr(self, SECTIONS[self.method])
 
     @classmethod
     def from_dict(cls, d: dict) -> DistillConfig:
         """From a preset or a run's saved `distill` section (types checked, unknown keys refused; `teacher`, which a
-        run saves beside the fields, is ignored)."""
-        return _from_dict(cls, d, "distill.", extra=("teacher",))
+        run saves beside the fields, is ignored). A section saved flat, as runs made before 2026-12-07 did
+        (`kl_beta`, `sdtt_start_steps`, `latent_beta`, ...), is read into its section."""
+        return _from_dict(cls, _sectioned(d) if isinstance(d, dict) else d, "distill.", extra=("teacher",))
 
     def validate(self) -> None:
         if self.method not in METHODS:
             raise DidiError(f"distill: method must be one of {', '.join(METHODS)}, not {self.method!r}")
-        ranges = [("student_lr", self.student_lr > 0, "> 0"), ("disc_lr", self.disc_lr > 0, "> 0"),
-                  ("ema", 0.0 <= self.ema < 1.0, "in [0, 1)"), ("warmup_steps", self.warmup_steps >= 0, ">= 0"),
+        ranges = [("max_steps", self.max_steps >= 1, ">= 1"), ("batch_size", self.batch_size >= 1, ">= 1"),
+                  ("student_lr", self.student_lr > 0, "> 0"), ("ema", 0.0 <= self.ema < 1.0, "in [0, 1)"),
+                  ("warmup_steps", self.warmup_steps >= 0, ">= 0"),
                   ("min_lr_ratio", 0.0 <= self.min_lr_ratio <= 1.0, "in [0, 1]"),
-                  ("student_clip", self.student_clip >= 0, ">= 0"), ("disc_clip", self.disc_clip >= 0, ">= 0"),
-                  ("label_smoothing", 0.0 <= self.label_smoothing < 0.5, "in [0, 0.5)"),
-                  ("reward_clip", self.reward_clip > 0, "> 0"), ("adv_clip", self.adv_clip > 0, "> 0"),
-                  ("kl_beta", self.kl_beta >= 0, ">= 0"), ("entropy_beta", self.entropy_beta >= 0, ">= 0"),
-                  ("t_end", 0.0 < self.t_end < 1.0, "in (0, 1)"), ("teacher_steps", self.teacher_steps >= 1, ">= 1"),
-                  ("disc_only_steps", self.disc_only_steps >= 0, ">= 0"),
-                  ("disc_trainable_blocks", self.disc_trainable_blocks >= 0, ">= 0"),
-                  ("tau_a", self.tau_a > 0, "> 0"), ("tau_b", self.tau_b > 0, "> 0"),
-                  ("w_min", 0 < self.w_min <= self.w_max, "> 0 and <= w_max"),
+                  ("student_clip", self.student_clip >= 0, ">= 0"), ("t_end", 0.0 < self.t_end < 1.0, "in (0, 1)"),
                   ("student_noise_dim", self.student_noise_dim >= 0, ">= 0"),
-                  ("entropy_reward", self.entropy_reward >= 0, ">= 0"),
-                  ("reward_repeats", self.reward_repeats >= 1, ">= 1"),
                   ("student_noise_init", self.student_noise_init >= 0, ">= 0"),
-                  ("latent_beta", self.latent_beta >= 0, ">= 0"),
-                  ("latent_encoder_blocks", self.latent_encoder_blocks >= 1, ">= 1"),
-                  ("latent_time_power", self.latent_time_power > 0, "> 0")]
+                  ("noise_prior", self.noise_prior in ("normal", "init"), "'normal' or 'init'")]
         for name, ok, allowed in ranges:
             if not ok:
                 raise DidiError(f"distill.{name} = {getattr(self, name)!r} is not allowed: it must be {allowed}")
-        if self.reward_source not in ("discriminator", "teacher"):
-            raise DidiError(f"distill: reward_source must be 'discriminator' or 'teacher', not {self.reward_source!r}")
-        if self.kl_reference not in ("teacher", "init"):
-            raise DidiError(f"distill: kl_reference must be 'teacher' or 'init', not {self.kl_reference!r}")
-        if self.kl_reference != "teacher" and self.method != "didi-instruct":
-            raise DidiError("distill: kl_reference is a DiDi-Instruct option")
-        if self.noise_prior not in ("normal", "init"):
-            raise DidiError(f"distill: noise_prior must be 'normal' or 'init', not {self.noise_prior!r}")
+        for method, name in SECTIONS.items():  # a setting of another method's section would be silently unused
+            if method != self.method and getattr(self, name) != type(getattr(self, name))():
+                changed = [f.name for f in dataclasses.fields(getattr(self, name))
+                           if getattr(getattr(self, name), f.name) != f.default]
+                raise DidiError(f"distill.{name}.{changed[0]}: a setting of method {method!r}, which this run "
+                                f"(method {self.method!r}) does not use")
         if self.noise_prior != "normal" and self.method not in ("didi-instruct", "dmmd"):
-            raise DidiError("distill: noise_prior is a DiDi-Instruct and D-MMD option")
+            raise DidiError("distill.noise_prior is a DiDi-Instruct and D-MMD option")
         if self.noise_prior == "init" and not (self.student_init and self.student_noise_dim):
             raise DidiError("distill: noise_prior='init' needs student_init (--student-init: a latent student with a "
                             "saved prior, `didi prior`) and student_noise_dim > 0")
-        if self.method == "latent":
-            if not self.student_noise_dim:
-                raise DidiError("distill: method 'latent' needs student_noise_dim > 0 (the latent's dimensions)")
-            if self.student_init:
-                raise DidiError("distill: student_init is a DiDi-Instruct option")
-            if self.batch_size < 1 or self.max_steps < 1:
-                raise DidiError("distill: batch_size and max_steps must be >= 1")
-            return
-        if self.method == "dmmd":
-            self.dmmd.validate()
-            if self.batch_size < 1 or self.max_steps < 1:
-                raise DidiError("distill: batch_size and max_steps must be >= 1")
-            if not 0.0 < self.t_end < 1.0:
-                raise DidiError("distill: t_end must be in (0, 1)")
-            return
-        if self.method == "sdtt":
-            from .methods.sdtt import round_schedule
+        self.section.validate(self)
 
-            if self.student_init:
-                raise DidiError("distill: student_init is a DiDi-Instruct option")
-            if self.batch_size < 1:
-                raise DidiError("distill: batch_size must be >= 1")
-            round_schedule(self.sdtt_start_steps, self.sdtt_end_steps, self.max_steps)
-            if self.student_noise_dim:
-                raise DidiError("distill: student_noise_dim is a DiDi-Instruct option (SDTT matches per-token "
-                                "marginals)")
-            if self.sdtt_divergence not in ("reverse_kl", "kl"):
-                raise DidiError(f"distill: sdtt_divergence must be 'reverse_kl' or 'kl', not {self.sdtt_divergence!r}")
-            return
-        if self.group < 1 or self.batch_size < 1 or self.max_steps < 1:
-            raise DidiError("distill: group, batch_size and max_steps must be >= 1")
-        if self.group == 1 and self.group_norm:
-            raise DidiError("distill.group = 1: advantages are normalized within each group, so a group of one gives "
-                            "a policy gradient of exactly zero; use group >= 2")
-        if self.real not in ("data", "teacher"):
-            raise DidiError(f"distill: real must be 'data' or 'teacher', not {self.real!r}")
-        if self.final_fill not in ("sample", "argmax"):
-            raise DidiError(f"distill: final_fill must be 'sample' or 'argmax', not {self.final_fill!r}")
-        if self.score_decomposition and self.student_steps < 2:
-            raise DidiError("distill: score decomposition needs student_steps >= 2")
-        if self.path_credit not in ("togo", "step"):
-            raise DidiError(f"distill: path_credit must be 'togo' or 'step', not {self.path_credit!r}")
-        if self.group_noise not in ("independent", "shared"):
-            raise DidiError(f"distill: group_noise must be 'independent' or 'shared', not {self.group_noise!r}")
-        if self.group_noise == "shared" and not self.student_noise_dim:
-            raise DidiError("distill: group_noise='shared' needs a student with a noise input (student_noise_dim > 0)")
-        if self.reward_states not in ("final", "path"):
-            raise DidiError(f"distill: reward_states must be 'final' or 'path', not {self.reward_states!r}")
-        if self.rollout_grid not in ("tau", "sampler"):
-            raise DidiError(f"distill: rollout_grid must be 'tau' or 'sampler', not {self.rollout_grid!r}")
-        if not 0 < self.tau_min <= self.tau_max < 1:
-            raise DidiError("distill: need 0 < tau_min <= tau_max < 1")
+
+SECTIONS = {"didi-instruct": "didi", "sdtt": "sdtt", "latent": "latent", "dmmd": "dmmd"}  # method -> its section
+_SECTION_TYPES = {"didi": DiDiInstructConfig, "sdtt": SDTTConfig, "latent": LatentConfig, "dmmd": DMMDConfig}
+# keys that runs made before 2026-12-07 saved flat, with their section and name there
+_FLAT = {**{f.name: ("didi", f.name) for f in dataclasses.fields(DiDiInstructConfig)},
+         **{f"sdtt_{f.name}": ("sdtt", f.name) for f in dataclasses.fields(SDTTConfig)},
+         **{f"latent_{f.name}": ("latent", f.name) for f in dataclasses.fields(LatentConfig)}}
+
+
+def _sectioned(d: dict) -> dict:
+    """A saved distill dict with its flat method keys moved into their sections."""
+    if not set(d) & set(_FLAT):
+        return d
+    out = {k: v for k, v in d.items() if k not in _FLAT}
+    for key in set(d) & set(_FLAT):
+        section, name = _FLAT[key]
+        out[section] = {**out.get(section, {}), name: d[key]}
+    return out
+
+
+def moved_key(key: str) -> str | None:
+    """The new name of a distill option given by its flat name from before the sections (`kl_beta` ->
+    `didi.kl_beta`), or None."""
+    key = key.removeprefix("distill.")
+    return ".".join(_FLAT[key]) if key in _FLAT else None
 
 
 # Named starting points. "paper": the authors' settings, for the 169 M OpenWebText teacher.
@@ -259,14 +145,14 @@ class DistillConfig:
 # saved EMA student has moved), for teachers of the `tiny` preset.
 DISTILL_PRESETS: dict[str, dict] = {
     "paper": {},
-    "tiny": dict(batch_size=8, group=4, student_lr=1e-4, disc_lr=1e-4, warmup_steps=20, disc_only_steps=20,
-                 disc_trainable_blocks=2, ema=0.95, max_steps=400),
+    "tiny": dict(batch_size=8, student_lr=1e-4, warmup_steps=20, ema=0.95, max_steps=400,
+                 didi=dict(group=4, disc_lr=1e-4, disc_only_steps=20, disc_trainable_blocks=2)),
     # The reference-language recipe (teachers of preset lang-tiny): 4-step rollouts on the 4-step sampler's
     # grid and rewards on every rollout state (reward-to-go), a lower student lr. bench/results/reference.md measures
     # it against the paper's defaults (preset tiny).
-    "lang": dict(batch_size=8, group=4, student_lr=3e-5, disc_lr=1e-4, warmup_steps=20, disc_only_steps=20,
-                 disc_trainable_blocks=2, ema=0.95, max_steps=600, student_steps=4, rollout_grid="sampler",
-                 reward_states="path"),
+    "lang": dict(batch_size=8, student_lr=3e-5, warmup_steps=20, ema=0.95, max_steps=600,
+                 didi=dict(group=4, disc_lr=1e-4, disc_only_steps=20, disc_trainable_blocks=2, student_steps=4,
+                           rollout_grid="sampler", reward_states="path")),
     # SDTT at the scale of its paper (7 rounds of 10k steps, 1024 -> 8 steps) and a CPU-sized version.
     # The learning rate stays constant after warm-up (min_lr_ratio=1): a decay spanning all rounds would starve
     # the last rounds, the ones that make the few-step student.
@@ -276,7 +162,7 @@ DISTILL_PRESETS: dict[str, dict] = {
                       min_lr_ratio=1.0),
     # SDTT for lang-tiny teachers: 5 rounds 128 -> 4 steps (the language's teacher needs 128 steps).
     "sdtt-lang": dict(method="sdtt", max_steps=5000, batch_size=16, student_lr=1e-4, warmup_steps=20, ema=0.95,
-                      min_lr_ratio=1.0, sdtt_start_steps=128, sdtt_end_steps=4),
+                      min_lr_ratio=1.0, sdtt=dict(start_steps=128, end_steps=4)),
     # A latent-variable student for lang-tiny teachers (README, reference language): the teacher's batch, a
     # fine-tuning learning rate, a 16-dimensional latent, beta 0.01: a code that carries most of a text, to be
     # sampled from the exemplar prior of `didi prior RUN --components 0` (beta 0.03 was best with N(0, I) draws,
@@ -285,15 +171,15 @@ DISTILL_PRESETS: dict[str, dict] = {
     # first learning rate (6e-4: E58, E60 on errands, E61 on stories).
     "latent-lang": dict(method="latent", max_steps=3000, batch_size=64, student_lr=6e-4, warmup_steps=100, ema=0.99,
                         min_lr_ratio=0.1, student_clip=1.0, student_noise_dim=16, student_noise_init=0.1,
-                        latent_beta=0.01, latent_encoder_blocks=2, latent_time_power=2.0),
+                        latent=dict(beta=0.01, encoder_blocks=2, time_power=2.0)),
     # The DiDi stage of the reference-language recipe (E48-E49): from a latent-lang student (--student-init) whose
     # prior `didi prior` fitted; rollouts draw their code from that prior, the reward is the teacher's evidence (no
-    # discriminator, so no discriminator settings), the KL anchors the student to where it started. (Until
-    # 2026-12-07 it also gave a group one shared code, group_noise=shared, measured to change nothing.)
+    # discriminator, so no discriminator settings), the KL anchors the student to where it started.
     # Its run settings (PRESET_RUN_OVERRIDES): the power-3 grid, a snapshot every 50 iterations for bench/curve.py.
-    "lang-stage": dict(batch_size=8, group=4, student_lr=3e-5, warmup_steps=20, ema=0.95, max_steps=300,
-                       student_steps=4, rollout_grid="sampler", reward_states="path", reward_source="teacher",
-                       student_noise_dim=16, noise_prior="init", kl_reference="init", kl_beta=15.0),
+    "lang-stage": dict(batch_size=8, student_lr=3e-5, warmup_steps=20, ema=0.95, max_steps=300, student_noise_dim=16,
+                       noise_prior="init",
+                       didi=dict(group=4, student_steps=4, rollout_grid="sampler", reward_states="path",
+                                 reward_source="teacher", kl_reference="init", kl_beta=15.0)),
     # D-MMD: for lang-tiny teachers (4-step students, the batch of the teacher's training), for tiny and
     # test teachers, and at the paper's 169 M shape (16-step students; lrs as for moment matching at that scale).
     "dmmd-lang": dict(method="dmmd", max_steps=3000, batch_size=64, student_lr=5e-5, warmup_steps=50, ema=0.99,
@@ -330,16 +216,24 @@ def distill_preset(name: str, overrides: list[str] | None = None) -> DistillConf
     snapshots), are not in it: `didi distill --preset` applies them; from Python pass them to `distill(overrides=)`."""
     if name not in DISTILL_PRESETS:
         raise DidiError(f"unknown distill preset '{name}' (choose from: {', '.join(DISTILL_PRESETS)})")
-    dcfg = DistillConfig.from_dict(DISTILL_PRESETS[name])
-    if overrides:
-        holder = _Holder(distill=dcfg)
-        apply_overrides(holder, [o if o.startswith("distill.") else "distill." + o for o in overrides])
-    return dcfg
+    return apply_distill_overrides(DistillConfig.from_dict(DISTILL_PRESETS[name]), overrides or [])
 
 
 @dataclass
 class _Holder:
     distill: DistillConfig
+
+
+def apply_distill_overrides(dcfg: DistillConfig, overrides: list[str]) -> DistillConfig:
+    """Apply `key=value` overrides (keys of DistillConfig, `didi.kl_beta` in a section, with or without a `distill.`
+    prefix) in place; a flat key from before the sections is refused, naming its new place."""
+    for item in overrides:
+        key = item.split("=", 1)[0].strip()
+        if moved_key(key):
+            raise DidiError(f"override {item!r}: distill.{key.removeprefix('distill.')} is now "
+                            f"distill.{moved_key(key)}")
+    apply_overrides(_Holder(distill=dcfg), [o if o.startswith("distill.") else "distill." + o for o in overrides])
+    return dcfg
 
 
 def _train_from_dcfg(cfg: RunConfig, dcfg: DistillConfig) -> None:
@@ -389,8 +283,8 @@ def distill(teacher: str | Path | None, out: str | Path, dcfg: DistillConfig | N
             raise DidiError(f"{out} is not a distillation run (no 'distill' section in {runs.CONFIG})")
         saved_dcfg = DistillConfig.from_dict(saved["distill"])
         if dcfg is not None and dcfg != saved_dcfg:
-            changed = [f.name for f in dataclasses.fields(DistillConfig)
-                       if getattr(dcfg, f.name) != getattr(saved_dcfg, f.name)]
+            mine, saved_ = _flat_items(asdict(dcfg)), _flat_items(asdict(saved_dcfg))
+            changed = [k for k in mine if mine[k] != saved_.get(k)]
             raise DidiError(f"cannot resume with a different distill config (changed: {', '.join(changed)})")
         dcfg = saved_dcfg
         teacher = teacher if teacher is not None else saved["distill"].get("teacher")
@@ -452,8 +346,9 @@ def distill(teacher: str | Path | None, out: str | Path, dcfg: DistillConfig | N
     torch.manual_seed(cfg.train.seed)  # identical discriminator head on every rank
     student = copy.deepcopy(teacher_model)
     # on resume the checkpoint holds the student; the init is read again only when it is the KL reference
+    kl_init = dcfg.method == "didi-instruct" and dcfg.didi.kl_reference == "init"
     init_weights = (_student_init_weights(dcfg.student_init, cfg, teacher)
-                    if dcfg.student_init and (not resume or dcfg.kl_reference == "init") else None)
+                    if dcfg.student_init and (not resume or kl_init) else None)
     init_has_noise = init_weights is not None and "noise_map.weight" in init_weights
     if init_weights is not None and not init_has_noise:
         student.load_state_dict(init_weights)
@@ -462,7 +357,7 @@ def distill(teacher: str | Path | None, out: str | Path, dcfg: DistillConfig | N
                                 torch.Generator().manual_seed(cfg.train.seed))
     if init_has_noise:  # a latent student (method "latent"): its noise map comes with it
         student.load_state_dict(init_weights)
-    kl_ref = copy.deepcopy(student) if dcfg.kl_reference == "init" else None  # frozen by DiDiInstruct
+    kl_ref = copy.deepcopy(student) if kl_init else None  # frozen by DiDiInstruct
     student = student.train().requires_grad_(True)
     student_spec = PartSpec(student, lr=dcfg.student_lr, max_steps=dcfg.max_steps, warmup_steps=dcfg.warmup_steps,
                             min_lr_ratio=dcfg.min_lr_ratio, betas=tuple(dcfg.student_betas),
@@ -476,9 +371,10 @@ def distill(teacher: str | Path | None, out: str | Path, dcfg: DistillConfig | N
     method, specs, banner = method_class(dcfg.method).build(setup)
     trainer = Trainer(cfg, out, method, specs, train_blocks, valid_blocks, d, device, progress=progress)
     if not resume and d.main:  # written last: a start that failed before this leaves nothing that blocks a retry
-        if dcfg.method == "didi-instruct" and dcfg.reward_source == "discriminator":  # for guided sampling
+        if dcfg.method == "didi-instruct" and dcfg.didi.reward_source == "discriminator":  # for guided sampling
             fileio.atomic_write_text(out / "discriminator.json", json.dumps(
-                {"time_conditioning": dcfg.disc_time_conditioning, "trainable_blocks": dcfg.disc_trainable_blocks})
+                {"time_conditioning": dcfg.didi.disc_time_conditioning,
+                 "trainable_blocks": dcfg.didi.disc_trainable_blocks})
                 + "\n")
         runs.save_data_counts(out, train_blocks)
         fileio.atomic_write_text(out / runs.CONFIG, json.dumps(
@@ -488,6 +384,14 @@ def distill(teacher: str | Path | None, out: str | Path, dcfg: DistillConfig | N
     if resume:
         trainer.resume()
     return trainer.train(until_step=until_step)
+
+
+def _flat_items(d: dict, prefix: str = "") -> dict:
+    """{"didi": {"kl_beta": 1}} -> {"didi.kl_beta": 1}."""
+    out = {}
+    for k, v in d.items():
+        out.update(_flat_items(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v})
+    return out
 
 
 def _rollout_prior(dcfg: DistillConfig, out: Path, resume: bool):

@@ -13,26 +13,37 @@ import inspect
 import re
 
 from .config import PRESETS, DataConfig, DiffusionConfig, ModelConfig, TrainConfig
-from .distill import DISTILL_PRESETS, PRESET_RUN_OVERRIDES, DistillConfig, DMMDConfig
+from .distill import DISTILL_PRESETS, PRESET_RUN_OVERRIDES, DistillConfig
+from .methods.didi_instruct import DiDiInstructConfig
+from .methods.dmmd import DMMDConfig
+from .methods.latent import LatentConfig
+from .methods.sdtt import SDTTConfig
 
 SECTIONS = [("model", ModelConfig, "`didi train --set model.KEY=VALUE`"),
             ("diffusion", DiffusionConfig, "`--set diffusion.KEY=VALUE`"),
             ("data", DataConfig, "`--set data.KEY=VALUE`"),
             ("train", TrainConfig, "`--set train.KEY=VALUE`"),
             ("distill", DistillConfig, "`didi distill --set distill.KEY=VALUE`"),
+            ("distill.didi", DiDiInstructConfig, "`didi distill --set distill.didi.KEY=VALUE` (method didi-instruct)"),
+            ("distill.sdtt", SDTTConfig, "`didi distill --method sdtt --set distill.sdtt.KEY=VALUE`"),
+            ("distill.latent", LatentConfig, "`didi distill --method latent --set distill.latent.KEY=VALUE`"),
             ("distill.dmmd", DMMDConfig, "`didi distill --method dmmd --set distill.dmmd.KEY=VALUE`")]
+EXPERIMENTAL = "# ---- beyond the paper"  # a section's options after this line are marked experimental
 
 _FIELD = re.compile(r"^\s+(\w+)\s*:[^=]*=[^#]*?(?:#\s?(.*))?$")
 
 
-def _line_comments(cls) -> dict[str, str]:
-    """field name -> the comment on its own source line."""
-    out = {}
+def _line_comments(cls) -> tuple[dict[str, str], str | None]:
+    """field name -> the comment on its own source line; and the first field after the EXPERIMENTAL line."""
+    out, first_experimental, marked = {}, None, False
     for line in inspect.getsource(cls).splitlines():
+        marked = marked or line.strip().startswith(EXPERIMENTAL)
         m = _FIELD.match(line)
+        if m and marked and first_experimental is None:
+            first_experimental = m.group(1)
         if m and m.group(2):
             out.setdefault(m.group(1), m.group(2).strip())
-    return out
+    return out, first_experimental
 
 
 def _default(f: dataclasses.Field) -> str:
@@ -49,13 +60,15 @@ def _cell(text: str) -> str:
 
 
 def section_table(name: str, cls, how: str) -> str:
-    notes = _line_comments(cls)
+    notes, first_experimental = _line_comments(cls)
     doc = cls.__doc__ or ""
     doc = "" if doc.startswith(cls.__name__ + "(") else inspect.cleandoc(doc) + "\n\n"  # dataclass's own stand-in
     source = f"{inspect.getmodule(cls).__name__}.{cls.__name__}"
     lines = [f"## `{name}`", "", doc + f"Set with {how}. Source: `{source}`.", "",
              "| option | type | default | note |", "|---|---|---|---|"]
     for f in dataclasses.fields(cls):
+        if f.name == first_experimental:
+            lines.append("| **beyond the paper: experimental** | | | measured in docs/reference-log.md |")
         kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
         lines.append(f"| `{f.name}` | `{_cell(str(kind))}` | `{_cell(_default(f))}` | {_cell(notes.get(f.name, ''))} |")
     return "\n".join(lines) + "\n"

@@ -1,7 +1,7 @@
 """A learned prior for a student's noise input xi (a latent student, `didi distill --method latent`).
 
 A latent student is trained on codes from its encoder, xi ~ q(xi | x0), while sampling draws xi ~ N(0, I). With a
-small KL weight (`distill.latent_beta`) the codes of real texts fill N(0, I) unevenly, and draws that land where no
+small KL weight (`distill.latent.beta`) the codes of real texts fill N(0, I) unevenly, and draws that land where no
 training code was decode worse (bench/latent_probe.py measures how much). `NoisePrior` is a diagonal Gaussian
 mixture fitted to those codes, saved as `noise_prior.safetensors` beside the model; `Pipeline` and DiDi rollouts
 (`distill.noise_prior`) draw xi from it instead of N(0, I).
@@ -162,7 +162,9 @@ def load_encoder(run_dir: str | Path, model: torch.nn.Module | None = None):
                         "name the latent student this run started from with --encoder")
     if model is None:
         model = runs.load_run(run_dir, "cpu").model
-    blocks = fileio.read_json(run_dir / runs.CONFIG)["distill"]["latent_encoder_blocks"]
+    from .distill import load_distill_config
+
+    blocks = load_distill_config(run_dir).latent.encoder_blocks
     encoder = SequenceEncoder(model, model.config.noise_dim, blocks)
     encoder.load_state_dict(fileio.load_weights(run_dir / "encoder.safetensors"))
     return encoder.eval()

@@ -37,7 +37,7 @@ def bench(*args: str, ok: bool = True) -> subprocess.CompletedProcess:
 def test_curve_and_latent_probe_run_on_a_latent_student(tmp_path, grammar_teacher):
     g, teacher = grammar_teacher(GRAMMAR, texts=200, length=20, steps=10)
     lat = DistillConfig(method="latent", student_noise_dim=4, max_steps=4, batch_size=4, warmup_steps=1,
-                        student_lr=1e-3, ema=0.0, latent_beta=0.1)
+                        student_lr=1e-3, ema=0.0, latent=dict(beta=0.1))
     student = tmp_path / "lat"
     distill(teacher, student, lat, overrides=["train.eval_every=0", "train.snapshot_every=2"], progress=False)
     judge = f"grammar:{g}"

@@ -25,8 +25,8 @@ def runs(tmp_path_factory):
                           "data.long_sequences=crop",
                           "model.length=48", "train.max_steps=4", "train.eval_every=0", "train.save_every=2"])
     didi.train(cfg, root / "teacher", progress=False)
-    distill(root / "teacher", root / "student", distill_preset("tiny", ["max_steps=2", "batch_size=2", "group=2",
-                                                                        "disc_only_steps=1"]),
+    distill(root / "teacher", root / "student", distill_preset("tiny", ["max_steps=2", "batch_size=2", "didi.group=2",
+                                                                        "didi.disc_only_steps=1"]),
             overrides=["train.eval_every=0"], progress=False)
     return root
 
@@ -81,7 +81,10 @@ CASES = [
     ("wrong domain", None, ["eval", "{teacher}", "--steps", "2", "--domain", "protein"]),
     ("distill group 0", None, ["distill", "--teacher", "{teacher}", "--out", "{tmp}/d", "--group", "0"]),
     ("distill smoothing", None, ["distill", "--teacher", "{teacher}", "--out", "{tmp}/d", "--set",
-                                 "distill.label_smoothing=0.7"]),
+                                 "distill.didi.label_smoothing=0.7"]),
+    ("distill flat key", None, ["distill", "--teacher", "{teacher}", "--out", "{tmp}/d", "--set", "distill.kl_beta=1"]),
+    ("distill other method's section", None, ["distill", "--method", "dmmd", "--teacher", "{teacher}", "--out",
+                                              "{tmp}/d", "--group", "8"]),
     ("distill student lr", None, ["distill", "--teacher", "{teacher}", "--out", "{tmp}/d", "--student-lr", "-1"]),
     ("distill group 1", None, ["distill", "--teacher", "{teacher}", "--out", "{tmp}/d", "--group", "1"]),
     ("distill model.hidden_dim", None, ["distill", "--teacher", "{teacher}", "--out", "{tmp}/d", "--set",

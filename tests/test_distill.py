@@ -16,7 +16,13 @@ from didi.diffusion import LogLinearSchedule
 from didi.distill import DistillConfig, distill, distill_preset
 from didi.errors import DidiError
 from didi.guidance import h_schedule, rgas_sample, tilt_logits
-from didi.methods.didi_instruct import discriminator_loss, group_normalize, policy_gradient_loss, time_weight
+from didi.methods.didi_instruct import (
+    DiDiInstructConfig,
+    discriminator_loss,
+    group_normalize,
+    policy_gradient_loss,
+    time_weight,
+)
 from didi.nn.discriminator import Discriminator
 from didi.nn.dit import DIT
 
@@ -237,9 +243,11 @@ def teacher(tmp_path_factory):
 
 
 def small_dcfg(**kw) -> DistillConfig:
-    base = dict(max_steps=4, batch_size=4, group=2, warmup_steps=1, student_lr=1e-3, disc_lr=1e-3,
-                disc_trainable_blocks=1, ema=0.5)
-    return DistillConfig(**{**base, **kw})
+    """A test-sized DistillConfig; `didi=dict(...)` adds to the DiDi-Instruct section (kept only for that method)."""
+    base = dict(max_steps=4, batch_size=4, warmup_steps=1, student_lr=1e-3, ema=0.5)
+    didi = {} if kw.get("method", "didi-instruct") != "didi-instruct" else dict(group=2, disc_lr=1e-3,
+                                                                                 disc_trainable_blocks=1)
+    return DistillConfig(**{**base, **kw, "didi": {**didi, **kw.get("didi", {})}})
 
 
 def test_distill_resume_is_exact_and_student_samples_without_teacher(teacher, tmp_path):
@@ -312,12 +320,14 @@ def test_two_process_gloo_distillation_keeps_ranks_in_step(teacher, tmp_path):
 
 
 def test_every_part_can_be_switched_off(teacher, tmp_path):
-    off = small_dcfg(max_steps=2, score_decomposition=False, coupled_time=False, time_weight=False,
-                     group_norm=False, kl_beta=0.0, entropy_beta=0.0, real="teacher", teacher_steps=2,
-                     importance_weight=True, final_fill="argmax", student_steps=3)
+    off = small_dcfg(max_steps=2, didi=dict(score_decomposition=False, coupled_time=False, time_weight=False,
+                                            group_norm=False, kl_beta=0.0, entropy_beta=0.0, real="teacher",
+                                            teacher_steps=2, importance_weight=True, final_fill="argmax",
+                                            student_steps=3))
     result = distill(teacher, tmp_path / "off", off, overrides=["train.eval_every=0"], progress=False)
     assert math.isfinite(result["loss"])
-    result = distill(teacher, tmp_path / "three", small_dcfg(max_steps=2, student_steps=3, disc_only_steps=1),
+    result = distill(teacher, tmp_path / "three", small_dcfg(max_steps=2, didi=dict(student_steps=3,
+                                                                                    disc_only_steps=1)),
                      overrides=["train.eval_every=0"], progress=False)
     assert math.isfinite(result["loss"])
 
@@ -334,7 +344,7 @@ def distill_twice_and_resume(teacher, tmp_path, dcfg, extra):
 
 
 def test_path_rewards_on_the_sampler_grid_train_and_resume_exactly(teacher, tmp_path):
-    dcfg = small_dcfg(reward_states="path", rollout_grid="sampler", student_steps=3)
+    dcfg = small_dcfg(didi=dict(reward_states="path", rollout_grid="sampler", student_steps=3))
     extra = ["train.eval_every=0", "train.save_every=0", "train.log_every=1"]
     a, _ = distill_twice_and_resume(teacher, tmp_path, dcfg, extra)
     rows = [json.loads(x) for x in (a / "metrics.jsonl").read_text().splitlines()]
@@ -359,7 +369,7 @@ def test_path_advantages_credit_each_step_with_its_reward_to_go():
             return x
 
     cfg = preset("test")
-    d = DistillConfig(group=2, group_norm=False, reward_states="path")
+    d = DistillConfig(didi=dict(group=2, group_norm=False, reward_states="path"))
     m = DiDiInstruct(cfg, d, mask_id=9, teacher=torch.nn.Identity())
     m._disc_update = lambda *a, **k: {}
     rewards = {}
@@ -380,11 +390,11 @@ def test_distill_bad_input(teacher, tmp_path):
     with pytest.raises(DidiError, match="does not exist"):
         distill(tmp_path / "nope", tmp_path / "o", small_dcfg(), progress=False)
     with pytest.raises(DidiError, match="real must be"):
-        distill(teacher, tmp_path / "o", small_dcfg(real="teachers"), progress=False)
+        distill(teacher, tmp_path / "o", small_dcfg(didi=dict(real="teachers")), progress=False)
     with pytest.raises(DidiError, match="reward_states must be"):
-        distill(teacher, tmp_path / "o", small_dcfg(reward_states="all"), progress=False)
+        distill(teacher, tmp_path / "o", small_dcfg(didi=dict(reward_states="all")), progress=False)
     with pytest.raises(DidiError, match="rollout_grid must be"):
-        distill(teacher, tmp_path / "o", small_dcfg(rollout_grid="cosine"), progress=False)
+        distill(teacher, tmp_path / "o", small_dcfg(didi=dict(rollout_grid="cosine")), progress=False)
     with pytest.raises(DidiError, match="already holds a run"):
         distill(teacher, teacher, small_dcfg(), progress=False)
     with pytest.raises(DidiError, match="train.lr"):
@@ -396,15 +406,15 @@ def test_cli_distill_resume_and_guided_sample(teacher, tmp_path, capsys):
 
     out = tmp_path / "cli-student"
     small = ["--steps", "3", "--batch-size", "4", "--group", "2", "--set", "distill.warmup_steps=1",
-             "--set", "distill.disc_trainable_blocks=1", "--set", "train.eval_every=0", "--quiet"]
+             "--set", "distill.didi.disc_trainable_blocks=1", "--set", "train.eval_every=0", "--quiet"]
     main(["distill", "--teacher", str(teacher), "--out", str(out), *small])
     saved = json.loads((out / "config.json").read_text())["distill"]
-    assert saved["max_steps"] == 3 and saved["group"] == 2 and saved["disc_trainable_blocks"] == 1
+    assert saved["max_steps"] == 3 and saved["didi"]["group"] == 2 and saved["didi"]["disc_trainable_blocks"] == 1
     assert saved["student_lr"] == 1e-4  # the tiny preset, chosen for a tiny-class teacher
     # resuming with a different distill setting is refused in one line; the same settings are accepted
     with pytest.raises(SystemExit):
         main(["distill", "--out", str(out), "--resume", "--group", "4", "--quiet"])
-    assert "changed: group" in capsys.readouterr().err
+    assert "changed: didi.group" in capsys.readouterr().err
     main(["distill", "--out", str(out), "--resume", "--quiet"])
     assert "step 3" in capsys.readouterr().out
     with pytest.raises(SystemExit):
@@ -469,8 +479,8 @@ def test_split_denoiser_gives_each_row_its_own_noise_whatever_rows_are_evaluated
 
 
 def test_noise_student_distils_resumes_exactly_and_samples_from_the_seed(teacher, tmp_path):
-    dcfg = small_dcfg(reward_states="path", rollout_grid="sampler", student_steps=3, student_noise_dim=4,
-                      student_noise_init=0.5)
+    dcfg = small_dcfg(student_noise_dim=4, student_noise_init=0.5, didi=dict(reward_states="path",
+                                                                             rollout_grid="sampler", student_steps=3))
     extra = ["train.eval_every=2", "train.save_every=0"]
     a, b = tmp_path / "a", tmp_path / "b"
     distill(teacher, a, dcfg, overrides=extra, progress=False)
@@ -491,7 +501,7 @@ def test_noise_student_distils_resumes_exactly_and_samples_from_the_seed(teacher
         from didi.interop import export
 
         export(a, tmp_path / "exported")
-    with pytest.raises(DidiError, match="DiDi-Instruct option"):
+    with pytest.raises(DidiError, match="SDTT matches per-token marginals and has no code input"):
         DistillConfig(method="sdtt", student_noise_dim=4).validate()
 
 
@@ -503,7 +513,7 @@ def test_group_noise_shared_gives_a_group_one_code_and_a_baseline_per_code(teach
     cfg = preset("test")
     codes = {}
     for mode in ("independent", "shared"):
-        d = DistillConfig(group=3, student_noise_dim=4, group_noise=mode)
+        d = DistillConfig(student_noise_dim=4, didi=dict(group=3, group_noise=mode))
         m = DiDiInstruct(cfg, d, mask_id=9, teacher=torch.nn.Identity())
         codes[mode] = m.draw(torch.Generator().manual_seed(0), 4, 8, 0, 1, "cpu")["noise"]  # 4 groups of 3 rows
     shared, indep = codes["shared"].reshape(4, 3, 4), codes["independent"].reshape(4, 3, 4)
@@ -516,8 +526,9 @@ def test_group_noise_shared_gives_a_group_one_code_and_a_baseline_per_code(teach
     assert float(within_group_share(r, 2)) == 0.0 and abs(float(within_group_share(r, 4)) - 1.0) < 1e-6
     assert 0 < float(within_group_share(torch.tensor([0.0, 2.0, 4.0, 4.0]), 2)) < 1
     # a run with shared codes trains, logs the share, and resumes exactly
-    dcfg = small_dcfg(reward_states="path", rollout_grid="sampler", student_steps=3, student_noise_dim=4,
-                      student_noise_init=0.5, group_noise="shared", reward_source="teacher", reward_repeats=2)
+    dcfg = small_dcfg(student_noise_dim=4, student_noise_init=0.5,
+                      didi=dict(reward_states="path", rollout_grid="sampler", student_steps=3, group_noise="shared",
+                                reward_source="teacher", reward_repeats=2))
     a, _ = distill_twice_and_resume(teacher, tmp_path, dcfg, ["train.eval_every=0", "train.save_every=0"])
     rows = [json.loads(x) for x in (a / "metrics.jsonl").read_text().splitlines()]
     shares = [r["reward_within_share"] for r in rows if "reward_within_share" in r]
@@ -525,7 +536,7 @@ def test_group_noise_shared_gives_a_group_one_code_and_a_baseline_per_code(teach
     for bad, match in ((dict(group_noise="shared"), "needs a student with a noise input"),
                        (dict(group_noise="same"), "group_noise must be")):
         with pytest.raises(DidiError, match=match):
-            DistillConfig(**bad).validate()
+            DistillConfig(didi=bad).validate()
 
 
 def _after_draws(gen: torch.Generator, n: int, length: int) -> torch.Generator:
@@ -545,7 +556,7 @@ def test_rollout_log_probs_are_those_the_loss_recomputes_and_entropy_reward_trai
     m = random_dit()
     cfg = preset("test")
     cfg.model = m.config
-    method = DiDiInstruct(cfg, DistillConfig(student_steps=3, rollout_grid="sampler"), 8, m)
+    method = DiDiInstruct(cfg, DistillConfig(didi=dict(student_steps=3, rollout_grid="sampler")), 8, m)
     n = 6
     grid = method.times(torch.zeros(n))
     x_hat, states, decided, lp = method.rollout(m, n, 8, grid, torch.Generator().manual_seed(0), "cpu")
@@ -556,11 +567,12 @@ def test_rollout_log_probs_are_those_the_loss_recomputes_and_entropy_reward_trai
             picked = logp.gather(-1, x_hat[..., None]).squeeze(-1)
             assert torch.allclose((picked * dec).sum(1), lp[:, j], atol=1e-4)
     assert torch.stack(decided).sum(0).eq(1).all()  # every position decided exactly once
-    dcfg = small_dcfg(reward_states="path", rollout_grid="sampler", student_steps=3, entropy_reward=0.1, max_steps=3)
+    dcfg = small_dcfg(max_steps=3, didi=dict(reward_states="path", rollout_grid="sampler", student_steps=3,
+                                             entropy_reward=0.1))
     result = distill(teacher, tmp_path / "ent", dcfg, overrides=["train.eval_every=0", "train.log_every=1"],
                      progress=False)
     assert math.isfinite(result["loss"]) and result["surprisal"] > 0
-    result = distill(teacher, tmp_path / "ent-final", small_dcfg(entropy_reward=0.1, max_steps=2),
+    result = distill(teacher, tmp_path / "ent-final", small_dcfg(max_steps=2, didi=dict(entropy_reward=0.1)),
                      overrides=["train.eval_every=0", "train.log_every=1"], progress=False)
     assert math.isfinite(result["loss"]) and result["surprisal"] > 0
 
@@ -583,7 +595,7 @@ def test_student_init_starts_the_student_from_another_run_and_refuses_a_mismatch
     init = tmp_path / "init"
     moved = moved_copy(teacher, init, 0.01)
     # only the discriminator trains, so the saved student is exactly where it started
-    distill(teacher, tmp_path / "s", small_dcfg(max_steps=2, disc_only_steps=2, student_init=str(init)),
+    distill(teacher, tmp_path / "s", small_dcfg(max_steps=2, student_init=str(init), didi=dict(disc_only_steps=2)),
             overrides=["train.eval_every=0"], progress=False)
     got = load_file(tmp_path / "s" / "model.safetensors")
     assert all(torch.equal(got[k], moved[k]) for k in moved)
@@ -600,7 +612,7 @@ def test_student_init_starts_the_student_from_another_run_and_refuses_a_mismatch
         distill(teacher, tmp_path / "s2", small_dcfg(student_init=str(init)), progress=False)
     with pytest.raises(DidiError, match="does not exist"):
         distill(teacher, tmp_path / "s3", small_dcfg(student_init=str(tmp_path / "nope")), progress=False)
-    with pytest.raises(DidiError, match="student_init is a DiDi-Instruct option"):
+    with pytest.raises(DidiError, match="SDTT starts from its teacher"):
         distill(teacher, tmp_path / "s4", small_dcfg(method="sdtt", student_init=str(teacher)), progress=False)
 
 
@@ -610,7 +622,7 @@ def test_latent_student_learns_to_read_its_code_resumes_exactly_and_starts_a_did
     from didi.fileio import load_weights
 
     lat = dict(method="latent", student_noise_dim=4, max_steps=8, batch_size=4, warmup_steps=1, student_lr=3e-3,
-               ema=0.0, latent_beta=0.1)
+               ema=0.0, latent=dict(beta=0.1))
     extra = ["train.eval_every=4", "train.save_every=0"]
     a, b = tmp_path / "a", tmp_path / "b"
     distill(teacher, a, DistillConfig(**lat), overrides=extra, progress=False)
@@ -632,16 +644,17 @@ def test_latent_student_learns_to_read_its_code_resumes_exactly_and_starts_a_did
         p1 = run.model(x, sigma, torch.full((2, 4), 2.0))
     assert not torch.allclose(p0, p1)
     # a DiDi run started from it keeps its noise map (only the discriminator trains here)
-    distill(teacher, tmp_path / "d", small_dcfg(max_steps=2, disc_only_steps=2, student_noise_dim=4,
-                                                student_init=str(a)), overrides=["train.eval_every=0"], progress=False)
+    distill(teacher, tmp_path / "d", small_dcfg(max_steps=2, student_noise_dim=4, student_init=str(a),
+                                                didi=dict(disc_only_steps=2)),
+            overrides=["train.eval_every=0"], progress=False)
     got, want = load_file(tmp_path / "d" / "model.safetensors"), load_weights(a / "model.safetensors")
     assert "noise_map.weight" in got and all(torch.equal(got[k], want[k]) for k in want)
     with pytest.raises(DidiError, match="noise_dim"):
         distill(teacher, tmp_path / "d2", small_dcfg(student_init=str(a)), progress=False)
     with pytest.raises(DidiError, match="needs student_noise_dim"):
         DistillConfig(method="latent").validate()
-    with pytest.raises(DidiError, match="latent_encoder_blocks"):
-        distill(teacher, tmp_path / "l2", DistillConfig(**{**lat, "latent_encoder_blocks": 99}), progress=False)
+    with pytest.raises(DidiError, match="distill.latent.encoder_blocks = 99: the teacher has only 2 blocks"):
+        distill(teacher, tmp_path / "l2", DistillConfig(**{**lat, "latent": dict(encoder_blocks=99)}), progress=False)
 
 
 def test_latent_time_power_moves_training_times_toward_all_masked():
@@ -654,8 +667,8 @@ def test_latent_time_power_moves_training_times_toward_all_masked():
     assert moved.min() >= eps and moved.max() <= 1 and bool((moved.diff() > 0).all())
     assert abs(float(moved.mean()) - (eps + (1 - eps) * 2 / 3)) < 1e-3  # E[u^(1/2)] = 2/3
     assert float((moved > 0.9).double().mean()) == pytest.approx(1 - 0.9 ** 2, abs=2e-3)
-    with pytest.raises(DidiError, match="latent_time_power"):
-        DistillConfig(method="latent", student_noise_dim=4, latent_time_power=0).validate()
+    with pytest.raises(DidiError, match="distill.latent.time_power = 0"):
+        DistillConfig(method="latent", student_noise_dim=4, latent=dict(time_power=0)).validate()
 
 
 def test_options_removed_as_never_helping_load_when_off_and_are_refused_when_used(teacher, tmp_path, capsys):
@@ -665,9 +678,14 @@ def test_options_removed_as_never_helping_load_when_off_and_are_refused_when_use
     from didi.cli import main
     from didi.config import RunConfig
 
-    old = {**asdict(DistillConfig()), "student_noise_positions": False, "noise_lr_mult": 1.0,
+    sections = ("didi", "sdtt", "latent", "dmmd")
+    flat = {k: v for k, v in asdict(DistillConfig()).items() if k not in sections[:3]}  # saved flat before sections
+    flat.update(asdict(DiDiInstructConfig()), sdtt_start_steps=1024, sdtt_end_steps=8, sdtt_divergence="reverse_kl",
+                latent_beta=1.0, latent_encoder_blocks=2, latent_time_power=1.0)
+    assert DistillConfig.from_dict(flat) == DistillConfig()
+    old = {**flat, "student_noise_positions": False, "noise_lr_mult": 1.0,
            "reward_credit": "sequence", "norm_scope": "group", "rollout_grid": "uniform"}
-    assert DistillConfig.from_dict(old).rollout_grid == "sampler"
+    assert DistillConfig.from_dict(old).didi.rollout_grid == "sampler"
     run = {**asdict(RunConfig()), "distill": old}
     run["model"]["noise_positions"] = False
     (tmp_path / "config.json").write_text(json.dumps(run))
@@ -695,22 +713,24 @@ def test_kl_reference_init_anchors_the_kl_to_the_starting_student_and_resumes_ex
     first_kl = {}
     for ref in ("teacher", "init"):
         out = tmp_path / f"ref-{ref}"
-        distill(teacher, out, small_dcfg(max_steps=1, disc_only_steps=0, student_init=str(init), kl_reference=ref),
+        distill(teacher, out, small_dcfg(max_steps=1, student_init=str(init), didi=dict(disc_only_steps=0,
+                                                                                        kl_reference=ref)),
                 overrides=extra, progress=False)
         rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
         first_kl[ref] = next(r["kl"] for r in rows if "kl" in r)
     assert first_kl["init"] < 1e-6 < first_kl["teacher"], first_kl
     a, b = tmp_path / "a", tmp_path / "b"
-    dcfg = small_dcfg(student_init=str(init), kl_reference="init", kl_beta=1.0)
+    dcfg = small_dcfg(student_init=str(init), didi=dict(kl_reference="init", kl_beta=1.0))
     distill(teacher, a, dcfg, overrides=extra, progress=False)
     distill(teacher, b, dcfg, overrides=extra, until_step=2, progress=False)
     distill(None, b, resume=True, progress=False)
     wa, wb = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     with pytest.raises(DidiError, match="kl_reference must be"):
-        small_dcfg(kl_reference="student").validate()
-    with pytest.raises(DidiError, match="kl_reference is a DiDi-Instruct option"):
-        small_dcfg(method="sdtt", kl_reference="init").validate()
+        small_dcfg(didi=dict(kl_reference="student")).validate()
+    with pytest.raises(DidiError, match=r"distill.didi.kl_reference: a setting of method 'didi-instruct', which this "
+                                        r"run \(method 'sdtt'\) does not use"):
+        small_dcfg(method="sdtt", didi=dict(kl_reference="init")).validate()
 
 
 def test_teacher_evidence_is_the_nelbo_bound_stratified_in_time():
@@ -743,8 +763,8 @@ def test_teacher_evidence_is_the_nelbo_bound_stratified_in_time():
 
 def test_teacher_reward_trains_without_the_discriminator_and_resumes_exactly(teacher, tmp_path):
     extra = ["train.eval_every=0", "train.save_every=0", "train.log_every=1"]
-    dcfg = small_dcfg(reward_source="teacher", reward_repeats=2, entropy_reward=1.0, reward_states="path",
-                      rollout_grid="sampler", student_steps=3, disc_only_steps=2)
+    dcfg = small_dcfg(didi=dict(reward_source="teacher", reward_repeats=2, entropy_reward=1.0, reward_states="path",
+                                rollout_grid="sampler", student_steps=3, disc_only_steps=2))
     a, wa = distill_twice_and_resume(teacher, tmp_path, dcfg, extra)
     rows = [json.loads(x) for x in (a / "metrics.jsonl").read_text().splitlines() if "reward_mean" in x]
     assert len(rows) == 4 and all("disc_loss" not in r and r["surprisal"] > 0 and r["teacher_nelbo"] > 0 for r in rows)
@@ -758,9 +778,9 @@ def test_teacher_reward_trains_without_the_discriminator_and_resumes_exactly(tea
     with pytest.raises(DidiError, match="reward_source=teacher: it has no discriminator"):
         pipe.sample(num=2, steps=4, guided=True)
     with pytest.raises(DidiError, match="reward_source must be"):
-        small_dcfg(reward_source="oracle").validate()
+        small_dcfg(didi=dict(reward_source="oracle")).validate()
     with pytest.raises(DidiError, match="reward_repeats"):
-        small_dcfg(reward_source="teacher", reward_repeats=0).validate()
+        small_dcfg(didi=dict(reward_source="teacher", reward_repeats=0)).validate()
 
 
 def spy_on_draws(monkeypatch, cls, key: str) -> list:
@@ -788,7 +808,7 @@ def test_noise_prior_fitted_to_a_latent_student_drives_sampling_and_didi_rollout
 
     lat = tmp_path / "lat"
     distill(teacher, lat, DistillConfig(method="latent", student_noise_dim=4, max_steps=4, batch_size=4,
-                                        warmup_steps=1, student_lr=3e-3, ema=0.0, latent_beta=0.1),
+                                        warmup_steps=1, student_lr=3e-3, ema=0.0, latent=dict(beta=0.1)),
             overrides=["train.eval_every=0", "train.save_every=0"], progress=False)
     with pytest.raises(SystemExit):
         main(["prior", str(teacher)])
@@ -847,15 +867,19 @@ def test_named_recipe_presets_are_the_measured_commands_and_the_user_set_wins(te
     from didi.distill import PRESET_RUN_OVERRIDES
     from didi.prior import load_prior
 
-    measured = distill_preset("lang", ["max_steps=300", "student_noise_dim=16", "kl_reference=init", "kl_beta=15",
-                                       "reward_source=teacher", "group_noise=shared", "noise_prior=init"])
+    stage_didi = ("kl_reference=init", "kl_beta=15", "reward_source=teacher", "group_noise=shared")
+    measured = distill_preset("lang", ["max_steps=300", "student_noise_dim=16", "noise_prior=init",
+                                       *(f"didi.{o}" for o in stage_didi)])
     stage = distill_preset("lang-stage")
-    differ = {k for k, v in asdict(stage).items() if asdict(measured)[k] != v}
+    assert asdict(stage)["didi"].keys() == asdict(measured)["didi"].keys()
+    differ = {k for k, v in asdict(stage)["didi"].items() if asdict(measured)["didi"][k] != v}
     assert differ == {"group_noise", "disc_lr", "disc_only_steps", "disc_trainable_blocks"}
-    assert stage.group_noise == "independent" and stage.reward_source == "teacher"
+    assert {k: v for k, v in asdict(stage).items() if k != "didi"} == {k: v for k, v in asdict(measured).items()
+                                                                        if k != "didi"}
+    assert stage.didi.group_noise == "independent" and stage.didi.reward_source == "teacher"
     assert PRESET_RUN_OVERRIDES["lang-stage"] == ["diffusion.grid_power=3", "train.snapshot_every=50"]
     lat_cfg = distill_preset("latent-lang")
-    assert (lat_cfg.latent_beta, lat_cfg.latent_time_power, lat_cfg.student_lr) == (0.01, 2.0, 6e-4)
+    assert (lat_cfg.latent.beta, lat_cfg.latent.time_power, lat_cfg.student_lr) == (0.01, 2.0, 6e-4)
 
     lat = tmp_path / "lat"
     distill(teacher, lat, distill_preset("latent-lang", ["max_steps=2", "batch_size=4", "warmup_steps=1"]),
@@ -871,7 +895,7 @@ def test_named_recipe_presets_are_the_measured_commands_and_the_user_set_wins(te
     main(base + ["--out", str(tmp_path / "stage"), "--student-init", str(lat)])
     saved = json.loads((tmp_path / "stage" / "config.json").read_text())
     assert saved["diffusion"]["grid_power"] == 3.0 and saved["train"]["snapshot_every"] == 50
-    assert saved["distill"]["noise_prior"] == "init" and saved["distill"]["reward_source"] == "teacher"
+    assert saved["distill"]["noise_prior"] == "init" and saved["distill"]["didi"]["reward_source"] == "teacher"
     main(base + ["--out", str(tmp_path / "stage2"), "--student-init", str(lat), "--set", "diffusion.grid_power=2"])
     assert json.loads((tmp_path / "stage2" / "config.json").read_text())["diffusion"]["grid_power"] == 2.0
 
@@ -930,7 +954,7 @@ def test_cli_dmmd_picks_its_preset_from_the_teacher_and_takes_section_overrides(
     assert (saved["dmmd"]["states"], saved["dmmd"]["weight"]) == ("student", "elbo")
     with pytest.raises(SystemExit):
         main(["distill", "--out", str(tmp_path / "a"), "--resume", "--set", "distill.dmmd.states=data", "--quiet"])
-    assert "cannot resume with a different distill config (changed: dmmd)" in capsys.readouterr().err
+    assert "cannot resume with a different distill config (changed: dmmd.states)" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(base + ["--out", str(tmp_path / "b"), "--set", "distill.dmmd.states=teacher"])
     err = capsys.readouterr().err
@@ -945,7 +969,7 @@ def test_dmmd_from_a_latent_student_keeps_its_code_input_and_draws_codes_from_it
 
     lat = tmp_path / "lat"
     distill(teacher, lat, DistillConfig(method="latent", student_noise_dim=4, max_steps=2, batch_size=4,
-                                        warmup_steps=1, student_lr=3e-3, ema=0.0, latent_beta=0.1),
+                                        warmup_steps=1, student_lr=3e-3, ema=0.0, latent=dict(beta=0.1)),
             overrides=["train.eval_every=0", "train.save_every=0"], progress=False)
     NoisePrior(torch.full((1, 4), 10.0), torch.full((1, 4), 1e-6), torch.zeros(1), {}).save(lat)
     seen = spy_on_draws(monkeypatch, DMMD, "code")
@@ -977,3 +1001,24 @@ def test_students_validation_nelbo_is_scored_like_the_teachers(teacher, method):
     cls = {"didi-instruct": DiDiInstruct, "sdtt": SDTT, "dmmd": DMMD}[method]
     got = cls(cfg, dcfg, mask, run.model, kept).validate(run.model, batches, 0)
     assert got["val_nelbo"] == want["val_nelbo"] and got["val_tokens"] == 3 * 4 * 15
+
+
+def test_each_method_has_its_own_config_section():
+    """A method's settings live in its section (given as a dict or a dataclass, type-checked); a key from before the
+    sections is refused naming its new place, a setting of another method's section is refused, and a config saved
+    flat loads into the sections."""
+    assert DistillConfig(method="sdtt", sdtt=dict(start_steps=16)).sdtt.start_steps == 16
+    with pytest.raises(DidiError, match='distill.sdtt.start_steps is "x", where a value of type int belongs'):
+        DistillConfig(method="sdtt", sdtt=dict(start_steps="x"))
+    with pytest.raises(DidiError, match="distill.kl_beta is now distill.didi.kl_beta"):
+        distill_preset("tiny", ["kl_beta=1"])
+    with pytest.raises(DidiError, match="distill.latent_beta is now distill.latent.beta"):
+        distill_preset("latent-lang", ["distill.latent_beta=0.1"])
+    assert distill_preset("tiny", ["didi.kl_beta=1"]).didi.kl_beta == 1.0
+    with pytest.raises(DidiError, match="distill.didi.group: a setting of method 'didi-instruct', which this run "
+                                        r"\(method 'dmmd'\) does not use"):
+        distill_preset("dmmd-tiny", ["didi.group=8"]).validate()
+    saved = {"method": "sdtt", "max_steps": 8, "sdtt_start_steps": 16, "sdtt_end_steps": 4, "kl_beta": 0.05}
+    loaded = DistillConfig.from_dict(saved)
+    assert (loaded.sdtt.start_steps, loaded.sdtt.end_steps, loaded.max_steps) == (16, 4, 8)
+    loaded.validate()  # the flat DiDi key held its default, so nothing of another method is set

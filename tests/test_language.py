@@ -224,8 +224,8 @@ def test_end_to_end_write_train_distil_score(tmp_path, grammar_teacher):
 
     g, teacher = grammar_teacher(TINY)
     assert preset("lang-tiny").data.layout == "rows"
-    dcfg = distill_preset("lang", ["max_steps=3", "batch_size=2", "group=2", "disc_only_steps=1"])
-    assert (dcfg.reward_states, dcfg.rollout_grid, dcfg.student_steps) == ("path", "sampler", 4)
+    dcfg = distill_preset("lang", ["max_steps=3", "batch_size=2", "didi.group=2", "didi.disc_only_steps=1"])
+    assert (dcfg.didi.reward_states, dcfg.didi.rollout_grid, dcfg.didi.student_steps) == ("path", "sampler", 4)
     result = distill(teacher, tmp_path / "student", dcfg,
                      overrides=["train.eval_every=0", "diffusion.grid_power=2"], progress=False)
     assert math.isfinite(result["loss"]) and result["pg"] != 0
@@ -240,4 +240,4 @@ def test_end_to_end_write_train_distil_score(tmp_path, grammar_teacher):
     rows = json.loads(report["json"].read_text())["rows"]
     assert [r["steps"] for r in rows] == [2, 4]
     assert all(0.0 <= r["valid_sentences"] <= 1.0 and r["nfe"] <= r["steps"] for r in rows)
-    assert distill_preset("sdtt-lang").sdtt_end_steps == 4
+    assert distill_preset("sdtt-lang").sdtt.end_steps == 4

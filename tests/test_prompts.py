@@ -157,7 +157,7 @@ def runs(tmp_path_factory):
     didi.train(preset("test", base + ["model.arch=ar", f"data.tokenizer={root / 'teacher' / 'tokenizer'}"]),
                root / "ar", progress=False)
     lat = DistillConfig(method="latent", student_noise_dim=4, max_steps=6, batch_size=4, warmup_steps=1,
-                        student_lr=3e-3, ema=0.0, latent_beta=0.1)
+                        student_lr=3e-3, ema=0.0, latent=dict(beta=0.1))
     distill(root / "teacher", root / "lat", lat, overrides=["train.eval_every=0", "train.save_every=0"],
             progress=False)
     return SimpleNamespace(grammar=g, teacher=root / "teacher", ar=root / "ar", lat=root / "lat", root=root)

@@ -221,7 +221,7 @@ def test_protein_distillation_keeps_lengths(tmp_path, monkeypatch):
         return out
 
     monkeypatch.setattr(DiDiInstruct, "rollout", spy)
-    dcfg = DistillConfig(max_steps=2, batch_size=4, group=2, warmup_steps=1, disc_trainable_blocks=1)
+    dcfg = DistillConfig(max_steps=2, batch_size=4, warmup_steps=1, didi=dict(group=2, disc_trainable_blocks=1))
     distill(tmp_path / "t", tmp_path / "d", dcfg, overrides=["train.eval_every=0"], progress=False)
     tok = amino_tokenizer()
     init, x_hat = seen["init"], seen["x_hat"]
@@ -230,7 +230,7 @@ def test_protein_distillation_keeps_lengths(tmp_path, monkeypatch):
     assert not (x_hat[~special] == tok.mask_id).any()
     assert torch.equal(init[0], init[1])  # a group shares its real row's length
     distill(tmp_path / "t", tmp_path / "s", DistillConfig(method="sdtt", max_steps=2, batch_size=4, warmup_steps=1,
-                                                          sdtt_start_steps=16), overrides=["train.eval_every=0"],
+                                                          sdtt=dict(start_steps=16)), overrides=["train.eval_every=0"],
             progress=False)
     hist = json.loads((tmp_path / "t" / "lengths.json").read_text())
     support = {n for n, c in enumerate(hist["counts"]) if c}

@@ -51,7 +51,7 @@ def teacher(tmp_path_factory):
 
 def sdtt_cfg(**kw) -> DistillConfig:
     base = dict(method="sdtt", max_steps=6, batch_size=4, warmup_steps=1, student_lr=1e-3, ema=0.5,
-                sdtt_start_steps=32, sdtt_end_steps=8)
+                sdtt=dict(start_steps=32, end_steps=8))
     return DistillConfig(**{**base, **kw})
 
 
@@ -78,7 +78,7 @@ def test_sdtt_rounds_swap_the_teacher_and_resume_is_exact(teacher, tmp_path):
 
 def test_sdtt_lowers_its_loss_on_a_fixed_round(teacher, tmp_path):
     # one round (16 -> 8) over 30 steps: the distillation loss must go down
-    cfg = sdtt_cfg(max_steps=30, sdtt_start_steps=16, student_lr=3e-3, warmup_steps=0)
+    cfg = sdtt_cfg(max_steps=30, student_lr=3e-3, warmup_steps=0, sdtt=dict(start_steps=16))
     distill(teacher, tmp_path / "s", cfg, overrides=["train.eval_every=0", "train.log_every=1"], progress=False)
     loss = [json.loads(x)["loss"] for x in (tmp_path / "s" / "metrics.jsonl").read_text().splitlines() if "round" in x]
     assert sum(loss[-5:]) / 5 < sum(loss[:5]) / 5
@@ -86,9 +86,9 @@ def test_sdtt_lowers_its_loss_on_a_fixed_round(teacher, tmp_path):
 
 def test_sdtt_bad_config(teacher, tmp_path):
     with pytest.raises(DidiError, match="power of two"):
-        distill(teacher, tmp_path / "o", sdtt_cfg(sdtt_start_steps=24), progress=False)
-    with pytest.raises(DidiError, match="sdtt_divergence"):
-        distill(teacher, tmp_path / "o", sdtt_cfg(sdtt_divergence="js"), progress=False)
+        distill(teacher, tmp_path / "o", sdtt_cfg(sdtt=dict(start_steps=24)), progress=False)
+    with pytest.raises(DidiError, match="distill.sdtt.divergence must be"):
+        distill(teacher, tmp_path / "o", sdtt_cfg(sdtt=dict(divergence="js")), progress=False)
     with pytest.raises(DidiError, match="method must be"):
         distill(teacher, tmp_path / "o", sdtt_cfg(method="ddim"), progress=False)
 
@@ -98,6 +98,6 @@ def test_cli_distill_method_sdtt(teacher, tmp_path):
 
     out = tmp_path / "cli-sdtt"
     main(["distill", "--method", "sdtt", "--teacher", str(teacher), "--out", str(out), "--steps", "3",
-          "--batch-size", "2", "--set", "distill.sdtt_start_steps=64", "--set", "train.eval_every=0", "--quiet"])
+          "--batch-size", "2", "--set", "distill.sdtt.start_steps=64", "--set", "train.eval_every=0", "--quiet"])
     saved = json.loads((out / "config.json").read_text())["distill"]
     assert saved["method"] == "sdtt" and saved["max_steps"] == 3 and saved["student_lr"] == 1e-4

@@ -36,6 +36,7 @@ import torch
 from didi import fileio, runs
 from didi.api import Pipeline
 from didi.data import prepare_data
+from didi.distill import DistillConfig
 from didi.errors import DidiError
 from didi.evaluation import load_judge
 from didi.prior import NoisePrior, encode, fit_mixture, load_encoder, posterior_draws
@@ -128,7 +129,7 @@ def main() -> None:
             if name == "aggregate":
                 rows[-1]["source_similarity"] = similarity(out.text, sources)
             print({k: rows[-1].get(k) for k in COLUMNS}, flush=True)
-    meta = {"run": str(run_dir), "latent_beta": saved.get("latent_beta"), "num": n, "seed": args.seed,
+    meta = {"run": str(run_dir), "latent_beta": DistillConfig.from_dict(saved).latent.beta, "num": n, "seed": args.seed,
             "grid_power": args.grid_power or run.config.diffusion.grid_power,
             "judge": args.judge, "posterior_std_mean": float((0.5 * logvar).exp().mean()),
             "posterior_mean_rms": float(mu.square().mean().sqrt()), "fit_texts": len(mu_all),

@@ -17,7 +17,7 @@ One iteration on this rank's B real sequences x:
 9. student loss = -mean(w A log p(x̂0)) + kl_beta * (teacher || student KL per rollout step)
    - entropy_beta * H, one student update.
 
-Choices where the spec is open (see also `DistillConfig`):
+Choices where the spec is open (see also `DiDiInstructConfig`):
 - log p(x̂0) sums, over the rollout steps, log p_nu(v | z_t) of every token v that was unmasked in that
   step at a position masked before it. The "stays masked" outcome has probability
   (1 - alpha_s) / (1 - alpha_t), independent of the student, so it contributes no gradient and is left
@@ -44,14 +44,116 @@ Choices where the spec is open (see also `DistillConfig`):
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ..diffusion import Kept, LogLinearSchedule, mask_tokens, masked_log_probs, nelbo_terms
+from ..errors import DidiError
 from ..sampling import ancestral_sample, sample_categorical, time_grid
 from .mdlm import MDLM
+
+
+@dataclass
+class DiDiInstructConfig:
+    """DiDi-Instruct's own settings (`distill.didi.*`). Defaults follow the authors' final config unless noted; the
+    options beyond the paper sit together at the end."""
+
+    group: int = 4  # rollouts per real sequence: the normalization group (N = batch_size * group rollouts a step)
+    # rollout
+    student_steps: int = 2  # ancestral steps 1 -> tau -> ... -> t_end (k > 2: linspace(tau, t_end, k) after tau)
+    score_decomposition: bool = True  # False = ablation: one step 1 -> t_end
+    rollout_grid: str = "tau"  # "tau": 1 -> tau -> ... (paper); "sampler": the k-step sampler's
+    # grid, time_grid(k, t_end, diffusion.grid_power) (tau then only sets the coupled masking level)
+    final_fill: str = "sample"  # masks left after the last step: "sample" (counted in log p) or "argmax"
+    tau_a: float = 1.0  # tau ~ Beta(a, b) (Beta(2, 2) in earlier configs)
+    tau_b: float = 1.0
+    tau_min: float = 0.02
+    tau_max: float = 0.98
+    coupled_time: bool = True  # False: the real side gets its own tau
+    # discriminator
+    real: str = "data"  # "data" (released code) or "teacher" (paper text: teacher ancestral samples)
+    teacher_steps: int = 16  # ancestral steps for real="teacher"
+    label_smoothing: float = 0.1
+    disc_lr: float = 1e-5
+    disc_betas: tuple[float, float] = (0.9, 0.999)
+    disc_weight_decay: float = 0.0
+    disc_clip: float = 1.0
+    disc_only_steps: int = 0  # warm-up iterations in which only the discriminator trains
+    disc_trainable_blocks: int = 4
+    disc_time_conditioning: bool = True
+    # reward and policy gradient
+    reward_clip: float = 8.0
+    group_norm: bool = True  # False: A = r - mean(r)
+    adv_clip: float = 3.0
+    time_weight: bool = True  # w(tau) = -alpha'/(1 - alpha) clamped; False: w = 1
+    w_min: float = 0.1
+    w_max: float = 10.0
+    importance_weight: bool = False  # divide w by the Beta density pi(tau)
+    # regularization (released values conflict: kl_beta 0.05 or 1.0, entropy_beta 0.0005 or 0.02)
+    kl_beta: float = 0.05
+    kl_step_weight: float = 0.01  # weight of each rollout step's KL(teacher || student)
+    entropy_beta: float = 0.0005
+
+    # ---- beyond the paper (experimental: measured in docs/reference-log.md; the defaults are the paper's) ----
+    reward_states: str = "final"  # "final": x̂0 masked at tau (coupled time, paper); "path": every rollout state
+    # against real rows masked to its time
+    path_credit: str = "togo"  # path: a step's decisions get the rewards of every later state ("togo") or of the
+    # state right after the step ("step")
+    # where the reward comes from: "discriminator" (paper) or "teacher" (no discriminator; each rollout's reward is
+    # the teacher's evidence bound -NELBO(x̂0) in nats, over reward_repeats noise draws stratified in t, so with
+    # entropy_reward=1 it is a one-sample estimate of -KL(student || teacher) of the clean texts; with
+    # reward_states=path every step gets the final text's reward as its reward-to-go)
+    reward_source: str = "discriminator"  # "discriminator" (paper) or "teacher" (its evidence bound)
+    reward_repeats: int = 8  # reward_source="teacher": noise draws per rollout
+    # add this times the rollout's own surprisal -log q (the summed log-probabilities of the tokens it drew, with the
+    # rewards' credit: path rewards give step s the surprisal of steps s..k) to the reward: the student-entropy half
+    # of the reverse KL, computed exactly, where the discriminator's log-ratio carries it only as an estimate; unlike
+    # entropy_beta it does not penalize sharper marginals at positions a step leaves masked (0 = off)
+    entropy_reward: float = 0.0  # weight of the rollout's exact surprisal in the reward
+    # for a student with a code input (distill.student_noise_dim > 0): "independent" (every rollout draws its own xi)
+    # or "shared" (the G rollouts of a group share one xi, so the group's mean reward is a baseline per code)
+    group_noise: str = "independent"  # "independent" or "shared" (one code per group)
+    # what the KL term pulls the student toward: "teacher" (paper: KL(teacher || student) on the rollout's states) or
+    # "init" (a frozen copy of the student as it started, its noise map and xi included), an anchor that keeps a
+    # student started from a better point (distill.student_init) near that point rather than pulling it back
+    kl_reference: str = "teacher"  # "teacher" (paper) or "init" (the starting student)
+
+    def validate(self, d) -> None:
+        """Check this section against the whole DistillConfig `d` (the shared fields it reads)."""
+        ranges = [("group", self.group >= 1, ">= 1"), ("disc_lr", self.disc_lr > 0, "> 0"),
+                  ("disc_clip", self.disc_clip >= 0, ">= 0"),
+                  ("label_smoothing", 0.0 <= self.label_smoothing < 0.5, "in [0, 0.5)"),
+                  ("reward_clip", self.reward_clip > 0, "> 0"), ("adv_clip", self.adv_clip > 0, "> 0"),
+                  ("kl_beta", self.kl_beta >= 0, ">= 0"), ("entropy_beta", self.entropy_beta >= 0, ">= 0"),
+                  ("teacher_steps", self.teacher_steps >= 1, ">= 1"),
+                  ("disc_only_steps", self.disc_only_steps >= 0, ">= 0"),
+                  ("disc_trainable_blocks", self.disc_trainable_blocks >= 0, ">= 0"),
+                  ("tau_a", self.tau_a > 0, "> 0"), ("tau_b", self.tau_b > 0, "> 0"),
+                  ("tau_min", 0 < self.tau_min <= self.tau_max < 1, "> 0 and <= tau_max < 1"),
+                  ("w_min", 0 < self.w_min <= self.w_max, "> 0 and <= w_max"),
+                  ("entropy_reward", self.entropy_reward >= 0, ">= 0"),
+                  ("reward_repeats", self.reward_repeats >= 1, ">= 1")]
+        for name, ok, allowed in ranges:
+            if not ok:
+                raise DidiError(f"distill.didi.{name} = {getattr(self, name)!r} is not allowed: it must be {allowed}")
+        for name, allowed in (("real", ("data", "teacher")), ("final_fill", ("sample", "argmax")),
+                              ("path_credit", ("togo", "step")), ("group_noise", ("independent", "shared")),
+                              ("reward_states", ("final", "path")), ("rollout_grid", ("tau", "sampler")),
+                              ("reward_source", ("discriminator", "teacher")), ("kl_reference", ("teacher", "init"))):
+            if getattr(self, name) not in allowed:
+                raise DidiError(f"distill.didi.{name} must be {' or '.join(map(repr, allowed))}, not "
+                                f"{getattr(self, name)!r}")
+        if self.group == 1 and self.group_norm:
+            raise DidiError("distill.didi.group = 1: advantages are normalized within each group, so a group of one "
+                            "gives a policy gradient of exactly zero; use group >= 2")
+        if self.score_decomposition and self.student_steps < 2:
+            raise DidiError("distill.didi: score decomposition needs student_steps >= 2")
+        if self.group_noise == "shared" and not d.student_noise_dim:
+            raise DidiError("distill.didi.group_noise='shared' needs a student with a noise input "
+                            "(distill.student_noise_dim > 0)")
 
 # -- the estimator's pieces, as plain functions (tested on toy problems) -------------------------------
 
@@ -157,15 +259,16 @@ class DiDiInstruct:
                      kl_ref=s.kl_ref.to(s.device) if s.kl_ref is not None else None, prior=s.prior)
         specs = {"student": s.student_spec}
         what = "the teacher's evidence as the reward"
-        if d.reward_source == "discriminator":  # reward_source "teacher" reads no discriminator: none is built
-            disc = Discriminator.from_teacher(s.teacher_model, d.disc_trainable_blocks, d.disc_time_conditioning)
-            specs["discriminator"] = s.part(disc, d.disc_lr, betas=tuple(d.disc_betas),
-                                            weight_decay=d.disc_weight_decay, grad_clip=d.disc_clip)
+        if d.didi.reward_source == "discriminator":  # reward_source "teacher" reads no discriminator: none is built
+            c = d.didi
+            disc = Discriminator.from_teacher(s.teacher_model, c.disc_trainable_blocks, c.disc_time_conditioning)
+            specs["discriminator"] = s.part(disc, c.disc_lr, betas=tuple(c.disc_betas),
+                                            weight_decay=c.disc_weight_decay, grad_clip=c.disc_clip)
             what = f"discriminator trains {sum(p.numel() for p in disc.parameters() if p.requires_grad) / 1e6:.2f} M"
         torch.manual_seed(s.cfg.train.seed + s.rank)  # dropout differs per rank
         banner = (f"didi: distilling {s.teacher} ({s.n_student:.2f} M parameters; {what}) with "
-                  f"{d.batch_size}x{d.group} rollouts per step, "
-                  f"{d.student_steps if d.score_decomposition else 1}-step rollouts, device {s.device}, "
+                  f"{d.batch_size}x{d.didi.group} rollouts per step, "
+                  f"{d.didi.student_steps if d.didi.score_decomposition else 1}-step rollouts, device {s.device}, "
                   f"{s.world} process(es)")
         return method, specs, banner
 
@@ -173,7 +276,7 @@ class DiDiInstruct:
                  kl_ref: torch.nn.Module | None = None, prior=None):
         """kept: what is never masked (protein BOS/EOS/PAD, the first position of text rows): rollouts then start
         from each real row's kept tokens (a protein row's G rollouts have its length). kl_ref: the KL term's
-        reference when it is not the teacher (dcfg.kl_reference "init": the frozen starting student). prior: the
+        reference when it is not the teacher (dcfg.didi.kl_reference "init": the frozen starting student). prior: the
         `NoisePrior` rollouts draw the student's xi from (dcfg.noise_prior "init"); None: N(0, I)."""
         self.cfg, self.dcfg, self.mask_id = cfg, dcfg, mask_id
         self.kept = kept or Kept()
@@ -186,7 +289,7 @@ class DiDiInstruct:
     # -- randomness: global draws sliced to this rank --------------------------------------------------
     def draw(self, generator: torch.Generator, global_batch: int, length: int, rank: int, world: int, device):
         d = self.dcfg
-        n_glob = global_batch * d.group
+        n_glob = global_batch * d.didi.group
         np_seed = int(torch.randint(0, 2**62, (1,), generator=generator))
         rank_seeds = torch.randint(0, 2**62, (world,), generator=generator)
         noise_fake = torch.rand(n_glob, length, generator=generator)
@@ -194,15 +297,15 @@ class DiDiInstruct:
         pick = torch.rand(n_glob, generator=generator)  # reward_states="path": which state the discriminator trains on
         noise = None
         if d.student_noise_dim:  # group_noise "shared": one xi per group of G consecutive rollouts
-            per_draw = d.group if d.group_noise == "shared" else 1
+            per_draw = d.didi.group if d.didi.group_noise == "shared" else 1
             if self.prior is not None:
                 noise = self.prior.sample(n_glob // per_draw, generator)
             else:
                 noise = torch.randn(n_glob // per_draw, d.student_noise_dim, generator=generator)
             noise = noise.repeat_interleave(per_draw, 0)
         rng = np.random.default_rng(np_seed)
-        tau = np.clip(rng.beta(d.tau_a, d.tau_b, size=n_glob), d.tau_min, d.tau_max)
-        tau_real = np.clip(rng.beta(d.tau_a, d.tau_b, size=n_glob), d.tau_min, d.tau_max)
+        tau = np.clip(rng.beta(d.didi.tau_a, d.didi.tau_b, size=n_glob), d.didi.tau_min, d.didi.tau_max)
+        tau_real = np.clip(rng.beta(d.didi.tau_a, d.didi.tau_b, size=n_glob), d.didi.tau_min, d.didi.tau_max)
         per = n_glob // world
         sl = slice(rank * per, (rank + 1) * per)
         gdev = torch.device(device)
@@ -219,12 +322,12 @@ class DiDiInstruct:
         "sampler") the k-step sampler's grid `time_grid(k, t_end, diffusion.grid_power)`."""
         d = self.dcfg
         n = tau.shape[0]
-        if not d.score_decomposition:
+        if not d.didi.score_decomposition:
             return torch.tensor([1.0, d.t_end], device=tau.device).expand(n, 2).clone()
-        if d.rollout_grid == "sampler":
-            grid = time_grid(d.student_steps, d.t_end, self.cfg.diffusion.grid_power).float().to(tau.device)
+        if d.didi.rollout_grid == "sampler":
+            grid = time_grid(d.didi.student_steps, d.t_end, self.cfg.diffusion.grid_power).float().to(tau.device)
             return grid.expand(n, -1).clone()
-        frac = torch.linspace(0, 1, d.student_steps, device=tau.device)  # k-1 steps from tau to t_end
+        frac = torch.linspace(0, 1, d.didi.student_steps, device=tau.device)  # k-1 steps from tau to t_end
         tail = tau[:, None] + (d.t_end - tau[:, None]) * frac[None]
         return torch.cat([torch.ones(n, 1, device=tau.device), tail], 1)
 
@@ -260,7 +363,7 @@ class DiDiInstruct:
             if j == k - 1:  # fill what is left from this step's prediction (no extra forward pass)
                 left = ~newly
                 if left.any():
-                    if self.dcfg.final_fill == "argmax":
+                    if self.dcfg.didi.final_fill == "argmax":
                         new[left] = logp[left].argmax(-1)
                     else:
                         new[left] = sample_categorical(logp[left].double().exp(), gen).to(device)
@@ -278,7 +381,7 @@ class DiDiInstruct:
         d, mask, sched = self.dcfg, self.mask_id, self.schedule
         device = x.device
         B, L = x.shape
-        G = d.group
+        G = d.didi.group
         N = B * G
         draws = self.draw(generator, ctx.global_batch, L, ctx.dist.rank, ctx.dist.world, device)
         tau, gen = draws["tau"], draws["gen"]
@@ -301,18 +404,20 @@ class DiDiInstruct:
         surprisal = -logp_steps
 
         # 4-6. discriminator update and rewards -> advantage of every rollout step's decisions [N, k]
-        if d.reward_source == "teacher":  # no discriminator, so no real side
+        if d.didi.reward_source == "teacher":  # no discriminator, so no real side
             adv_steps, metrics = self._teacher_rewards(ctx, x_hat, len(states), gen, surprisal)
         else:
             real, noise_fake, noise_real = self._real_side(x, x_hat, draws, gen)
-            if d.reward_states == "path":
+            if d.didi.reward_states == "path":
                 adv_steps, metrics = self._path_rewards(ctx, states, x_hat, grid, real, noise_real, draws["pick"],
                                                         surprisal)
             else:
                 adv_steps, metrics = self._final_rewards(ctx, x_hat, real, tau, draws["tau_real"], noise_fake,
                                                          noise_real, len(states), surprisal)
         # iterations completed so far (the discriminator trains every one)
-        if d.reward_source == "discriminator" and ctx.parts["discriminator"].scheduler.last_epoch <= d.disc_only_steps:
+        warming = d.didi.reward_source == "discriminator" and (
+            ctx.parts["discriminator"].scheduler.last_epoch <= d.didi.disc_only_steps)
+        if warming:
             zero = torch.zeros((), device=device)
             metrics.update(loss=zero, pg=zero, kl=zero, entropy=zero, logp=zero, grad_norm=zero)
             return {k: float(ctx.all_mean(torch.as_tensor(v, device=device).float())) for k, v in metrics.items()}
@@ -357,12 +462,12 @@ class DiDiInstruct:
                 ent_sum = ent_sum + (ent_pos * m).sum()
                 ent_count += float(m.sum())
             logp_steps.append(picked * dec_j.float())  # [N, L]: the log-probs of this step's decisions
-            kl_total = kl_total + d.kl_step_weight * kl_j
+            kl_total = kl_total + d.didi.kl_step_weight * kl_j
         entropy = ent_sum / max(ent_count, 1.0)
         logp_tok = torch.stack(logp_steps, 1)  # [N, k, L]
         logp_rows = logp_tok.sum((1, 2))
         pg = policy_gradient_loss(logp_tok.sum(2), adv_steps) * logp_tok.shape[1]  # mean over rows of the step sum
-        loss = pg + d.kl_beta * kl_total - d.entropy_beta * entropy
+        loss = pg + d.didi.kl_beta * kl_total - d.didi.entropy_beta * entropy
         grad_norm = ctx.update("student", loss)
         metrics.update(loss=loss.detach(), pg=pg.detach(), kl=kl_total.detach(), entropy=entropy.detach(),
                        logp=logp_rows.detach().mean(), grad_norm=torch.tensor(grad_norm))
@@ -375,13 +480,13 @@ class DiDiInstruct:
         with kept tokens never masked."""
         d, mask = self.dcfg, self.mask_id
         B, L = x.shape
-        if d.real == "teacher":
-            real = ancestral_sample(lambda z, sg: self.teacher(z, sg), B, L, d.teacher_steps, mask,
+        if d.didi.real == "teacher":
+            real = ancestral_sample(lambda z, sg: self.teacher(z, sg), B, L, d.didi.teacher_steps, mask,
                                     schedule=self.schedule, cache=not self.cfg.model.time_conditioning,
                                     generator=gen, device=x.device).tokens.to(x.device)
         else:
             real = x
-        real = real.repeat_interleave(d.group, 0)
+        real = real.repeat_interleave(d.didi.group, 0)
         noise_fake, noise_real = draws["noise_fake"], draws["noise_real"]
         if self.kept:  # noise 0 < alpha: kept tokens stay
             noise_fake = noise_fake.masked_fill(self.kept(x_hat), 0)
@@ -394,7 +499,7 @@ class DiDiInstruct:
         with ctx.autocast():
             logits = ctx.parts["discriminator"].wrapped(torch.cat([z_real, z_fake]), torch.cat([sig_r, sig_f])).float()
         l_real, l_fake = logits[:N], logits[N:]
-        disc_loss = discriminator_loss(l_real, l_fake, m_real, m_fake, self.dcfg.label_smoothing)
+        disc_loss = discriminator_loss(l_real, l_fake, m_real, m_fake, self.dcfg.didi.label_smoothing)
         with torch.no_grad():
             correct = ((l_real > 0) & m_real).sum() + ((l_fake < 0) & m_fake).sum()
             disc_acc = correct.float() / (m_real.sum() + m_fake.sum()).clamp_min(1).float()
@@ -409,7 +514,7 @@ class DiDiInstruct:
         was = disc.training
         disc.eval()
         with ctx.autocast():
-            logits = disc(z, sigma).float().clamp(-self.dcfg.reward_clip, self.dcfg.reward_clip)
+            logits = disc(z, sigma).float().clamp(-self.dcfg.didi.reward_clip, self.dcfg.didi.reward_clip)
         disc.train(was)
         if counted is None:
             return logits
@@ -417,15 +522,15 @@ class DiDiInstruct:
 
     def _advantage(self, ctx, r: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         d = self.dcfg
-        if not d.group_norm:
+        if not d.didi.group_norm:
             return (r - ctx.all_mean(r.mean())) * valid
-        return group_normalize(r, d.group, d.adv_clip, valid=valid)
+        return group_normalize(r, d.didi.group, d.didi.adv_clip, valid=valid)
 
     def _final_rewards(self, ctx, x_hat, real, tau, tau_real, noise_fake, noise_real, k: int, surprisal=None):
         """The paper's reward: x̂0 and the real rows masked with alpha_tau (coupled time), the discriminator judges
         the masked positions; one advantage per rollout (times w(tau)) for the decisions of every step."""
         d, mask, sched = self.dcfg, self.mask_id, self.schedule
-        tau_r = tau if d.coupled_time else tau_real
+        tau_r = tau if d.didi.coupled_time else tau_real
         z_fake = mask_tokens(x_hat, sched.alpha(tau), mask, noise_fake)
         z_real = mask_tokens(real, sched.alpha(tau_r), mask, noise_real)
         m_fake, m_real = z_fake == mask, z_real == mask
@@ -433,14 +538,14 @@ class DiDiInstruct:
         metrics = self._disc_update(ctx, z_real, z_fake, sched.sigma(tau_r), sig_f, m_real, m_fake)
         r = self._rewards(ctx, z_fake, sig_f, m_fake)
         metrics["reward_mean"] = r.mean()
-        metrics["reward_within_share"] = within_group_share(r, d.group)
-        if d.entropy_reward and surprisal is not None:  # the whole rollout's surprisal -log q(x̂0's trajectory)
+        metrics["reward_within_share"] = within_group_share(r, d.didi.group)
+        if d.didi.entropy_reward and surprisal is not None:  # the whole rollout's surprisal -log q(x̂0's trajectory)
             metrics["surprisal"] = surprisal.sum(1).mean()
-            r = r + d.entropy_reward * surprisal.sum(1)
+            r = r + d.didi.entropy_reward * surprisal.sum(1)
         adv = self._advantage(ctx, r, m_fake.any(1))
-        w = time_weight(tau, sched, d.w_min, d.w_max) if d.time_weight else torch.ones_like(tau)
-        if d.importance_weight:
-            w = w / beta_pdf(tau, d.tau_a, d.tau_b).clamp_min(1e-6)
+        w = time_weight(tau, sched, d.didi.w_min, d.didi.w_max) if d.didi.time_weight else torch.ones_like(tau)
+        if d.didi.importance_weight:
+            w = w / beta_pdf(tau, d.didi.tau_a, d.didi.tau_b).clamp_min(1e-6)
         return (w * adv)[:, None].expand(-1, k), metrics
 
     def _path_rewards(self, ctx, states, x_hat, grid, real, noise_real, pick, surprisal=None):
@@ -466,11 +571,11 @@ class DiDiInstruct:
         r_tok = r_tok.reshape(k, N, L).transpose(0, 1)  # [N, k, L]
         metrics["reward_mean"] = r_tok.mean()
         r = r_tok.mean(2)  # [N, k]
-        metrics["reward_within_share"] = within_group_share(r.sum(1), self.dcfg.group)
-        if self.dcfg.entropy_reward and surprisal is not None:
+        metrics["reward_within_share"] = within_group_share(r.sum(1), self.dcfg.didi.group)
+        if self.dcfg.didi.entropy_reward and surprisal is not None:
             metrics["surprisal"] = surprisal.sum(1).mean()
-            r = r + self.dcfg.entropy_reward * surprisal
-        togo = r.flip(1).cumsum(1).flip(1) if self.dcfg.path_credit == "togo" else r
+            r = r + self.dcfg.didi.entropy_reward * surprisal
+        togo = r.flip(1).cumsum(1).flip(1) if self.dcfg.didi.path_credit == "togo" else r
         valid = torch.ones(N, dtype=torch.bool, device=post.device)
         adv = torch.stack([self._advantage(ctx, togo[:, s], valid) for s in range(k)], 1)
         return adv, metrics
@@ -484,17 +589,17 @@ class DiDiInstruct:
         keep = self.kept(x_hat) if self.kept else None
         with ctx.autocast():
             r = teacher_evidence(self.teacher, x_hat, self.schedule, self.mask_id, self.cfg.diffusion.eps,
-                                 d.reward_repeats, gen, keep)
+                                 d.didi.reward_repeats, gen, keep)
         n = x_hat.shape[0]
         metrics = {"reward_mean": r.mean(), "teacher_nelbo": -r.mean() / x_hat.shape[1],
-                   "reward_within_share": within_group_share(r, d.group)}
+                   "reward_within_share": within_group_share(r, d.didi.group)}
         togo = r[:, None].expand(n, k)
-        if d.entropy_reward and surprisal is not None:
+        if d.didi.entropy_reward and surprisal is not None:
             metrics["surprisal"] = surprisal.sum(1).mean()
-            if d.reward_states == "path":
-                togo = togo + d.entropy_reward * surprisal.flip(1).cumsum(1).flip(1)
+            if d.didi.reward_states == "path":
+                togo = togo + d.didi.entropy_reward * surprisal.flip(1).cumsum(1).flip(1)
             else:
-                togo = togo + d.entropy_reward * surprisal.sum(1, keepdim=True)
+                togo = togo + d.didi.entropy_reward * surprisal.sum(1, keepdim=True)
         valid = torch.ones(n, dtype=torch.bool, device=x_hat.device)
         adv = torch.stack([self._advantage(ctx, togo[:, s], valid) for s in range(k)], 1)
         return adv, metrics
@@ -510,7 +615,7 @@ class DiDiInstruct:
         from .. import runs
 
         out = {runs.WEIGHTS: ("student", lambda m: m.state_dict())}
-        if self.dcfg.reward_source == "discriminator":
+        if self.dcfg.didi.reward_source == "discriminator":
             out["discriminator.safetensors"] = ("discriminator", lambda m: m.state_dict())
         return out
 

@@ -33,14 +33,44 @@ a copy of the student, code input included.
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from ..diffusion import Kept, LogLinearSchedule, mask_tokens, masked_log_probs
+from ..errors import DidiError
 from ..sampling import sample_categorical, time_grid
 from .didi_instruct import row_step_probs
 from .mdlm import MDLM
+
+
+@dataclass
+class DMMDConfig:
+    """D-MMD's own settings (`distill.dmmd.*`); the student's optimizer, schedule and EMA are DistillConfig's
+    student_* fields, its start student_init. Defaults: the most natural reading of the sources."""
+
+    steps: int = 4  # the student is trained for this many sampler steps (its grid: time_grid(steps, t_end, grid power))
+    states: str = "data"  # z_t: "data" (masked real rows, as moment matching does) or "student" (its own k-step states)
+    z_s: str = "sample"  # the step's revealed positions hold the drawn token ("sample") or its probabilities ("probs")
+    weight: str = "mean"  # "mean" over the scored positions of the batch, or "elbo" (-alpha'/(1-alpha) at s, clamped)
+    w_min: float = 0.1  # weight="elbo": the clamp of the per-position weight
+    w_max: float = 10.0
+    aux_lr: float = 1e-4
+    aux_updates: int = 1  # auxiliary updates per student update, each on fresh states
+    aux_init: str = "teacher"  # the auxiliary starts as the teacher (reads no code) or as the student ("student")
+
+    def validate(self, d=None) -> None:
+        for name, allowed in (("states", ("data", "student")), ("z_s", ("sample", "probs")),
+                              ("weight", ("mean", "elbo")), ("aux_init", ("teacher", "student"))):
+            if getattr(self, name) not in allowed:
+                raise DidiError(f"distill.dmmd.{name} must be {' or '.join(map(repr, allowed))}, not "
+                                f"{getattr(self, name)!r}")
+        for name, ok, what in (("steps", self.steps >= 1, ">= 1"), ("aux_lr", self.aux_lr > 0, "> 0"),
+                               ("aux_updates", self.aux_updates >= 1, ">= 1"),
+                               ("w_min", 0 < self.w_min <= self.w_max, "> 0 and <= w_max")):
+            if not ok:
+                raise DidiError(f"distill.dmmd.{name} = {getattr(self, name)!r} is not allowed: it must be {what}")
 
 
 def generator_loss(student_logp: torch.Tensor, teacher_logp: torch.Tensor, aux_logp: torch.Tensor,
@@ -196,7 +226,7 @@ class DMMD:
         teacher_logp = masked_log_probs(t_logits[scored], self.mask_id, inplace=True)
         per_pos = generator_loss(tr["logp"], teacher_logp, aux_logp)
         if self.m.weight == "elbo":  # -alpha'/(1-alpha) at s per position, then a mean over every scored-or-not one
-            w = (-self.schedule.loss_weight(tr["s"])).clamp(self.dcfg.w_min, self.dcfg.w_max)
+            w = (-self.schedule.loss_weight(tr["s"])).clamp(self.m.w_min, self.m.w_max)
             rows = torch.arange(B, device=dev)[:, None].expand(B, L)[scored]
             n_pos = (~self.kept(x)).sum() if self.kept else torch.tensor(B * L, device=dev)
             loss = (w[rows] * per_pos).sum() / n_pos.clamp_min(1)

@@ -17,6 +17,8 @@ N(0, I), as in DiDi-Instruct rollouts, so the result starts a DiDi run (`distill
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from ..diffusion import Kept, nelbo_to_ppl
@@ -25,9 +27,35 @@ from ..nn.encoder import gaussian_kl
 from .mdlm import MDLM
 
 
+@dataclass
+class LatentConfig:
+    """The latent student's own settings (`distill.latent.*`): the student as the decoder of a VAE over its code
+    input (distill.student_noise_dim dimensions), trained on the data with loss NELBO(x0 | xi) + beta * KL(q(xi | x0)
+    || N(0, I)) (per token); the encoder is the teacher's embedding and first encoder_blocks blocks."""
+
+    beta: float = 1.0
+    encoder_blocks: int = 2
+    # the training times: t = eps + (1 - eps) u^(1/p) for the (antithetic) uniform u, a density rising as p t^(p-1):
+    # p > 1 trains more where few tokens are visible and the code must carry the text (1: MDLM's times)
+    time_power: float = 1.0
+
+    def validate(self, d) -> None:
+        for name, ok, what in (("beta", self.beta >= 0, ">= 0"), ("encoder_blocks", self.encoder_blocks >= 1, ">= 1"),
+                               ("time_power", self.time_power > 0, "> 0")):
+            if not ok:
+                raise DidiError(f"distill.latent.{name} = {getattr(self, name)!r} is not allowed: it must be {what}")
+        if not d.student_noise_dim:
+            raise DidiError("distill: method 'latent' needs student_noise_dim > 0 (the code's dimensions; preset "
+                            "latent-lang sets 16)")
+        if d.student_init:
+            raise DidiError("distill.student_init: the latent student starts from its teacher (a DiDi-Instruct and "
+                            "D-MMD option)")
+
+
 def latent_times(t: torch.Tensor, eps: float, power: float) -> torch.Tensor:
     """MDLM's times t = eps + (1 - eps) u moved to eps + (1 - eps) u^(1/power): density rising as t^(power-1), so
-    power > 1 trains more where few tokens are visible and the code must carry the text (`latent_time_power`)."""
+    power > 1 trains more where few tokens are visible and the code must carry the text
+    (`distill.latent.time_power`)."""
     if power == 1.0:
         return t
     return eps + (1 - eps) * ((t - eps) / (1 - eps)).clamp(0, 1) ** (1.0 / power)
@@ -44,14 +72,14 @@ class LatentMDLM:
         from ..nn.encoder import SequenceEncoder
 
         d = s.dcfg
-        if d.latent_encoder_blocks > len(s.teacher_model.blocks):
-            raise DidiError(f"distill.latent_encoder_blocks = {d.latent_encoder_blocks}: the teacher has only "
+        if d.latent.encoder_blocks > len(s.teacher_model.blocks):
+            raise DidiError(f"distill.latent.encoder_blocks = {d.latent.encoder_blocks}: the teacher has only "
                             f"{len(s.teacher_model.blocks)} blocks")
-        encoder = SequenceEncoder(s.teacher_model, d.student_noise_dim, d.latent_encoder_blocks)
+        encoder = SequenceEncoder(s.teacher_model, d.student_noise_dim, d.latent.encoder_blocks)
         torch.manual_seed(s.cfg.train.seed + s.rank)
         n_enc = sum(p.numel() for p in encoder.parameters()) / 1e6
         banner = (f"didi: latent student from {s.teacher} ({s.n_student:.2f} M parameters, a {d.student_noise_dim}-"
-                  f"dimensional latent, encoder {n_enc:.2f} M), beta {d.latent_beta}, {s.where()}")
+                  f"dimensional latent, encoder {n_enc:.2f} M), beta {d.latent.beta}, {s.where()}")
         return cls(s.cfg, d, s.tok.mask_id, s.keep), {"student": s.student_spec,
                                                       "encoder": s.part(encoder, d.student_lr)}, banner
 
@@ -75,7 +103,7 @@ class LatentMDLM:
         device = x.device
         # global draws: a DDP step equals one process
         t, noise, eps = self._draw(ctx.global_batch, L, generator, ctx.dist.rank, ctx.dist.world, device)
-        t = latent_times(t, self.cfg.diffusion.eps, self.dcfg.latent_time_power)  # (validation keeps MDLM's)
+        t = latent_times(t, self.cfg.diffusion.eps, self.dcfg.latent.time_power)  # (validation keeps MDLM's)
         student, encoder = ctx.parts["student"], ctx.parts["encoder"]
         with ctx.autocast():
             mu, logvar = encoder.wrapped(x)
@@ -84,7 +112,7 @@ class LatentMDLM:
         kl = gaussian_kl(mu.float(), logvar.float())  # [B] nats per text
         per_row = max(count, 1) / B
         nelbo = terms.sum() / max(count, 1)
-        loss = nelbo + self.dcfg.latent_beta * kl.mean() / per_row
+        loss = nelbo + self.dcfg.latent.beta * kl.mean() / per_row
         grad_norm = ctx.update(("student", "encoder"), loss)
         metrics = {"loss": loss.detach(), "nelbo": nelbo.detach(), "kl": kl.mean().detach(),
                    "xi_std": (0.5 * logvar).exp().mean().detach(), "mu_rms": mu.float().square().mean().sqrt().detach(),

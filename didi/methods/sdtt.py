@@ -12,7 +12,7 @@ One iteration on real sequences x:
    prediction p1 as target; one more teacher forward on the half-step state gives p2, the target of the
    positions still masked (what the second half-step would draw from);
 3. loss = mean over positions masked in z_t of D(student(z_t), target), D = reverse KL (student || target,
-   the default, which the SDTT paper found best) or forward KL (`sdtt_divergence="kl"`).
+   the default, which the SDTT paper found best) or forward KL (`distill.sdtt.divergence="kl"`).
 
 Choices where the spec is open: the next round's teacher is the student's raw weights (not its EMA);
 t is drawn on the student's step grid; the schedule (warm-up, decay) spans all rounds; the round teacher
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import math
+from dataclasses import dataclass
 
 import torch
 
@@ -30,6 +31,25 @@ from ..diffusion import Kept, LogLinearSchedule, mask_tokens, masked_log_probs
 from ..errors import DidiError
 from ..sampling import sample_categorical
 from .mdlm import MDLM
+
+
+@dataclass
+class SDTTConfig:
+    """SDTT's own settings (`distill.sdtt.*`): rounds halve the step count from start_steps to end_steps."""
+
+    start_steps: int = 1024
+    end_steps: int = 8
+    divergence: str = "reverse_kl"  # or "kl" (forward: teacher || student)
+
+    def validate(self, d) -> None:
+        if self.divergence not in ("reverse_kl", "kl"):
+            raise DidiError(f"distill.sdtt.divergence must be 'reverse_kl' or 'kl', not {self.divergence!r}")
+        if d.student_init:
+            raise DidiError("distill.student_init: SDTT starts from its teacher (a DiDi-Instruct and D-MMD option)")
+        if d.student_noise_dim:
+            raise DidiError("distill.student_noise_dim: SDTT matches per-token marginals and has no code input (a "
+                            "DiDi-Instruct, D-MMD and latent option)")
+        round_schedule(self.start_steps, self.end_steps, d.max_steps)
 
 
 def round_schedule(start_steps: int, end_steps: int, max_steps: int) -> list[dict]:
@@ -72,15 +92,15 @@ class SDTT:
         torch.manual_seed(s.cfg.train.seed + s.rank)
         method = cls(s.cfg, s.dcfg, s.tok.mask_id, frozen, s.keep)
         banner = (f"didi: SDTT from {s.teacher} ({s.n_student:.2f} M parameters), {len(method.rounds)} rounds "
-                  f"{s.dcfg.sdtt_start_steps} -> {s.dcfg.sdtt_end_steps} steps, {s.where()}")
+                  f"{s.dcfg.sdtt.start_steps} -> {s.dcfg.sdtt.end_steps} steps, {s.where()}")
         return method, {"student": s.student_spec}, banner
 
     def __init__(self, cfg, dcfg, mask_id: int, teacher: torch.nn.Module, kept: Kept | None = None):
         self.cfg, self.dcfg, self.mask_id = cfg, dcfg, mask_id
         self.kept = kept or Kept()  # never masked (protein BOS/EOS/PAD, the first position of text rows)
         self.schedule = LogLinearSchedule(cfg.diffusion.eps)
-        self.rounds = round_schedule(dcfg.sdtt_start_steps, dcfg.sdtt_end_steps, dcfg.max_steps)
-        divergence(torch.zeros(1, 1), torch.zeros(1, 1), dcfg.sdtt_divergence)  # validate the name early
+        self.rounds = round_schedule(dcfg.sdtt.start_steps, dcfg.sdtt.end_steps, dcfg.max_steps)
+        divergence(torch.zeros(1, 1), torch.zeros(1, 1), dcfg.sdtt.divergence)  # validate the name early
         self.teacher = teacher.eval().requires_grad_(False)
         self.round = 0
 
@@ -136,7 +156,7 @@ class SDTT:
         with ctx.autocast():
             logits = part.wrapped(z, sched.sigma(t))
         student_logp = masked_log_probs(logits[masked], mask, inplace=True)
-        per_pos = divergence(student_logp, target, self.dcfg.sdtt_divergence)
+        per_pos = divergence(student_logp, target, self.dcfg.sdtt.divergence)
         loss = per_pos.sum() / masked.sum().clamp_min(1)
         grad_norm = ctx.update("student", loss)
         metrics = {"loss": loss.detach(), "round": torch.tensor(float(self.round), device=device),
