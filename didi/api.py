@@ -54,47 +54,48 @@ def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, until_step: 
     d = init_distributed(cfg.train.device)
     device = resolve_device(cfg.train.device, d)
     barrier = dist.barrier if d.world > 1 else (lambda: None)
-    if resume:
-        runs.check_run_dir(out)
-        if not runs.has_checkpoint(out):
-            raise DidiError(f"cannot resume: {out} has no {runs.CHECKPOINT}")
-        _refuse_changes_on_resume(RunConfig.load(out / runs.CONFIG), cfg)
-        tok = Tokenizer.load(out / runs.TOKENIZER_DIR)
-        cfg.model.vocab_size = tok.model_vocab_size
-    else:
-        if (out / runs.CONFIG).exists() or (out / runs.CHECKPOINT).exists():
-            raise DidiError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
-        if not cfg.data.source:
-            raise DidiError("no training data: pass --data PATH (a .txt/.jsonl file, a directory or hf:NAME)")
-        if d.main:
-            tok = get_tokenizer(cfg.data.tokenizer, texts=lambda: read_documents(cfg.data.source))
-            tok.save(out / runs.TOKENIZER_DIR)
+    with runs.removed_if_start_fails(out, enabled=d.main and not resume):  # a failed start leaves nothing
+        if resume:
+            runs.check_run_dir(out)
+            if not runs.has_checkpoint(out):
+                raise DidiError(f"cannot resume: {out} has no {runs.CHECKPOINT}")
+            _refuse_changes_on_resume(RunConfig.load(out / runs.CONFIG), cfg)
+            tok = Tokenizer.load(out / runs.TOKENIZER_DIR)
+            cfg.model.vocab_size = tok.model_vocab_size
+        else:
+            if (out / runs.CONFIG).exists() or (out / runs.CHECKPOINT).exists():
+                raise DidiError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+            if not cfg.data.source:
+                raise DidiError("no training data: pass --data PATH (a .txt/.jsonl file, a directory or hf:NAME)")
+            if d.main:
+                tok = get_tokenizer(cfg.data.tokenizer, texts=lambda: read_documents(cfg.data.source))
+                tok.save(out / runs.TOKENIZER_DIR)
+            barrier()
+            tok = Tokenizer.load(out / runs.TOKENIZER_DIR)
+            cfg.model.vocab_size = tok.model_vocab_size
+        if d.main:  # the first process fills the token cache; the others then read it
+            data = prepare_data(cfg.data, tok, cfg.model.length, show_progress=progress)
         barrier()
-        tok = Tokenizer.load(out / runs.TOKENIZER_DIR)
-        cfg.model.vocab_size = tok.model_vocab_size
-    if d.main:  # the first process fills the token cache; the others then read it
-        data = prepare_data(cfg.data, tok, cfg.model.length, show_progress=progress)
-    barrier()
-    if not d.main:
-        data = prepare_data(cfg.data, tok, cfg.model.length, show_progress=False)
-    train_blocks, valid_blocks = data
-    if cfg.data.domain == "protein" and d.main and not resume:
-        from .protein import save_lengths
+        if not d.main:
+            data = prepare_data(cfg.data, tok, cfg.model.length, show_progress=False)
+        train_blocks, valid_blocks = data
+        if cfg.data.domain == "protein" and d.main and not resume:
+            from .protein import save_lengths
 
-        save_lengths(out, train_blocks, tok)  # sampling draws lengths from it
+            save_lengths(out, train_blocks, tok)  # sampling draws lengths from it
 
-    torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
-    model = runs.build_model(cfg)
-    torch.manual_seed(cfg.train.seed + d.rank)  # dropout differs per rank
-    method = make_method(cfg, tok)
-    t = cfg.train
-    specs = {"model": PartSpec(model, lr=t.lr, max_steps=t.max_steps, warmup_steps=t.warmup_steps,
-                               min_lr_ratio=t.min_lr_ratio, betas=t.betas, weight_decay=t.weight_decay,
-                               grad_clip=t.grad_clip, ema=t.ema)}
-    trainer = Trainer(cfg, out, method, specs, train_blocks, valid_blocks, d, device, progress=progress)
-    if d.main and not resume:  # written last: a start that failed before this leaves nothing that blocks a retry
-        runs.save_data_counts(out, train_blocks)
-        cfg.save(out / runs.CONFIG)
+        torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
+        model = runs.build_model(cfg)
+        torch.manual_seed(cfg.train.seed + d.rank)  # dropout differs per rank
+        method = make_method(cfg, tok)
+        t = cfg.train
+        specs = {"model": PartSpec(model, lr=t.lr, max_steps=t.max_steps, warmup_steps=t.warmup_steps,
+                                   min_lr_ratio=t.min_lr_ratio, betas=t.betas, weight_decay=t.weight_decay,
+                                   grad_clip=t.grad_clip, ema=t.ema)}
+        trainer = Trainer(cfg, out, method, specs, train_blocks, valid_blocks, d, device, progress=progress)
+        if d.main and not resume:  # written last: a start that failed before this leaves nothing that blocks a retry
+            runs.save_data_counts(out, train_blocks)
+            cfg.save(out / runs.CONFIG)
     if d.main:
         print(f"didi: {cfg.model.arch} with {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters, "
               f"{len(train_blocks)} training blocks of {cfg.model.length} tokens, device {device}, "

@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 from .errors import DidiError
@@ -120,6 +121,10 @@ def _refuse_overwrite(path: Path, overwrite: bool) -> None:
                 raise DidiError(f"cannot write {path}: {parent} is a file, not a directory")
             if not os.access(parent, os.W_OK | os.X_OK):
                 raise DidiError(f"cannot write {path}: {parent} is not writable")
+            try:  # permissions are not the whole story (read-only mounts, /proc, root): try it
+                tempfile.TemporaryFile(dir=parent).close()
+            except OSError as e:
+                raise DidiError(f"cannot write {path}: {parent} takes no new files ({e.strerror or e})") from None
             break
 
 

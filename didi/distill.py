@@ -322,63 +322,64 @@ def distill(teacher: str | Path | None, out: str | Path, dcfg: DistillConfig | N
     d = init_distributed(cfg.train.device)
     device = resolve_device(cfg.train.device, d)
     barrier = dist.barrier if d.world > 1 else (lambda: None)
-    if not resume and d.main:
-        out.mkdir(parents=True, exist_ok=True)
-        if prior is not None:
-            prior.save(out)  # the student samples from the prior it was trained on; a resume reads this copy
-        shutil.copytree(teacher / runs.TOKENIZER_DIR, out / runs.TOKENIZER_DIR, dirs_exist_ok=True)
-        from .protein import LENGTHS
+    with runs.removed_if_start_fails(out, enabled=d.main and not resume):  # a failed start leaves nothing
+        if not resume and d.main:
+            out.mkdir(parents=True, exist_ok=True)
+            if prior is not None:
+                prior.save(out)  # the student samples from the prior it was trained on; a resume reads this copy
+            shutil.copytree(teacher / runs.TOKENIZER_DIR, out / runs.TOKENIZER_DIR, dirs_exist_ok=True)
+            from .protein import LENGTHS
 
-        if (teacher / LENGTHS).is_file():  # protein runs: the length histogram sampling draws from
-            shutil.copy2(teacher / LENGTHS, out / LENGTHS)
-    barrier()
-    tok = Tokenizer.load(out / runs.TOKENIZER_DIR)
-    if tok.model_vocab_size != cfg.model.vocab_size:
-        raise DidiError(f"tokenizer has {tok.model_vocab_size} ids, the teacher {cfg.model.vocab_size}")
-    if d.main:
-        data_ = prepare_data(cfg.data, tok, cfg.model.length, show_progress=progress)
-    barrier()
-    if not d.main:
-        data_ = prepare_data(cfg.data, tok, cfg.model.length, show_progress=False)
-    train_blocks, valid_blocks = data_
+            if (teacher / LENGTHS).is_file():  # protein runs: the length histogram sampling draws from
+                shutil.copy2(teacher / LENGTHS, out / LENGTHS)
+        barrier()
+        tok = Tokenizer.load(out / runs.TOKENIZER_DIR)
+        if tok.model_vocab_size != cfg.model.vocab_size:
+            raise DidiError(f"tokenizer has {tok.model_vocab_size} ids, the teacher {cfg.model.vocab_size}")
+        if d.main:
+            data_ = prepare_data(cfg.data, tok, cfg.model.length, show_progress=progress)
+        barrier()
+        if not d.main:
+            data_ = prepare_data(cfg.data, tok, cfg.model.length, show_progress=False)
+        train_blocks, valid_blocks = data_
 
-    teacher_model = runs.load_run(teacher, "cpu").model
-    torch.manual_seed(cfg.train.seed)  # identical discriminator head on every rank
-    student = copy.deepcopy(teacher_model)
-    # on resume the checkpoint holds the student; the init is read again only when it is the KL reference
-    kl_init = dcfg.method == "didi-instruct" and dcfg.didi.kl_reference == "init"
-    init_weights = (_student_init_weights(dcfg.student_init, cfg, teacher)
-                    if dcfg.student_init and (not resume or kl_init) else None)
-    init_has_noise = init_weights is not None and "noise_map.weight" in init_weights
-    if init_weights is not None and not init_has_noise:
-        student.load_state_dict(init_weights)
-    if dcfg.student_noise_dim:
-        student.add_noise_input(dcfg.student_noise_dim, dcfg.student_noise_init,
-                                torch.Generator().manual_seed(cfg.train.seed))
-    if init_has_noise:  # a latent student (method "latent"): its noise map comes with it
-        student.load_state_dict(init_weights)
-    kl_ref = copy.deepcopy(student) if kl_init else None  # frozen by DiDiInstruct
-    student = student.train().requires_grad_(True)
-    student_spec = PartSpec(student, lr=dcfg.student_lr, max_steps=dcfg.max_steps, warmup_steps=dcfg.warmup_steps,
-                            min_lr_ratio=dcfg.min_lr_ratio, betas=tuple(dcfg.student_betas),
-                            weight_decay=dcfg.student_weight_decay, grad_clip=dcfg.student_clip, ema=dcfg.ema,
-                            decay="linear")
-    from .diffusion import Kept
+        teacher_model = runs.load_run(teacher, "cpu").model
+        torch.manual_seed(cfg.train.seed)  # identical discriminator head on every rank
+        student = copy.deepcopy(teacher_model)
+        # on resume the checkpoint holds the student; the init is read again only when it is the KL reference
+        kl_init = dcfg.method == "didi-instruct" and dcfg.didi.kl_reference == "init"
+        init_weights = (_student_init_weights(dcfg.student_init, cfg, teacher)
+                        if dcfg.student_init and (not resume or kl_init) else None)
+        init_has_noise = init_weights is not None and "noise_map.weight" in init_weights
+        if init_weights is not None and not init_has_noise:
+            student.load_state_dict(init_weights)
+        if dcfg.student_noise_dim:
+            student.add_noise_input(dcfg.student_noise_dim, dcfg.student_noise_init,
+                                    torch.Generator().manual_seed(cfg.train.seed))
+        if init_has_noise:  # a latent student (method "latent"): its noise map comes with it
+            student.load_state_dict(init_weights)
+        kl_ref = copy.deepcopy(student) if kl_init else None  # frozen by DiDiInstruct
+        student = student.train().requires_grad_(True)
+        student_spec = PartSpec(student, lr=dcfg.student_lr, max_steps=dcfg.max_steps, warmup_steps=dcfg.warmup_steps,
+                                min_lr_ratio=dcfg.min_lr_ratio, betas=tuple(dcfg.student_betas),
+                                weight_decay=dcfg.student_weight_decay, grad_clip=dcfg.student_clip, ema=dcfg.ema,
+                                decay="linear")
+        from .diffusion import Kept
 
-    keep = Kept.for_run(cfg.data, tok)  # protein BOS/EOS/PAD (the length is given), the first position of text rows
-    setup = StudentSetup(cfg, dcfg, tok, keep, teacher, teacher_model, student, student_spec, kl_ref, prior, device,
-                         d.rank, d.world)
-    method, specs, banner = method_class(dcfg.method).build(setup)
-    trainer = Trainer(cfg, out, method, specs, train_blocks, valid_blocks, d, device, progress=progress)
-    if not resume and d.main:  # written last: a start that failed before this leaves nothing that blocks a retry
-        if dcfg.method == "didi-instruct" and dcfg.didi.reward_source == "discriminator":  # for guided sampling
-            fileio.atomic_write_text(out / "discriminator.json", json.dumps(
-                {"time_conditioning": dcfg.didi.disc_time_conditioning,
-                 "trainable_blocks": dcfg.didi.disc_trainable_blocks})
-                + "\n")
-        runs.save_data_counts(out, train_blocks)
-        fileio.atomic_write_text(out / runs.CONFIG, json.dumps(
-            {**cfg.to_dict(), "distill": {**asdict(dcfg), "teacher": str(teacher)}}, indent=2) + "\n")
+        keep = Kept.for_run(cfg.data, tok)  # protein BOS/EOS/PAD (the length is given), the first position of text rows
+        setup = StudentSetup(cfg, dcfg, tok, keep, teacher, teacher_model, student, student_spec, kl_ref, prior, device,
+                             d.rank, d.world)
+        method, specs, banner = method_class(dcfg.method).build(setup)
+        trainer = Trainer(cfg, out, method, specs, train_blocks, valid_blocks, d, device, progress=progress)
+        if not resume and d.main:  # written last: a start that failed before this leaves nothing that blocks a retry
+            if dcfg.method == "didi-instruct" and dcfg.didi.reward_source == "discriminator":  # for guided sampling
+                fileio.atomic_write_text(out / "discriminator.json", json.dumps(
+                    {"time_conditioning": dcfg.didi.disc_time_conditioning,
+                     "trainable_blocks": dcfg.didi.disc_trainable_blocks})
+                    + "\n")
+            runs.save_data_counts(out, train_blocks)
+            fileio.atomic_write_text(out / runs.CONFIG, json.dumps(
+                {**cfg.to_dict(), "distill": {**asdict(dcfg), "teacher": str(teacher)}}, indent=2) + "\n")
     if d.main:
         print(banner)
     if resume:

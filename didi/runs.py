@@ -13,6 +13,8 @@ Layout of a run directory:
 from __future__ import annotations
 
 import json
+import shutil
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,3 +103,25 @@ def save_data_counts(out: Path, train_blocks) -> None:
 
         atomic_write_text(Path(out) / DATA_COUNTS, json.dumps({**train_blocks.rows,
                                                                "row_length": train_blocks.block_size}) + "\n")
+
+
+@contextmanager
+def removed_if_start_fails(out: Path, enabled: bool = True):
+    """Around the start of a new run, up to the moment its config is written: if anything fails (bad data, a wrong
+    device, an interrupt), what the start wrote into `out` is removed again (the directory too when the start made
+    it), so the same command can simply be run again. Files that were there before are left alone."""
+    out = Path(out)
+    existed = out.exists()
+    before = set(out.iterdir()) if existed and out.is_dir() else set()
+    try:
+        yield
+    except BaseException:
+        if enabled and out.is_dir():
+            for p in set(out.iterdir()) - before:
+                if p.is_dir() and not p.is_symlink():
+                    shutil.rmtree(p, ignore_errors=True)
+                else:
+                    p.unlink(missing_ok=True)
+            if not existed and not any(out.iterdir()):
+                out.rmdir()
+        raise

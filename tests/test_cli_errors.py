@@ -85,6 +85,7 @@ CASES = [
     ("distill flat key", None, ["distill", "--teacher", "{teacher}", "--out", "{tmp}/d", "--set", "distill.kl_beta=1"]),
     ("distill other method's section", None, ["distill", "--method", "dmmd", "--teacher", "{teacher}", "--out",
                                               "{tmp}/d", "--group", "8"]),
+    ("sample out where no file can be made", None, ["sample", "{teacher}", "--steps", "2", "--out", "/proc/x.jsonl"]),
     ("distill student lr", None, ["distill", "--teacher", "{teacher}", "--out", "{tmp}/d", "--student-lr", "-1"]),
     ("distill group 1", None, ["distill", "--teacher", "{teacher}", "--out", "{tmp}/d", "--group", "1"]),
     ("distill model.hidden_dim", None, ["distill", "--teacher", "{teacher}", "--out", "{tmp}/d", "--set",
@@ -275,8 +276,9 @@ def test_a_damaged_metrics_row_is_reported_and_kept_aside_not_dropped(tmp_path):
 
 
 def test_a_failed_start_leaves_nothing_that_blocks_the_same_command(runs, tmp_path, capsys):
-    """A start that fails after its first checks (here: too little data to fill one row) writes no config.json, so
-    the same command runs once the cause is mended; for train and for distill."""
+    """A start that fails after its first checks (here: too little data to fill one row) leaves nothing in --out (the
+    directory it made is gone; what a directory held before stays), so the same command runs once the cause is
+    mended; for train and for distill."""
     small = tmp_path / "small.jsonl"
     small.write_text(json.dumps({"text": "one"}) + "\n")
     out = tmp_path / "t"
@@ -284,7 +286,10 @@ def test_a_failed_start_leaves_nothing_that_blocks_the_same_command(runs, tmp_pa
             "--set", "data.layout=packed", "--set", f"data.cache_dir={tmp_path / 'cache'}", "--quiet"]
     code, err = run_cli(argv, capsys)
     assert code != 0 and "not enough data" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
-    assert not (out / "config.json").exists()
+    assert not out.exists()  # not even the tokenizer it trained
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    assert run_cli(argv, capsys)[0] != 0 and sorted(p.name for p in out.iterdir()) == ["notes.txt"]
     shutil.copy(runs / "corpus.jsonl", small)
     main([str(a) for a in argv])
     assert (out / "config.json").is_file() and (out / "model.safetensors").is_file()
@@ -294,7 +299,7 @@ def test_a_failed_start_leaves_nothing_that_blocks_the_same_command(runs, tmp_pa
             "1", "--batch-size", "2", "--group", "2", "--quiet", "--set", "train.eval_every=0"]
     (tmp_path / "tiny.jsonl").write_text("")
     code, err = run_cli(argv, capsys)
-    assert code != 0 and "Traceback" not in err and not (student / "config.json").exists()
+    assert code != 0 and "Traceback" not in err and not student.exists()
     shutil.copy(runs / "corpus.jsonl", tmp_path / "tiny.jsonl")
     main([str(a) for a in argv])
     assert (student / "config.json").is_file() and (student / "model.safetensors").is_file()
