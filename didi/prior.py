@@ -162,11 +162,10 @@ def load_encoder(run_dir: str | Path, model: torch.nn.Module | None = None):
                         "name the latent student this run started from with --encoder")
     if model is None:
         model = runs.load_run(run_dir, "cpu").model
-    from .distill import load_distill_config
-
-    blocks = load_distill_config(run_dir).latent.encoder_blocks
+    weights = fileio.load_weights(run_dir / "encoder.safetensors")
+    blocks = len({k.split(".")[1] for k in weights if k.startswith("blocks.")})  # distill.latent.encoder_blocks
     encoder = SequenceEncoder(model, model.config.noise_dim, blocks)
-    encoder.load_state_dict(fileio.load_weights(run_dir / "encoder.safetensors"))
+    encoder.load_state_dict(weights)
     return encoder.eval()
 
 

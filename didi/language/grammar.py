@@ -504,27 +504,3 @@ def write_corpus(grammar: Grammar, num: int, seed: int, out: str | Path, overwri
     rows = (json.dumps({"text": s.text, "logp": round(s.logp, 6)}) for s in grammar.generate(num, seed))
     atomic_write_text(out, "".join(r + "\n" for r in rows))
     return out
-
-
-def check(grammar: Grammar, num: int = 2000, seed: int = 0) -> dict:
-    """Sample `num` texts and confirm what exactness needs: each parses back with the generator's log-probability,
-    in one derivation (unambiguous), its sentences parse one by one, and the Monte-Carlo entropy agrees with the
-    exact one (within 4 standard errors)."""
-    from .parse import Parser
-
-    parser = Parser(grammar)
-    samples = grammar.generate(num, seed)
-    mismatched = ambiguous = bad_sentences = 0
-    for s in samples:
-        p = parser.parse_text(s.text)
-        if p is None or abs(p.logp - s.logp) > 1e-9:
-            mismatched += 1
-        elif p.parses > 1:
-            ambiguous += 1
-        bad_sentences += sum(sp is None for _, sp in parser.sentences(s.text))
-    nll = [-s.logp for s in samples]
-    mean = sum(nll) / num
-    se = math.sqrt(sum((x - mean) ** 2 for x in nll) / max(num - 1, 1) / num)
-    return {**grammar.describe(), "samples": num, "mismatched": mismatched, "ambiguous": ambiguous,
-            "invalid_sentences": bad_sentences, "entropy_monte_carlo": mean, "entropy_monte_carlo_se": se,
-            "ok": mismatched == 0 and ambiguous == 0 and bad_sentences == 0 and abs(mean - grammar.entropy) <= 4 * se}
