@@ -133,7 +133,7 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> RunConfig:
-        return _from_dict(cls, d, extra=("distill",))
+        return typed_from_dict(cls, d, extra=("distill",))
 
     @classmethod
     def load(cls, path: str | Path) -> RunConfig:
@@ -315,7 +315,7 @@ def _without_removed(cls, d: dict, where: str) -> dict:
     return {k: v for k, v in d.items() if k not in removed}
 
 
-def _from_dict(cls, d: dict, where: str = "", extra: tuple[str, ...] = ()):
+def typed_from_dict(cls, d: dict, where: str = "", extra: tuple[str, ...] = ()):
     """A config dataclass from its saved dict: every value type-checked, unknown keys refused (naming them); keys
     left out take their defaults, so configs saved before a field existed still load. extra: keys allowed beside
     the fields and ignored (a run config's `distill` section)."""
@@ -331,6 +331,6 @@ def _from_dict(cls, d: dict, where: str = "", extra: tuple[str, ...] = ()):
     kwargs = {}
     for name in names & set(d):
         v, hint = d[name], hints[name]
-        kwargs[name] = (_from_dict(hint, v, f"{where}{name}.") if dataclasses.is_dataclass(hint)
+        kwargs[name] = (typed_from_dict(hint, v, f"{where}{name}.") if dataclasses.is_dataclass(hint)
                         else _typed(v, hint, where + name))
     return cls(**kwargs)

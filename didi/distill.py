@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from . import fileio, runs
-from .config import RunConfig, _from_dict, apply_overrides
+from .config import RunConfig, apply_overrides, typed_from_dict
 from .errors import DidiError
 from .methods import STUDENTS, StudentSetup, method_class
 from .methods.didi_instruct import DiDiInstructConfig
@@ -72,7 +72,7 @@ class DistillConfig:
         for name in SECTIONS.values():
             value = getattr(self, name)
             if isinstance(value, dict):
-                setattr(self, name, _from_dict(_SECTION_TYPES[name], value, f"distill.{name}."))
+                setattr(self, name, typed_from_dict(_SECTION_TYPES[name], value, f"distill.{name}."))
 
     @property
     def section(self):
@@ -84,7 +84,7 @@ class DistillConfig:
         """From a preset or a run's saved `distill` section (types checked, unknown keys refused; `teacher`, which a
         run saves beside the fields, is ignored). A section saved flat, as runs made before 2026-12-07 did
         (`kl_beta`, `sdtt_start_steps`, `latent_beta`, ...), is read into its section."""
-        return _from_dict(cls, _sectioned(d) if isinstance(d, dict) else d, "distill.", extra=("teacher",))
+        return typed_from_dict(cls, _sectioned(d) if isinstance(d, dict) else d, "distill.", extra=("teacher",))
 
     def validate(self) -> None:
         if self.method not in METHODS:
