@@ -20,7 +20,8 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
-def _atomic(path: Path, write) -> None:
+def atomic_write(path: Path, write) -> None:
+    """`write(tmp)` fills a temporary file beside `path`, which then replaces `path` in one rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -38,7 +39,7 @@ def atomic_write_text(path: Path, text: str) -> None:
     def write(tmp):
         with open(tmp, "w") as f:
             f.write(text)
-    _atomic(path, write)
+    atomic_write(path, write)
 
 
 def atomic_write_lines(path: Path, lines) -> None:
@@ -48,16 +49,16 @@ def atomic_write_lines(path: Path, lines) -> None:
         with open(tmp, "w") as f:
             for line in lines:
                 f.write(line + "\n")
-    _atomic(path, write)
+    atomic_write(path, write)
 
 
 def atomic_torch_save(obj, path: Path) -> None:
-    _atomic(path, lambda tmp: torch.save(obj, tmp))
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def save_weights(state_dict: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
     tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
-    _atomic(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
 def _why(e: Exception) -> str:
@@ -102,7 +103,7 @@ def save_checkpoint(obj, path: Path) -> None:
         torch.save(obj, tmp)
         if path.exists():
             os.replace(path, previous_checkpoint(path))
-    _atomic(path, write)
+    atomic_write(path, write)
 
 
 def load_checkpoint(path: Path, map_location) -> tuple[dict, Path]:

@@ -220,7 +220,7 @@ def test_full_disk_is_one_line(runs, tmp_path, capsys, monkeypatch):
 
     def full(path, write):
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
-    monkeypatch.setattr(fileio, "_atomic", full)
+    monkeypatch.setattr(fileio, "atomic_write", full)
     code, err = run_cli(["sample", runs / "teacher", "--num", "1", "--steps", "1", "--out", tmp_path / "s.jsonl"],
                         capsys)
     assert code == 2 and err.count("\n") == 1 and "No space left on device" in err and "s.jsonl" in err
