@@ -123,13 +123,16 @@ _FLAT = {**{f.name: ("didi", f.name) for f in dataclasses.fields(DiDiInstructCon
 
 
 def _sectioned(d: dict) -> dict:
-    """A saved distill dict with its flat method keys moved into their sections."""
+    """A saved distill dict with its flat method keys moved into their sections; the keys of the other methods, which
+    such a run saved but never read, are dropped."""
     if not set(d) & set(_FLAT):
         return d
+    own = SECTIONS.get(d.get("method", "didi-instruct"))
     out = {k: v for k, v in d.items() if k not in _FLAT}
     for key in set(d) & set(_FLAT):
         section, name = _FLAT[key]
-        out[section] = {**out.get(section, {}), name: d[key]}
+        if section == own:
+            out[section] = {**out.get(section, {}), name: d[key]}
     return out
 
 

@@ -1018,7 +1018,8 @@ def test_each_method_has_its_own_config_section():
     with pytest.raises(DidiError, match="distill.didi.group: a setting of method 'didi-instruct', which this run "
                                         r"\(method 'dmmd'\) does not use"):
         distill_preset("dmmd-tiny", ["didi.group=8"]).validate()
-    saved = {"method": "sdtt", "max_steps": 8, "sdtt_start_steps": 16, "sdtt_end_steps": 4, "kl_beta": 0.05}
+    saved = {"method": "sdtt", "max_steps": 8, "sdtt_start_steps": 16, "sdtt_end_steps": 4, "kl_beta": 1.0}
     loaded = DistillConfig.from_dict(saved)
     assert (loaded.sdtt.start_steps, loaded.sdtt.end_steps, loaded.max_steps) == (16, 4, 8)
-    loaded.validate()  # the flat DiDi key held its default, so nothing of another method is set
+    loaded.validate()  # the DiDi key such a run saved but never read is dropped, so it still resumes
+    assert loaded.didi == DistillConfig().didi
