@@ -232,6 +232,17 @@ def apply_overrides(cfg, overrides: list[str]):
     return cfg
 
 
+def check_fields(obj, where: str, ranges=(), choices=()) -> None:
+    """One error naming the first bad field of config `obj`: ranges are (name, ok, what it must be), choices are
+    (name, allowed values); `where` prefixes the names (`distill.dmmd.`)."""
+    for name, ok, allowed in ranges:
+        if not ok:
+            raise DidiError(f"{where}{name} = {getattr(obj, name)!r} is not allowed: it must be {allowed}")
+    for name, allowed in choices:
+        if getattr(obj, name) not in allowed:
+            raise DidiError(f"{where}{name} must be {' or '.join(map(repr, allowed))}, not {getattr(obj, name)!r}")
+
+
 def _coerce(raw: str, hint, name: str):
     try:
         if hint is bool:

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from . import fileio, runs
-from .config import RunConfig, apply_overrides, typed_from_dict
+from .config import RunConfig, apply_overrides, check_fields, typed_from_dict
 from .errors import DidiError
 from .methods import STUDENTS, StudentSetup, method_class
 from .methods.didi_instruct import DiDiInstructConfig
@@ -95,11 +95,8 @@ class DistillConfig:
                   ("min_lr_ratio", 0.0 <= self.min_lr_ratio <= 1.0, "in [0, 1]"),
                   ("student_clip", self.student_clip >= 0, ">= 0"), ("t_end", 0.0 < self.t_end < 1.0, "in (0, 1)"),
                   ("student_noise_dim", self.student_noise_dim >= 0, ">= 0"),
-                  ("student_noise_init", self.student_noise_init >= 0, ">= 0"),
-                  ("noise_prior", self.noise_prior in ("normal", "init"), "'normal' or 'init'")]
-        for name, ok, allowed in ranges:
-            if not ok:
-                raise DidiError(f"distill.{name} = {getattr(self, name)!r} is not allowed: it must be {allowed}")
+                  ("student_noise_init", self.student_noise_init >= 0, ">= 0")]
+        check_fields(self, "distill.", ranges, choices=[("noise_prior", ("normal", "init"))])
         for method, name in SECTIONS.items():  # a setting of another method's section would be silently unused
             if method != self.method and getattr(self, name) != type(getattr(self, name))():
                 changed = [f.name for f in dataclasses.fields(getattr(self, name))
@@ -232,9 +229,8 @@ def apply_distill_overrides(dcfg: DistillConfig, overrides: list[str]) -> Distil
     prefix) in place; a flat key from before the sections is refused, naming its new place."""
     for item in overrides:
         key = item.split("=", 1)[0].strip()
-        if moved_key(key):
-            raise DidiError(f"override {item!r}: distill.{key.removeprefix('distill.')} is now "
-                            f"distill.{moved_key(key)}")
+        if new := moved_key(key):
+            raise DidiError(f"override {item!r}: distill.{key.removeprefix('distill.')} is now distill.{new}")
     apply_overrides(_Holder(distill=dcfg), [o if o.startswith("distill.") else "distill." + o for o in overrides])
     return dcfg
 

@@ -50,6 +50,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..config import check_fields
 from ..diffusion import Kept, LogLinearSchedule, mask_tokens, masked_log_probs, nelbo_terms
 from ..errors import DidiError
 from ..sampling import ancestral_sample, sample_categorical, time_grid
@@ -136,16 +137,12 @@ class DiDiInstructConfig:
                   ("w_min", 0 < self.w_min <= self.w_max, "> 0 and <= w_max"),
                   ("entropy_reward", self.entropy_reward >= 0, ">= 0"),
                   ("reward_repeats", self.reward_repeats >= 1, ">= 1")]
-        for name, ok, allowed in ranges:
-            if not ok:
-                raise DidiError(f"distill.didi.{name} = {getattr(self, name)!r} is not allowed: it must be {allowed}")
-        for name, allowed in (("real", ("data", "teacher")), ("final_fill", ("sample", "argmax")),
-                              ("path_credit", ("togo", "step")), ("group_noise", ("independent", "shared")),
-                              ("reward_states", ("final", "path")), ("rollout_grid", ("tau", "sampler")),
-                              ("reward_source", ("discriminator", "teacher")), ("kl_reference", ("teacher", "init"))):
-            if getattr(self, name) not in allowed:
-                raise DidiError(f"distill.didi.{name} must be {' or '.join(map(repr, allowed))}, not "
-                                f"{getattr(self, name)!r}")
+        choices = [("real", ("data", "teacher")), ("final_fill", ("sample", "argmax")),
+                   ("path_credit", ("togo", "step")), ("group_noise", ("independent", "shared")),
+                   ("reward_states", ("final", "path")),
+                   ("rollout_grid", ("tau", "sampler")), ("reward_source", ("discriminator", "teacher")),
+                   ("kl_reference", ("teacher", "init"))]
+        check_fields(self, "distill.didi.", ranges, choices)
         if self.group == 1 and self.group_norm:
             raise DidiError("distill.didi.group = 1: advantages are normalized within each group, so a group of one "
                             "gives a policy gradient of exactly zero; use group >= 2")

@@ -38,8 +38,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..config import check_fields
 from ..diffusion import Kept, LogLinearSchedule, mask_tokens, masked_log_probs
-from ..errors import DidiError
 from ..sampling import sample_categorical, time_grid
 from .didi_instruct import row_step_probs
 from .mdlm import MDLM
@@ -60,17 +60,14 @@ class DMMDConfig:
     aux_updates: int = 1  # auxiliary updates per student update, each on fresh states
     aux_init: str = "teacher"  # the auxiliary starts as the teacher (reads no code) or as the student ("student")
 
-    def validate(self, d=None) -> None:
-        for name, allowed in (("states", ("data", "student")), ("z_s", ("sample", "probs")),
-                              ("weight", ("mean", "elbo")), ("aux_init", ("teacher", "student"))):
-            if getattr(self, name) not in allowed:
-                raise DidiError(f"distill.dmmd.{name} must be {' or '.join(map(repr, allowed))}, not "
-                                f"{getattr(self, name)!r}")
-        for name, ok, what in (("steps", self.steps >= 1, ">= 1"), ("aux_lr", self.aux_lr > 0, "> 0"),
-                               ("aux_updates", self.aux_updates >= 1, ">= 1"),
-                               ("w_min", 0 < self.w_min <= self.w_max, "> 0 and <= w_max")):
-            if not ok:
-                raise DidiError(f"distill.dmmd.{name} = {getattr(self, name)!r} is not allowed: it must be {what}")
+    def validate(self, d) -> None:
+        """Check this section (D-MMD reads no other method's settings)."""
+        check_fields(self, "distill.dmmd.",
+                     ranges=[("steps", self.steps >= 1, ">= 1"), ("aux_lr", self.aux_lr > 0, "> 0"),
+                             ("aux_updates", self.aux_updates >= 1, ">= 1"),
+                             ("w_min", 0 < self.w_min <= self.w_max, "> 0 and <= w_max")],
+                     choices=[("states", ("data", "student")), ("z_s", ("sample", "probs")),
+                              ("weight", ("mean", "elbo")), ("aux_init", ("teacher", "student"))])
 
 
 def generator_loss(student_logp: torch.Tensor, teacher_logp: torch.Tensor, aux_logp: torch.Tensor,

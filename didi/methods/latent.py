@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..config import check_fields
 from ..diffusion import Kept, nelbo_to_ppl
 from ..errors import DidiError
 from ..nn.encoder import gaussian_kl
@@ -40,10 +41,9 @@ class LatentConfig:
     time_power: float = 1.0
 
     def validate(self, d) -> None:
-        for name, ok, what in (("beta", self.beta >= 0, ">= 0"), ("encoder_blocks", self.encoder_blocks >= 1, ">= 1"),
-                               ("time_power", self.time_power > 0, "> 0")):
-            if not ok:
-                raise DidiError(f"distill.latent.{name} = {getattr(self, name)!r} is not allowed: it must be {what}")
+        check_fields(self, "distill.latent.", ranges=[("beta", self.beta >= 0, ">= 0"),
+                                                      ("encoder_blocks", self.encoder_blocks >= 1, ">= 1"),
+                                                      ("time_power", self.time_power > 0, "> 0")])
         if not d.student_noise_dim:
             raise DidiError("distill: method 'latent' needs student_noise_dim > 0 (the code's dimensions; preset "
                             "latent-lang sets 16)")

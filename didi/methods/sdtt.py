@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..config import check_fields
 from ..diffusion import Kept, LogLinearSchedule, mask_tokens, masked_log_probs
 from ..errors import DidiError
 from ..sampling import sample_categorical
@@ -42,8 +43,7 @@ class SDTTConfig:
     divergence: str = "reverse_kl"  # or "kl" (forward: teacher || student)
 
     def validate(self, d) -> None:
-        if self.divergence not in ("reverse_kl", "kl"):
-            raise DidiError(f"distill.sdtt.divergence must be 'reverse_kl' or 'kl', not {self.divergence!r}")
+        check_fields(self, "distill.sdtt.", choices=[("divergence", ("reverse_kl", "kl"))])
         if d.student_init:
             raise DidiError("distill.student_init: SDTT starts from its teacher (a DiDi-Instruct and D-MMD option)")
         if d.student_noise_dim:
