@@ -98,7 +98,7 @@ class DistillConfig:
                   ("student_noise_init", self.student_noise_init >= 0, ">= 0")]
         check_fields(self, "distill.", ranges, choices=[("noise_prior", ("normal", "init"))])
         for method, name in SECTIONS.items():  # a setting of another method's section would be silently unused
-            if method != self.method and getattr(self, name) != type(getattr(self, name))():
+            if method != self.method and getattr(self, name) != _SECTION_TYPES[name]():
                 changed = [f.name for f in dataclasses.fields(getattr(self, name))
                            if getattr(getattr(self, name), f.name) != f.default]
                 raise DidiError(f"distill.{name}.{changed[0]}: a setting of method {method!r}, which this run "
