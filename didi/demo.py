@@ -12,7 +12,8 @@ Both are the lang-tiny shape at half its width (hidden 128, 1.4 M parameters), t
 has AVX512-BF16: within the demo's minutes that gave a better teacher and student than the full width (measured on 2
 cores, 2026-12-07: the teacher's 128-step valid sentences 0.81 against 0.73, the student's at 4 steps 0.66 against
 0.63). Whole texts stay out of reach in ten minutes: keeping the names of a text consistent across its sentences is
-learned late (the teacher writes 1 wholly valid text in 256 at 128 steps here, 6 % after 30 minutes)."""
+learned late (this teacher trained alone for 9 minutes writes none at 128 steps; the comparison's 30-minute teacher 6 %
+at 256; docs/reference-log.md E78)."""
 
 from __future__ import annotations
 
