@@ -78,6 +78,8 @@ def main() -> None:
     ap.add_argument("--no-recipe", action="store_true", help="skip the latent + prior + lang-stage students")
     ap.add_argument("--no-dmmd", action="store_true", help="skip the D-MMD students")
     ap.add_argument("--skip", default="", help="stages neither built nor sampled, by name (e.g. paper-s1,recipe-s1)")
+    ap.add_argument("--sdtt-steps", type=int, help="SDTT's schedule length (distill.max_steps; its rounds split it), "
+                    "sized so that the rounds fill the wall-clock (default: preset sdtt-lang's 5,000)")
     ap.add_argument("--dmmd-minutes", type=float, default=25.0, help="cap of each D-MMD student")
     ap.add_argument("--no-compile", action="store_true", help="train the recipe's latent students uncompiled "
                     "(train.compile needs a C++ compiler; compiled is 1.19x faster, reference log E59)")
@@ -123,12 +125,14 @@ def main() -> None:
                                     f"train.cpu_bf16={str(not args.no_cpu_bf16).lower()}"]),
         o, resume=resume))
 
-    def student(dpreset: str, seed: int, snapshots: bool, power: float = 1.0):
+    def student(dpreset: str, seed: int, snapshots: bool, power: float = 1.0, steps: int | None = None):
         over = [f"data.source={corpus}", f"train.max_minutes={args.didi_minutes}", f"train.seed={seed}",
                 f"diffusion.grid_power={power:g}", f"train.cpu_bf16={str(not args.no_cpu_bf16).lower()}"]
         over += ["train.snapshot_every=100"] if snapshots else []
-        return lambda o, resume: distill(None if resume else teacher, o, None if resume else distill_preset(dpreset),
-                                         overrides=over, resume=resume)
+        dover = [f"max_steps={steps}"] if steps else []
+        return lambda o, resume: distill(None if resume else teacher, o,
+                                         None if resume else distill_preset(dpreset, dover), overrides=over,
+                                         resume=resume)
 
     useeds = ints(args.uniform_seeds if args.uniform_seeds is not None else args.seeds)
     students = {f"didi-s{s}": build_stage(f"didi-s{s}", student("lang", s, True)) for s in useeds}
@@ -140,7 +144,7 @@ def main() -> None:
         if not args.no_paper:
             students[f"paper-s{s}"] = build_stage(f"paper-s{s}", student("tiny", s, True))
         if not args.no_sdtt:
-            students[f"sdtt-s{s}"] = build_stage(f"sdtt-s{s}", student("sdtt-lang", s, True))
+            students[f"sdtt-s{s}"] = build_stage(f"sdtt-s{s}", student("sdtt-lang", s, True, steps=args.sdtt_steps))
     recipe, latents = {}, {}
     for s in [] if args.no_recipe else ints(args.seeds):
         latents[f"latent-s{s}"], recipe[f"recipe-s{s}"] = recipe_student(build_stage, teacher, s, corpus, args)
