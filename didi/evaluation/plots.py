@@ -22,6 +22,14 @@ def _save(fig, path) -> None:
         plt.close(fig)
 
 
+def _legend(ax) -> None:
+    """Beside the axes when there are many lines, so no line hides behind it (bbox_inches="tight" keeps it)."""
+    if len(ax.get_legend_handles_labels()[0]) > 6:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize="small")
+    else:
+        ax.legend()
+
+
 def plot_frontier(
     series: dict[str, list[tuple[float, float]]], path: str | os.PathLike, target_entropy: float | None = None,
     xlabel: str = "unigram entropy (nats)", ylabel: str = "generative perplexity", log_y: bool = True,
@@ -38,7 +46,7 @@ def plot_frontier(
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
+    _legend(ax)
     _save(fig, path)
 
 
@@ -55,5 +63,5 @@ def plot_ppl_vs_nfe(series: dict[str, list[tuple[float, float]]], path: str | os
     ax.set_xlabel("NFE")
     ax.set_ylabel(ylabel)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
+    _legend(ax)
     _save(fig, path)
