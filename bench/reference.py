@@ -79,7 +79,7 @@ def main() -> None:
     ap.add_argument("--no-dmmd", action="store_true", help="skip the D-MMD students")
     ap.add_argument("--skip", default="", help="stages neither built nor sampled, by name (e.g. paper-s1,recipe-s1)")
     ap.add_argument("--sdtt-steps", type=int, help="SDTT's schedule length (distill.max_steps; its rounds split it), "
-                    "sized so that the rounds fill the wall-clock (default: preset sdtt-lang's 5,000)")
+                    "sized so that the rounds fill the wall-clock (default: preset sdtt-lang's)")
     ap.add_argument("--dmmd-minutes", type=float, default=25.0, help="cap of each D-MMD student")
     ap.add_argument("--no-compile", action="store_true", help="train the recipe's latent students uncompiled "
                     "(train.compile needs a C++ compiler; compiled is 1.19x faster, reference log E59)")
