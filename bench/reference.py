@@ -84,6 +84,8 @@ def main() -> None:
     ap.add_argument("--no-compile", action="store_true", help="train the recipe's latent students uncompiled "
                     "(train.compile needs a C++ compiler; compiled is 1.19x faster, reference log E59)")
     ap.add_argument("--latent-minutes", type=float, default=25.0, help="cap of each recipe latent student")
+    ap.add_argument("--latent-steps", type=int, help="the latent students' schedule length (distill.max_steps), "
+                    "sized so that it ends with --latent-minutes (default: preset latent-lang's)")
     ap.add_argument("--stage-minutes", type=float, default=8.0, help="cap of each recipe DiDi stage")
     ap.add_argument("--no-cpu-bf16", action="store_true",
                     help="every distillation stage in float32 (default: bf16 autocast, 1.8-2.1x faster on "
@@ -247,8 +249,9 @@ def recipe_student(build_stage, teacher: Path, seed: int, corpus: Path, args) ->
     """The reference-language recipe on one seed: a latent-lang student, its exemplar prior (`didi prior
     --components 0`), then the lang-stage DiDi run from it. Returns both run directories."""
     common = [f"data.source={corpus}", f"train.cpu_bf16={str(not args.no_cpu_bf16).lower()}", f"train.seed={seed}"]
+    steps = [f"max_steps={args.latent_steps}"] if args.latent_steps else []
     latent = build_stage(f"latent-s{seed}", lambda o, resume: distill(
-        None if resume else teacher, o, None if resume else distill_preset("latent-lang"),
+        None if resume else teacher, o, None if resume else distill_preset("latent-lang", steps),
         overrides=common + [f"train.max_minutes={args.latent_minutes}",
                             f"train.compile={str(not args.no_compile).lower()}"], resume=resume))
     if latent is None:
