@@ -80,6 +80,9 @@ def main() -> None:
     ap.add_argument("--skip", default="", help="stages neither built nor sampled, by name (e.g. paper-s1,recipe-s1)")
     ap.add_argument("--sdtt-steps", type=int, help="SDTT's schedule length (distill.max_steps; its rounds split it), "
                     "sized so that the rounds fill the wall-clock (default: preset sdtt-lang's)")
+    ap.add_argument("--didi-steps", type=int, help="the DiDi students' schedule length (distill.max_steps), sized so "
+                    "that it ends with --didi-minutes (default: preset lang's)")
+    ap.add_argument("--paper-steps", type=int, help="the same for the paper-defaults student (default: preset tiny's)")
     ap.add_argument("--dmmd-minutes", type=float, default=25.0, help="cap of each D-MMD student")
     ap.add_argument("--no-compile", action="store_true", help="train the recipe's latent students uncompiled "
                     "(train.compile needs a C++ compiler; compiled is 1.19x faster, reference log E59)")
@@ -137,14 +140,15 @@ def main() -> None:
                                          resume=resume)
 
     useeds = ints(args.uniform_seeds if args.uniform_seeds is not None else args.seeds)
-    students = {f"didi-s{s}": build_stage(f"didi-s{s}", student("lang", s, True)) for s in useeds}
+    students = {f"didi-s{s}": build_stage(f"didi-s{s}", student("lang", s, True, steps=args.didi_steps))
+                for s in useeds}
     powers = [p for p in floats(args.grid_powers) if p != 1.0]
     for p in powers:
         for s in ints(args.seeds):
             students[f"didi-p{p:g}-s{s}"] = build_stage(f"didi-p{p:g}-s{s}", student("lang", s, True, p))
     for s in ints(args.seeds):  # the paper's defaults and SDTT on the same seeds and wall-clock as the DiDi student
         if not args.no_paper:
-            students[f"paper-s{s}"] = build_stage(f"paper-s{s}", student("tiny", s, True))
+            students[f"paper-s{s}"] = build_stage(f"paper-s{s}", student("tiny", s, True, steps=args.paper_steps))
         if not args.no_sdtt:
             students[f"sdtt-s{s}"] = build_stage(f"sdtt-s{s}", student("sdtt-lang", s, True, steps=args.sdtt_steps))
     recipe, latents = {}, {}
