@@ -303,7 +303,8 @@ def cmd_language(args) -> None:
 def cmd_demo(args) -> None:
     from .demo import run_demo
 
-    run_demo(Path(args.out), minutes=args.minutes, device=args.device, distill_minutes=args.distill_minutes)
+    run_demo(Path(args.out), from_scratch=args.from_scratch, minutes=args.minutes, device=args.device,
+             distill_minutes=args.distill_minutes, latent_steps=args.steps)
 
 
 def cmd_convert(args) -> None:
@@ -357,10 +358,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="didi", description="Fast text generation with masked diffusion LMs.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("demo", help="offline demo on the reference language: tiny teacher, few-step student, compared")
+    p = sub.add_parser("demo", help="offline demo on the reference language: a few-step student distilled from the "
+                                    "shipped teacher, both judged exactly")
     p.add_argument("--out", default="runs/demo")
-    p.add_argument("--minutes", type=POS_FLOAT, default=4.5, help="teacher training time")
-    p.add_argument("--distill-minutes", type=NONNEG_FLOAT, default=3.5, help="student training time (0: skip)")
+    p.add_argument("--from-scratch", action="store_true",
+                   help="train the teacher too (half width, --minutes) instead of using the one shipped with didi")
+    p.add_argument("--minutes", type=POS_FLOAT, default=4.5, help="teacher training time (--from-scratch)")
+    p.add_argument("--distill-minutes", type=NONNEG_FLOAT,
+                   help="student training time (default 8; 3.5 with --from-scratch; 0: skip)")
+    p.add_argument("--steps", type=POS_INT, help="the student's schedule length (default: what the minutes fit)")
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=cmd_demo)
 

@@ -1,19 +1,19 @@
-"""`didi demo`: offline, on the built-in reference language (the `stories` grammar): train a tiny teacher on a
-corpus drawn from it, train a few-step student from it, then show both side by side with the exact share of valid
-sentences and texts beside each row (the grammar decides validity exactly), the diversity of the choices made (choice
-entropy over its true value), NFE and wall-clock per sample.
+"""`didi demo`: offline, on the built-in reference language (the `stories` grammar), distil a few-step student from a
+finished MDLM teacher, then show both side by side with the exact share of valid sentences and texts beside each row
+(the grammar decides validity exactly), the diversity of the choices made (choice entropy over its true value), NFE
+and wall-clock per sample.
 
-The student is the reference-language recipe's first stage, which the comparison in docs/results.md found to be the
-one method that closes the few-step gap at the teacher's diversity: a latent-variable student (`--method latent`,
-preset latent-lang, started from the teacher) whose 16-dimensional code is drawn from the exemplar prior
+The teacher ships with didi (`didi/assets/stories-teacher`, `shipped_teacher()`): the `lang-tiny` shape (4.3 M
+parameters) trained for 5,000 steps on 50,000 texts of the grammar, stored in bf16; docs/results.md ("The demo") gives
+the two commands that made it and `pack_teacher` the step that stores it. The student is the reference-language
+recipe's first stage, which the comparison in docs/results.md found to be the one method that closes the few-step gap
+at the teacher's diversity: a latent-variable student (`--method latent`, preset latent-lang on a schedule shortened to
+the demo's minutes, started from the teacher) whose 16-dimensional code is drawn from the exemplar prior
 (`didi prior --components 0`).
 
-Both are the lang-tiny shape at half its width (hidden 128, 1.4 M parameters), trained in bf16 autocast where the CPU
-has AVX512-BF16: within the demo's minutes that gave a better teacher and student than the full width (measured on 2
-cores, 2026-12-07: the teacher's 128-step valid sentences 0.81 against 0.73, the student's at 4 steps 0.66 against
-0.63). Whole texts stay out of reach in ten minutes: keeping the names of a text consistent across its sentences is
-learned late (this teacher trained alone for 9 minutes writes none at 128 steps; the comparison's 30-minute teacher 6 %
-at 256; docs/reference-log.md E78)."""
+`didi demo --from-scratch` trains the teacher too, inside the same ten minutes, at half the lang-tiny width (1.4 M
+parameters): its student beats it at few steps, but neither writes a wholly valid text, because keeping a text's names
+consistent across its sentences is learned late (docs/reference-log.md E78)."""
 
 from __future__ import annotations
 
@@ -21,42 +21,77 @@ from pathlib import Path
 
 from . import runs
 from .api import load, train
-from .config import preset
+from .config import RunConfig, preset
 from .errors import DidiError
 
 GRAMMAR = "stories"
 DEMO_STEPS = (2, 4, 8, 128)
 STUDENT_STEPS = (2, 4, 8)
-DEMO_SHAPE = ("model.hidden_dim=128",)  # half the lang-tiny width: 1.4 M parameters, 2.5-3x the steps per minute
-DEMO_STEPS_TEACHER = {False: 1500, True: 1800}  # the schedules' lengths, about what the minutes fit (float32, bf16)
-DEMO_STEPS_LATENT = {False: 800, True: 1000}
+ASSET = Path(__file__).parent / "assets" / "stories-teacher"
+SCRATCH_SHAPE = ("model.hidden_dim=128",)  # half the lang-tiny width: 1.4 M parameters, 2.5-3x the steps per minute
+SCRATCH_STEPS_TEACHER = {False: 1500, True: 1800}  # the schedules' lengths, about what the minutes fit (float32, bf16)
+# the latent stage's schedule (float32, bf16): what its minutes fit from the half-width teacher and from the shipped one
+SCRATCH_STEPS_LATENT = {False: 800, True: 1000}
+SHIPPED_STEPS_LATENT = {False: 400, True: 750}
+TEACHER_DONE = "teacher.done"  # written when a --from-scratch teacher finished; without it a rerun resumes it
+CORPUS_TEXTS = {False: 20_000, True: 50_000}  # from scratch, from the shipped teacher (the texts it was trained on)
 
 
-def run_demo(out: Path, minutes: float = 4.5, device: str = "cpu", num: int = 256,
-             distill_minutes: float = 3.5) -> None:
+def shipped_teacher() -> Path:
+    """The finished `stories` teacher that ships inside the package (a run directory `didi.load` reads)."""
+    if not (ASSET / runs.WEIGHTS).is_file():
+        raise DidiError(f"the shipped teacher is missing from {ASSET}; reinstall didi, or run "
+                        "`didi demo --from-scratch`")
+    return ASSET
+
+
+def run_demo(out: Path, *, from_scratch: bool = False, minutes: float = 4.5, distill_minutes: float | None = None,
+             device: str = "cpu", num: int = 256, latent_steps: int | None = None) -> None:
+    """The demo into `out` (the corpus, the student in out/latent; with from_scratch the teacher in `out` itself).
+    A rerun samples what an earlier run finished instead of training again. minutes: the teacher's training time
+    (from_scratch); distill_minutes: the student's (default 8 from the shipped teacher, 3.5 from scratch; 0 skips it);
+    latent_steps replaces the student's schedule length."""
     from .language import Grammar, write_corpus
 
     out = Path(out)
-    if (out / runs.WEIGHTS).is_file():
-        print(f"didi demo: found a trained teacher in {out}; sampling from it (delete the directory to retrain)")
-    else:
-        if out.exists() and any(out.iterdir()):
-            raise DidiError(f"{out} exists and is not empty; choose another --out or delete it")
-        corpus = write_corpus(Grammar.load(GRAMMAR), 20_000, 0, out / "corpus.jsonl")
-        fast = _fast_cpu(device)
+    fast = _fast_cpu(device)
+    made_here = (out / runs.CONFIG).is_file()  # a teacher run an earlier --from-scratch demo started in `out`
+    if out.exists() and any(out.iterdir()):
+        if not (made_here or (out / "corpus.jsonl").is_file()):
+            raise DidiError(f"{out} exists and is not a demo directory; choose another --out or delete it")
+        if from_scratch and not made_here:
+            raise DidiError(f"{out} holds a demo from the shipped teacher; choose another --out for --from-scratch")
+    scratch = from_scratch or made_here
+    teacher = out if scratch else shipped_teacher()
+    corpus = out / "corpus.jsonl"
+    if not corpus.is_file():
+        write_corpus(Grammar.load(GRAMMAR), CORPUS_TEXTS[not scratch], 0, corpus)
+    if made_here and (out / TEACHER_DONE).is_file():
+        print(f"didi demo: found a teacher trained by an earlier --from-scratch demo in {out}; using it "
+              "(delete the directory to start again)")
+    elif made_here:  # stopped before it finished (or made by a demo that kept no marker): finish it exactly
+        print(f"didi demo: resuming the teacher an earlier --from-scratch demo started in {out}")
+        train(RunConfig.load(out / runs.CONFIG), out, resume=True)
+        (out / TEACHER_DONE).write_text("")
+    elif scratch:
         cfg = preset("lang-tiny", [f"data.source={corpus}", f"train.max_minutes={minutes}",
-                                   *DEMO_SHAPE, f"train.max_steps={DEMO_STEPS_TEACHER[bool(fast)]}",
+                                   *SCRATCH_SHAPE, f"train.max_steps={SCRATCH_STEPS_TEACHER[bool(fast)]}",
                                    "train.eval_every=300",
                                    "train.save_every=200", "train.snapshot_every=0", f"train.device={device}",
                                    f"data.cache_dir={out / 'cache'}", *fast])
         print(f"didi demo: training a tiny MDLM teacher for up to {minutes:g} minutes on {corpus} "
-              f"(20,000 texts of the built-in `{GRAMMAR}` grammar, one per row)")
+              f"({CORPUS_TEXTS[False]:,} texts of the built-in `{GRAMMAR}` grammar, one per row)")
         train(cfg, out)
-    student = out / "latent"  # not "student": a directory from an older demo held a DiDi-Instruct student there
-    if distill_minutes > 0:
-        _distill_stage(out, student, distill_minutes, device)
-    _table(out, student if (student / runs.WEIGHTS).is_file() else None, device, num)
-    print("\nA full teacher sample at 128 steps:\n" + load(out, device=device).sample(num=1, steps=128, seed=1).text[0])
+        (out / TEACHER_DONE).write_text("")
+    if not scratch:
+        print(f"didi demo: the teacher is the finished `{GRAMMAR}` MDLM that ships with didi ({teacher})")
+    if distill_minutes is None:
+        distill_minutes = 3.5 if scratch else 8.0
+    steps = latent_steps or (SCRATCH_STEPS_LATENT if scratch else SHIPPED_STEPS_LATENT)[bool(fast)]
+    student = None  # (out/latent, not out/student: a directory from an older demo held a DiDi-Instruct student there)
+    if distill_minutes > 0 or (out / "latent.done").is_file():
+        student = _distill_stage(teacher, out, distill_minutes, steps, corpus, device)
+    _table(teacher, student, device, num)
 
 
 def _fast_cpu(device: str) -> list[str]:
@@ -71,26 +106,21 @@ def _fast_cpu(device: str) -> list[str]:
     return ["train.cpu_bf16=true"] if "avx512_bf16" in flags else []
 
 
-def _distill_stage(teacher: Path, student: Path, minutes: float, device: str) -> None:
-    from .distill import distill, distill_preset
-    from .prior import load_prior, write_prior
+def _distill_stage(teacher: Path, out: Path, minutes: float, steps: int, corpus: Path, device: str) -> Path:
+    """The recipe's latent stage and its exemplar prior (`didi.recipe.run_recipe`) into out/latent, on the
+    latent-lang schedule shortened to the demo's minutes; a stopped stage resumes, a finished one is reused."""
+    from .recipe import run_recipe
 
-    if (student / runs.WEIGHTS).is_file():
-        print(f"didi demo: found a trained latent student in {student}; sampling from it (delete it to train again)")
-        if load_prior(student) is None:  # stopped between training and the prior: finish it
-            write_prior(student, 0)
-        return
-    if student.exists() and any(student.iterdir()):
-        raise DidiError(f"{student} exists without a finished student; delete it to train the student again")
-    print(f"\ndidi demo: training a few-step latent student from the teacher for up to {minutes:g} minutes into "
-          f"{student}")
-    # the latent-lang preset with its schedule shortened to the demo's few minutes
-    fast = _fast_cpu(device)
-    dcfg = distill_preset("latent-lang", [f"max_steps={DEMO_STEPS_LATENT[bool(fast)]}", "warmup_steps=40"])
-    distill(teacher, student, dcfg, overrides=[f"train.max_minutes={minutes}", "train.eval_every=0",
-                                                 "train.save_every=100", f"train.device={device}", *fast])
-    write_prior(student, 0)  # the exemplar prior: the codes of 8,192 training texts; sampling draws from it
-    print("didi demo: the student draws its code from the exemplar prior (noise_prior.safetensors)")
+    if (out / "latent.done").is_file():
+        print(f"didi demo: found a trained latent student in {out / 'latent'}; sampling from it (delete it and "
+              f"{out / 'latent.done'} to train again)")
+    else:
+        print(f"\ndidi demo: training a few-step latent student from the teacher ({steps} steps, at most {minutes:g} "
+              f"minutes) into {out / 'latent'}")
+    return run_recipe(teacher, out, data=str(corpus), minutes=minutes, latent_steps=steps,
+                      latent_overrides=["warmup_steps=40"],
+                      overrides=["train.eval_every=0", "train.save_every=100", f"train.device={device}",
+                                 f"data.cache_dir={out / 'cache'}", *_fast_cpu(device)])
 
 
 def _table(teacher: Path, student: Path | None, device: str, num: int) -> None:
@@ -101,7 +131,7 @@ def _table(teacher: Path, student: Path | None, device: str, num: int) -> None:
     rows = [("teacher", teacher, s) for s in DEMO_STEPS]
     if student is not None:
         rows += [("student", student, s) for s in STUDENT_STEPS]
-    pipes = {}
+    pipes, whole = {}, {}
     print(f"\n{num} samples per row; valid: the share of sentences (and the number of whole texts) the grammar "
           "accepts; diversity: the entropy of the grammar's choices in the samples over its true value (1 = the "
           "language's own)")
@@ -118,3 +148,39 @@ def _table(teacher: Path, student: Path | None, device: str, num: int) -> None:
         texts = f"{round(score['valid_texts'] * num)}/{num}"
         print(f"{label:<8} {steps:>6} {score['valid_sentences']:>11.2f} {texts:>11} "
               f"{score['choice_entropy_ratio']:>9.2f} {s.nfe_mean:>8.1f} {s.seconds / num:>9.4f}  {text[:70]}")
+        valid = [t for t in s.text if parser.parse_text(t) is not None]
+        if valid and (label, steps) != ("teacher", DEMO_STEPS[-1]):
+            whole.setdefault(label, (steps, valid[0]))
+    for label, (steps, text) in whole.items():
+        print(f"\nThe {label}'s first wholly valid text at {steps} steps:\n{text}")
+    if "student" not in whole:
+        s = pipes["teacher"].sample(num=1, steps=DEMO_STEPS[-1], seed=1).text[0]
+        print(f"\nA teacher sample at {DEMO_STEPS[-1]} steps:\n{s}")
+
+
+def pack_teacher(run: str | Path, dest: str | Path = ASSET, command: str = "") -> Path:
+    """Store the finished teacher run `run` as the demo's shipped teacher in `dest`: its config (data paths made
+    relative), tokenizer and sampling weights in bf16 (half the size; they are cast back to float32 on loading),
+    and `teacher.json` saying where it came from (`command`, its steps and last validation NELBO)."""
+    import json
+    import shutil
+
+    import torch
+
+    from . import fileio
+
+    run, dest = runs.check_run_dir(run), Path(dest)
+    cfg = fileio.read_json(run / runs.CONFIG)
+    cfg["data"].update(source=Path(cfg["data"]["source"]).name, cache_dir="")
+    cfg["train"]["device"] = "auto"
+    weights = {k: v.to(torch.bfloat16) if v.is_floating_point() else v
+               for k, v in fileio.load_weights(run / runs.WEIGHTS).items()}
+    evals = [m for m in fileio.read_metrics(run / "metrics.jsonl")[0] if "val_nelbo" in m]
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(run / runs.TOKENIZER_DIR, dest / runs.TOKENIZER_DIR, dirs_exist_ok=True)
+    fileio.atomic_write_text(dest / runs.CONFIG, json.dumps(cfg, indent=2) + "\n")
+    fileio.save_weights(weights, dest / runs.WEIGHTS)
+    info = {"command": command, "steps": evals[-1]["step"] if evals else None,
+            "val_nelbo": evals[-1]["val_nelbo"] if evals else None, "dtype": "bfloat16"}
+    fileio.atomic_write_text(dest / "teacher.json", json.dumps(info, indent=2) + "\n")
+    return dest

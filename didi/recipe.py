@@ -27,7 +27,7 @@ STAGES = ("none", "dmmd", "didi")
 
 
 def _train_stage(out: Path, name: str, teacher: Path, preset: str, init: Path | None, data: str | None,
-                 overrides: list[str], steps: int | None, progress: bool) -> Path:
+                 overrides: list[str], steps: int | None, progress: bool, distill_overrides: list[str] = ()) -> Path:
     from .distill import PRESET_RUN_OVERRIDES, distill, distill_preset
 
     run, done = out / name, out / f"{name}.done"
@@ -39,6 +39,7 @@ def _train_stage(out: Path, name: str, teacher: Path, preset: str, init: Path | 
     if run.exists() and any(run.iterdir()) and not resume:
         raise DidiError(f"{run} holds files but no checkpoint to resume; delete it to train the {name} stage again")
     d_over = ([f"student_init={init}"] if init else []) + ([f"max_steps={steps}"] if steps else [])
+    d_over += list(distill_overrides)
     dcfg = None if resume else distill_preset(preset, d_over)
     if progress:
         print(f"didi recipe: {name}: {'resuming' if resume else 'training'} ({preset}) in {run}")
@@ -50,12 +51,13 @@ def _train_stage(out: Path, name: str, teacher: Path, preset: str, init: Path | 
 
 def run_recipe(teacher: str | Path, out: str | Path, *, stage: str = "none", data: str | None = None,
                minutes: float | None = None, stage_minutes: float | None = None, latent_steps: int | None = None,
-               stage_steps: int | None = None, overrides: list[str] | None = None, progress: bool = True) -> Path:
+               stage_steps: int | None = None, overrides: list[str] | None = None,
+               latent_overrides: list[str] | None = None, progress: bool = True) -> Path:
     """Run (or resume) the recipe from the MDLM teacher run `teacher` into `out`; returns the run to sample.
 
     minutes / stage_minutes cap each stage's wall-clock (`train.max_minutes`); latent_steps / stage_steps replace the
     presets' iteration counts; overrides are run settings (`train.seed=1`, `train.cpu_bf16=true`, ...) for every
-    stage."""
+    stage; latent_overrides are DistillConfig settings of the latent stage (`warmup_steps=40`, `latent.beta=0.001`)."""
     from .prior import load_prior, write_prior
 
     if stage not in STAGES:
@@ -65,7 +67,8 @@ def run_recipe(teacher: str | Path, out: str | Path, *, stage: str = "none", dat
     out.mkdir(parents=True, exist_ok=True)
     over = list(overrides or [])
     latent = _train_stage(out, "latent", teacher, "latent-lang", None, data,
-                          over + ([f"train.max_minutes={minutes}"] if minutes else []), latent_steps, progress)
+                          over + ([f"train.max_minutes={minutes}"] if minutes else []), latent_steps, progress,
+                          latent_overrides or [])
     if load_prior(latent) is None:
         write_prior(latent, 0)
         if progress:
