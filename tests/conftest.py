@@ -14,9 +14,10 @@ def english_teacher(root: Path, docs: int = 300, steps: int = 30, length: int = 
     """A teacher run at the test preset, trained for a few steps on the built-in English documents, in root/run."""
     import json
 
+    from english_corpus import demo_documents
+
     import didi
     from didi.config import preset
-    from didi.demo_corpus import demo_documents
 
     corpus = root / "corpus.jsonl"
     corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in demo_documents(docs)))

@@ -7,11 +7,11 @@ from dataclasses import asdict
 import pytest
 import torch
 import torch.multiprocessing as mp
+from english_corpus import demo_documents
 from safetensors.torch import load_file
 
 import didi
 from didi.config import preset
-from didi.demo_corpus import demo_documents
 from didi.diffusion import LogLinearSchedule
 from didi.distill import DistillConfig, distill, distill_preset
 from didi.errors import DidiError

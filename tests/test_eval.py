@@ -4,11 +4,11 @@ import json
 
 import pytest
 import torch
+from english_corpus import demo_documents
 
 import didi
 from didi.cli import main
 from didi.config import preset
-from didi.demo_corpus import demo_documents
 from didi.evaluation import evaluate as ev
 
 transformers = pytest.importorskip("transformers")

@@ -3,11 +3,11 @@ import math
 
 import pytest
 import torch
+from english_corpus import demo_documents
 from safetensors.torch import load_file
 
 import didi
 from didi.config import preset
-from didi.demo_corpus import demo_documents
 from didi.distill import DistillConfig, distill
 from didi.errors import DidiError
 from didi.methods.sdtt import divergence, round_schedule

@@ -5,12 +5,12 @@ import socket
 import pytest
 import torch
 import torch.multiprocessing as mp
+from english_corpus import demo_documents
 from safetensors.torch import load_file
 
 import didi
 from didi import runs
 from didi.config import preset
-from didi.demo_corpus import demo_documents
 from didi.errors import DidiError
 
 

@@ -1,8 +1,5 @@
-"""An embedded, offline corpus for `didi demo`: short stories from a small English grammar.
-
-Real prose needs hours of CPU training before samples read well; a grammar of simple stories is
-learned in minutes, so the demo can show a teacher writing readable text and what fewer steps cost.
-"""
+"""An offline English corpus for the tests: short stories from a small English grammar, learned in a few steps, so
+tests can train tiny teachers on readable text without any download."""
 
 from __future__ import annotations
 
