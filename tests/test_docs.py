@@ -34,7 +34,7 @@ def test_readme_cites_nothing_a_reader_cannot_open():
     text = (ROOT / "README.md").read_text()
     assert "§" not in text and not re.search(r"\bissue \d+", text, re.I)
     assert not re.search(r"\bE\d{2}\b", text), "experiment codes belong in docs/reference-log.md"
-    assert len(text.encode()) < 20_000
+    assert len(text.encode()) < 16_000  # a user's document of about 15 KB; the research narrative lives in docs/
 
 
 def test_ci_runs_the_readme_test_command():
