@@ -31,10 +31,13 @@ ASSET = Path(__file__).parent / "assets" / "stories-teacher"
 SCRATCH_SHAPE = ("model.hidden_dim=128",)  # half the lang-tiny width: 1.4 M parameters, 2.5-3x the steps per minute
 SCRATCH_STEPS_TEACHER = {False: 1500, True: 1800}  # the schedules' lengths, about what the minutes fit (float32, bf16)
 # the latent stage's schedule (float32, bf16): what its minutes fit from the half-width teacher and from the shipped one
+# (the shipped one's bf16 length measured: 750 steps in 7 minutes on 2 cores; its float32 length is that over the
+# 1.8x bf16 speed-up, not measured)
 SCRATCH_STEPS_LATENT = {False: 800, True: 1000}
 SHIPPED_STEPS_LATENT = {False: 400, True: 750}
 TEACHER_DONE = "teacher.done"  # written when a --from-scratch teacher finished; without it a rerun resumes it
-CORPUS_TEXTS = {False: 20_000, True: 50_000}  # from scratch, from the shipped teacher (the texts it was trained on)
+SCRATCH_TEXTS = 20_000  # the corpus of a --from-scratch demo
+SHIPPED_TEXTS = 50_000  # the corpus the shipped teacher was trained on (`didi language write stories --seed 0`)
 
 
 def shipped_teacher() -> Path:
@@ -65,7 +68,7 @@ def run_demo(out: Path, *, from_scratch: bool = False, minutes: float = 4.5, dis
     teacher = out if scratch else shipped_teacher()
     corpus = out / "corpus.jsonl"
     if not corpus.is_file():
-        write_corpus(Grammar.load(GRAMMAR), CORPUS_TEXTS[not scratch], 0, corpus)
+        write_corpus(Grammar.load(GRAMMAR), SCRATCH_TEXTS if scratch else SHIPPED_TEXTS, 0, corpus)
     if made_here and (out / TEACHER_DONE).is_file():
         print(f"didi demo: found a teacher trained by an earlier --from-scratch demo in {out}; using it "
               "(delete the directory to start again)")
@@ -80,7 +83,7 @@ def run_demo(out: Path, *, from_scratch: bool = False, minutes: float = 4.5, dis
                                    "train.save_every=200", "train.snapshot_every=0", f"train.device={device}",
                                    f"data.cache_dir={out / 'cache'}", *fast])
         print(f"didi demo: training a tiny MDLM teacher for up to {minutes:g} minutes on {corpus} "
-              f"({CORPUS_TEXTS[False]:,} texts of the built-in `{GRAMMAR}` grammar, one per row)")
+              f"({SCRATCH_TEXTS:,} texts of the built-in `{GRAMMAR}` grammar, one per row)")
         train(cfg, out)
         (out / TEACHER_DONE).write_text("")
     if not scratch:
@@ -90,7 +93,7 @@ def run_demo(out: Path, *, from_scratch: bool = False, minutes: float = 4.5, dis
     steps = latent_steps or (SCRATCH_STEPS_LATENT if scratch else SHIPPED_STEPS_LATENT)[bool(fast)]
     student = None  # (out/latent, not out/student: a directory from an older demo held a DiDi-Instruct student there)
     if distill_minutes > 0 or (out / "latent.done").is_file():
-        student = _distill_stage(teacher, out, distill_minutes, steps, corpus, device)
+        student = _distill_stage(teacher, out, distill_minutes, steps, corpus, device, fast)
     _table(teacher, student, device, num)
 
 
@@ -106,7 +109,8 @@ def _fast_cpu(device: str) -> list[str]:
     return ["train.cpu_bf16=true"] if "avx512_bf16" in flags else []
 
 
-def _distill_stage(teacher: Path, out: Path, minutes: float, steps: int, corpus: Path, device: str) -> Path:
+def _distill_stage(teacher: Path, out: Path, minutes: float, steps: int, corpus: Path, device: str,
+                   fast: list[str]) -> Path:
     """The recipe's latent stage and its exemplar prior (`didi.recipe.run_recipe`) into out/latent, on the
     latent-lang schedule shortened to the demo's minutes; a stopped stage resumes, a finished one is reused."""
     from .recipe import run_recipe
@@ -120,7 +124,7 @@ def _distill_stage(teacher: Path, out: Path, minutes: float, steps: int, corpus:
     return run_recipe(teacher, out, data=str(corpus), minutes=minutes, latent_steps=steps,
                       latent_overrides=["warmup_steps=40"],
                       overrides=["train.eval_every=0", "train.save_every=100", f"train.device={device}",
-                                 f"data.cache_dir={out / 'cache'}", *_fast_cpu(device)])
+                                 f"data.cache_dir={out / 'cache'}", *fast])
 
 
 def _table(teacher: Path, student: Path | None, device: str, num: int) -> None:
@@ -158,10 +162,11 @@ def _table(teacher: Path, student: Path | None, device: str, num: int) -> None:
         print(f"\nA teacher sample at {DEMO_STEPS[-1]} steps:\n{s}")
 
 
-def pack_teacher(run: str | Path, dest: str | Path = ASSET, command: str = "") -> Path:
-    """Store the finished teacher run `run` as the demo's shipped teacher in `dest`: its config (data paths made
-    relative), tokenizer and sampling weights in bf16 (half the size; they are cast back to float32 on loading),
-    and `teacher.json` saying where it came from (`command`, its steps and last validation NELBO)."""
+def pack_teacher(run: str | Path, dest: str | Path, command: str = "", overwrite: bool = False) -> Path:
+    """Store the finished teacher run `run` as a teacher to ship in `dest` (the demo's is ASSET): its config (data
+    paths made relative), tokenizer and sampling weights in bf16 (half the size; they are cast back to float32 on
+    loading), and `teacher.json` saying where it came from (`command`, its steps and last validation NELBO). A `dest`
+    that already holds weights is replaced only with overwrite=True."""
     import json
     import shutil
 
@@ -170,6 +175,8 @@ def pack_teacher(run: str | Path, dest: str | Path = ASSET, command: str = "") -
     from . import fileio
 
     run, dest = runs.check_run_dir(run), Path(dest)
+    if (dest / runs.WEIGHTS).exists() and not overwrite:
+        raise DidiError(f"{dest} already holds a teacher; pass overwrite=True to replace it")
     cfg = fileio.read_json(run / runs.CONFIG)
     cfg["data"].update(source=Path(cfg["data"]["source"]).name, cache_dir="")
     cfg["train"]["device"] = "auto"

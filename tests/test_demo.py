@@ -79,6 +79,8 @@ def test_pack_teacher_stores_bf16_weights_that_load_back_close_to_the_run(tmp_pa
     dest = pack_teacher(run, tmp_path / "packed", command="didi train --preset test")
     assert {t.dtype for t in load_file(str(dest / "model.safetensors")).values()} == {torch.bfloat16}
     assert json.loads((dest / "config.json").read_text())["data"]["cache_dir"] == ""
+    with pytest.raises(DidiError, match="already holds a teacher"):
+        pack_teacher(run, dest)
     ra, rb = didi.load(run).run, didi.load(dest).run
     a, b = ra.model, rb.model
     x = torch.randint(0, ra.config.model.vocab_size, (2, 16), generator=torch.Generator().manual_seed(0))
