@@ -13,6 +13,7 @@ adding snapshots or step counts only samples what is new. Writes NAME.json, NAME
 from __future__ import annotations
 
 import argparse
+import bisect
 import json
 import re
 from pathlib import Path
@@ -40,16 +41,18 @@ def snapshots(run: Path) -> list[tuple[int, Path]]:
     return out
 
 
-def training_metrics(run: Path, every: int) -> dict[int, dict]:
-    """Mean of each logged training metric over the window of iterations that ends at each snapshot."""
+def training_metrics(run: Path, ends: list[int]) -> dict[int, dict]:
+    """Mean of each logged training metric over the window of iterations that ends at each snapshot of `ends`
+    (the sorted iterations the curve samples; a window runs from the previous one, exclusive)."""
     rows, damaged = fileio.read_metrics(run / runs.METRICS)
     if damaged:
         print(f"curve: {run / runs.METRICS}: damaged lines {damaged} left out", flush=True)
     rows = [r for r in rows if "loss" in r]
     out: dict[int, dict] = {}
     for r in rows:
-        end = -(-r["step"] // every) * every  # the snapshot this logged step leads up to
-        out.setdefault(end, {}).setdefault("_rows", []).append(r)
+        i = bisect.bisect_left(ends, r["step"])  # the first sampled snapshot at or after this logged step
+        if i < len(ends):
+            out.setdefault(ends[i], {}).setdefault("_rows", []).append(r)
     for d in out.values():
         rs = d.pop("_rows")
         for k in ("disc_acc", "reward_mean", "teacher_nelbo", "reward_within_share", "entropy", "kl", "loss",
@@ -85,8 +88,7 @@ def main() -> None:
             cache[(r["iteration"], r["steps"], r["num"], r["seed"], r["judge"], r.get("grid_power", 1.0),
                    r.get("prior", ""))] = r
     points = snapshots(run)[:: args.every]
-    every = points[1][0] - points[0][0] if len(points) > 1 else (points[0][0] if points else 1)
-    train = training_metrics(run, every) if (run / runs.METRICS).is_file() else {}
+    train = training_metrics(run, [it for it, _ in points]) if (run / runs.METRICS).is_file() else {}
     plan = ([(0, None)] if args.teacher else []) + points
     base = runs.load_run(run, "cpu", weights=str(points[0][1].relative_to(run))) if points else None
     grid = base.config.diffusion.grid_power if base is not None else 1.0  # the teacher samples on the student's grid

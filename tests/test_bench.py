@@ -170,3 +170,17 @@ def test_gpu_script_runs_at_the_test_shape_on_a_cpu(tmp_path):
     assert rows[1]["hours_per_10k"] == rows[1]["seconds"] * 10_000 / 3600
     ar = {r["batch"]: r["seconds"] for r in rows if r["what"].startswith("AR")}
     assert all(math.isclose(r["speedup_vs_ar"], ar[r["batch"]] / r["seconds"]) for r in rows[2:])
+
+
+def test_curve_training_metrics_fill_every_sampled_snapshot(tmp_path, monkeypatch):
+    """With every other snapshot sampled (--every 2: iterations 20, 60 of snapshots 20, 40, 60), each sampled
+    iteration gets the mean over the logged steps since the previous sampled one, not windows of a fixed width
+    that miss them."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    import curve
+
+    rows = [{"step": s, "loss": float(s), "disc_acc": s / 100} for s in (10, 20, 30, 40, 50, 60, 70)]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = curve.training_metrics(tmp_path, [20, 60])
+    assert sorted(out) == [20, 60]
+    assert out[20]["loss"] == 15.0 and math.isclose(out[60]["disc_acc"], 0.45)
