@@ -77,7 +77,7 @@ def main() -> None:
     ap.add_argument("--no-sdtt", action="store_true")
     ap.add_argument("--no-recipe", action="store_true", help="skip the latent + prior + lang-stage students")
     ap.add_argument("--no-dmmd", action="store_true", help="skip the D-MMD students")
-    ap.add_argument("--skip", default="", help="stages neither built nor sampled, by name (e.g. paper-s1,recipe-s1)")
+    ap.add_argument("--skip", default="", help="stages neither built nor sampled, by name (e.g. ar,paper-s1,recipe-s1)")
     ap.add_argument("--sdtt-steps", type=int, help="SDTT's schedule length (distill.max_steps; its rounds split it), "
                     "sized so that the rounds fill the wall-clock (default: preset sdtt-lang's)")
     ap.add_argument("--didi-steps", type=int, help="the DiDi students' schedule length (distill.max_steps), sized so "
@@ -168,7 +168,7 @@ def main() -> None:
                                                       distill(None if resume else teacher, o,
                                                               None if resume else dcfg, overrides=over, resume=resume))
     students, latents, recipe = ({k: v for k, v in d.items() if v is not None} for d in (students, latents, recipe))
-    paths = {"teacher": teacher, "ar": ar, **students, **latents, **recipe}
+    paths = {"teacher": teacher, **({"ar": ar} if ar else {}), **students, **latents, **recipe}
 
     T = str(teacher)
     first = f"didi-s{useeds[0]}"
@@ -187,7 +187,7 @@ def main() -> None:
     specs += [RowSpec(f"{name}+prior p{p:g}", str(path), s, prior=fingerprint(path), grid_power=p)
               for name, path in recipe.items()
               for p in sorted(set(powers) | (set() if args.no_own_grid else {own_grid(path)})) for s in (4, 8)]
-    specs += [RowSpec("ar", str(ar), args.length, "ar+kv")]
+    specs += [RowSpec("ar", str(ar), args.length, "ar+kv")] if ar else []  # --skip ar: no AR rows
     specs += [] if args.no_rgas else [RowSpec(first, str(students[first]), s, "RGAS") for s in (4, 8)]
     for t in floats(args.temperatures):
         specs += [RowSpec("teacher", T, s, temperature=t) for s in ints(args.teacher_temperature_steps)]
