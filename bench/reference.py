@@ -78,6 +78,9 @@ def main() -> None:
     ap.add_argument("--no-recipe", action="store_true", help="skip the latent + prior + lang-stage students")
     ap.add_argument("--no-dmmd", action="store_true", help="skip the D-MMD students")
     ap.add_argument("--skip", default="", help="stages neither built nor sampled, by name (e.g. ar,paper-s1,recipe-s1)")
+    ap.add_argument("--until", action="append", default=[], metavar="NAME=STEP",
+                    help="stop stage NAME at iteration STEP, its schedule unchanged (to repeat on a faster machine "
+                    "the iterations a wall-clock cap gave on a slower one)")
     ap.add_argument("--sdtt-steps", type=int, help="SDTT's schedule length (distill.max_steps; its rounds split it), "
                     "sized so that the rounds fill the wall-clock (default: preset sdtt-lang's)")
     ap.add_argument("--didi-steps", type=int, help="the DiDi students' schedule length (distill.max_steps), sized so "
@@ -107,6 +110,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(RESULTS))
     args = ap.parse_args()
     given = given_stages(args.stage) | {k: Path(v) for k in ("teacher", "ar") if (v := getattr(args, k))}
+    until = given_stages(args.until, steps=True)
 
     work, out = Path(args.work), Path(args.out)
     work.mkdir(parents=True, exist_ok=True)
@@ -120,24 +124,26 @@ def main() -> None:
     skip = set(args.skip.split(",")) - {""}
 
     def build_stage(name: str, build) -> Path | None:  # the user's run (--teacher, --ar, --stage), or one built now
-        return None if name in skip else stage(work, name, given.get(name), build)
+        return None if name in skip else stage(work, name, given.get(name),
+                                               lambda o, resume: build(o, resume, until.get(name)))
 
-    teacher = build_stage("teacher", lambda o, resume: didi.train(
-        preset("lang-tiny", base + [f"train.max_minutes={args.teacher_minutes}"]), o, resume=resume))
-    ar = build_stage("ar", lambda o, resume: didi.train(
+    teacher = build_stage("teacher", lambda o, resume, until: didi.train(
+        preset("lang-tiny", base + [f"train.max_minutes={args.teacher_minutes}"]), o, resume=resume,
+        until_step=until))
+    ar = build_stage("ar", lambda o, resume, until: didi.train(
         preset("lang-tiny", base + [f"data.tokenizer={teacher / 'tokenizer'}", "model.arch=ar",
                                     f"train.max_minutes={args.ar_minutes}", "train.snapshot_every=0",
                                     f"train.cpu_bf16={str(not args.no_cpu_bf16).lower()}"]),
-        o, resume=resume))
+        o, resume=resume, until_step=until))
 
     def student(dpreset: str, seed: int, snapshots: bool, power: float = 1.0, steps: int | None = None):
         over = [f"data.source={corpus}", f"train.max_minutes={args.didi_minutes}", f"train.seed={seed}",
                 f"diffusion.grid_power={power:g}", f"train.cpu_bf16={str(not args.no_cpu_bf16).lower()}"]
         over += ["train.snapshot_every=100"] if snapshots else []
         dover = [f"max_steps={steps}"] if steps else []
-        return lambda o, resume: distill(None if resume else teacher, o,
+        return lambda o, resume, until: distill(None if resume else teacher, o,
                                          None if resume else distill_preset(dpreset, dover), overrides=over,
-                                         resume=resume)
+                                         resume=resume, until_step=until)
 
     useeds = ints(args.uniform_seeds if args.uniform_seeds is not None else args.seeds)
     students = {f"didi-s{s}": build_stage(f"didi-s{s}", student("lang", s, True, steps=args.didi_steps))
@@ -158,15 +164,16 @@ def main() -> None:
         common = [f"data.source={corpus}", f"train.seed={s}", "train.snapshot_every=100",
                   f"train.cpu_bf16={str(not args.no_cpu_bf16).lower()}"]
         over = common + [f"train.max_minutes={args.dmmd_minutes}"]
-        students[f"dmmd-s{s}"] = build_stage(f"dmmd-s{s}", lambda o, resume, over=over: distill(
+        students[f"dmmd-s{s}"] = build_stage(f"dmmd-s{s}", lambda o, resume, until, over=over: distill(
             None if resume else teacher, o, None if resume else distill_preset("dmmd-lang"), overrides=over,
-            resume=resume))
+            resume=resume, until_step=until))
         if latents.get(f"latent-s{s}") is not None:
             dcfg = distill_preset("dmmd-lang", [f"student_init={latents[f'latent-s{s}']}"])
             over = common + [f"train.max_minutes={args.stage_minutes}"]  # in place of the DiDi stage, its time
-            recipe[f"dmmd-recipe-s{s}"] = build_stage(f"dmmd-recipe-s{s}", lambda o, resume, over=over, dcfg=dcfg:
-                                                      distill(None if resume else teacher, o,
-                                                              None if resume else dcfg, overrides=over, resume=resume))
+            recipe[f"dmmd-recipe-s{s}"] = build_stage(
+                f"dmmd-recipe-s{s}", lambda o, resume, until, over=over, dcfg=dcfg: distill(
+                    None if resume else teacher, o, None if resume else dcfg, overrides=over, resume=resume,
+                    until_step=until))
     students, latents, recipe = ({k: v for k, v in d.items() if v is not None} for d in (students, latents, recipe))
     paths = {"teacher": teacher, **({"ar": ar} if ar else {}), **students, **latents, **recipe}
 
@@ -231,13 +238,18 @@ def main() -> None:
     print(md.read_text())
 
 
-def given_stages(items: list[str]) -> dict[str, Path]:
-    """`--stage NAME=RUN` -> {NAME: RUN}: finished run directories used as those stages instead of building them."""
+def given_stages(items: list[str], steps: bool = False) -> dict[str, Path | int]:
+    """`--stage NAME=RUN` -> {NAME: RUN}: finished run directories used as those stages instead of building them.
+    With `steps`, `--until NAME=STEP` -> {NAME: STEP}."""
     given = {}
     for item in items:
         name, sep, run = item.partition("=")
-        if not (sep and name and run):
-            raise SystemExit(f"bench: --stage wants NAME=RUN, got {item!r}")
+        flag, what = ("--until", "STEP") if steps else ("--stage", "RUN")
+        if not (sep and name and run) or (steps and not (run.isdigit() and int(run) > 0)):
+            raise SystemExit(f"bench: {flag} wants NAME={what}, got {item!r}")
+        if steps:
+            given[name] = int(run)
+            continue
         if not (Path(run) / "config.json").is_file():
             raise SystemExit(f"bench: --stage {name}: {run} is not a finished run directory (no config.json)")
         given[name] = Path(run)
@@ -254,10 +266,11 @@ def recipe_student(build_stage, teacher: Path, seed: int, corpus: Path, args) ->
     --components 0`), then the lang-stage DiDi run from it. Returns both run directories."""
     common = [f"data.source={corpus}", f"train.cpu_bf16={str(not args.no_cpu_bf16).lower()}", f"train.seed={seed}"]
     steps = [f"max_steps={args.latent_steps}"] if args.latent_steps else []
-    latent = build_stage(f"latent-s{seed}", lambda o, resume: distill(
+    latent = build_stage(f"latent-s{seed}", lambda o, resume, until: distill(
         None if resume else teacher, o, None if resume else distill_preset("latent-lang", steps),
         overrides=common + [f"train.max_minutes={args.latent_minutes}",
-                            f"train.compile={str(not args.no_compile).lower()}"], resume=resume))
+                            f"train.compile={str(not args.no_compile).lower()}"], resume=resume,
+        until_step=until))
     if latent is None:
         return None, None
     prior = load_prior(latent) or write_prior(latent, 0)
@@ -266,8 +279,8 @@ def recipe_student(build_stage, teacher: Path, seed: int, corpus: Path, args) ->
                          "remove its noise_prior.safetensors")
     over = PRESET_RUN_OVERRIDES["lang-stage"] + common + [f"train.max_minutes={args.stage_minutes}"]
     dcfg = distill_preset("lang-stage", [f"student_init={latent}"])
-    return latent, build_stage(f"recipe-s{seed}", lambda o, resume: distill(
-        None if resume else teacher, o, None if resume else dcfg, overrides=over, resume=resume))
+    return latent, build_stage(f"recipe-s{seed}", lambda o, resume, until: distill(
+        None if resume else teacher, o, None if resume else dcfg, overrides=over, resume=resume, until_step=until))
 
 
 def comparison(rows: list[dict], best: dict, tol: float = 0.05) -> list[dict]:

@@ -150,10 +150,13 @@ def test_bar_computes_the_gap_closed_and_the_issue_condition_from_eval_files(tmp
 
 
 def test_reference_refuses_a_bad_finished_stage_in_one_line(tmp_path):
-    """`bench/reference.py --stage NAME=RUN` uses finished runs as stages; a malformed item or a folder that is not a
-    run stops it with one line before anything is built."""
-    for item, message in (("sdtt", "--stage wants NAME=RUN"), (f"sdtt={tmp_path}", "not a finished run directory")):
-        r = bench("reference.py", "--work", str(tmp_path / "w"), "--stage", item, ok=False)
+    """`bench/reference.py --stage NAME=RUN` uses finished runs as stages, `--until NAME=STEP` stops a stage early; a
+    malformed item or a folder that is not a run stops it with one line before anything is built."""
+    for flag, item, message in (("--stage", "sdtt", "--stage wants NAME=RUN"),
+                                ("--stage", f"sdtt={tmp_path}", "not a finished run directory"),
+                                ("--until", "dmmd-s0=soon", "--until wants NAME=STEP"),
+                                ("--until", "dmmd-s0=0", "--until wants NAME=STEP")):
+        r = bench("reference.py", "--work", str(tmp_path / "w"), flag, item, ok=False)
         assert r.returncode != 0 and message in r.stderr and "Traceback" not in r.stderr
         assert not (tmp_path / "w").exists()
 
