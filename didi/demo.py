@@ -115,7 +115,8 @@ def _distill_stage(teacher: Path, out: Path, minutes: float, steps: int, corpus:
     latent-lang schedule shortened to the demo's minutes; a stopped stage resumes, a finished one is reused."""
     from .recipe import run_recipe
 
-    if (out / "latent.done").is_file():
+    reused = (out / "latent.done").is_file()
+    if reused:
         print(f"didi demo: found a trained latent student in {out / 'latent'}; sampling from it (delete it and "
               f"{out / 'latent.done'} to train again)")
     else:
@@ -124,7 +125,7 @@ def _distill_stage(teacher: Path, out: Path, minutes: float, steps: int, corpus:
     return run_recipe(teacher, out, data=str(corpus), minutes=minutes, latent_steps=steps,
                       latent_overrides=["warmup_steps=40"],
                       overrides=["train.eval_every=0", "train.save_every=100", f"train.device={device}",
-                                 f"data.cache_dir={out / 'cache'}", *fast])
+                                 f"data.cache_dir={out / 'cache'}", *fast], progress=not reused)
 
 
 def _table(teacher: Path, student: Path | None, device: str, num: int) -> None:

@@ -36,6 +36,7 @@ def test_demo_from_the_shipped_teacher_trains_the_student_only_and_reuses_it(tmp
     run_demo(out, distill_minutes=0.05, latent_steps=3, num=4)
     again = capsys.readouterr().out
     assert "ships with didi" in again and "found a trained latent student" in again
+    assert "finished earlier" not in again  # one line says the student is reused, not two
     with pytest.raises(DidiError, match="shipped teacher; choose another --out"):
         run_demo(out, from_scratch=True, num=4)
 
